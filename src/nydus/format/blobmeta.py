@@ -1,0 +1,201 @@
+"""Native blob trailer records: chunk-info (CI) array entries v1/v2, the 4 KiB CI header,
+ToC entries and the 512-byte GNU tar headers that follow each blob section."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from nydus.errors import FormatError
+from nydus.format.constants import BLOB_META_HEADER_SIZE, BLOB_META_MAGIC, ChunkFlags
+
+TAR_BLOCK = 512
+TOC_ENTRY_SIZE = 128
+TOC_NAME = "rafs.blob.toc"
+
+# ToC entry compression flags
+TOC_NONE, TOC_ZSTD, TOC_LZ4 = 0x1, 0x2, 0x4
+TOC_FLAG_OF_COMPRESSOR = {0: TOC_NONE, 1: TOC_LZ4, 3: TOC_ZSTD}
+COMPRESSOR_OF_TOC_FLAG = {v: k for k, v in TOC_FLAG_OF_COMPRESSOR.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMeta:
+    """One CI entry: where a chunk lives in the compressed and uncompressed views."""
+
+    uncompressed_offset: int
+    uncompressed_size: int
+    compressed_offset: int
+    compressed_size: int
+    compressed: bool
+    crc32: int = 0
+    has_crc32: bool = False
+
+    V1: ClassVar[struct.Struct] = struct.Struct("<QQ")
+    V2: ClassVar[struct.Struct] = struct.Struct("<QQQ")
+
+    def pack_v1(self) -> bytes:
+        if self.uncompressed_offset % 4096:
+            raise FormatError("CI v1: uncompressed offset not 4 KiB aligned")
+        us, cs = self.uncompressed_size - 1, self.compressed_size - 1
+        if not (0 <= us < 1 << 24 and 0 <= cs < 1 << 24):
+            raise FormatError("CI v1: chunk size out of range")
+        uncomp = ((us >> 20) & 0xF) << 8 | self.uncompressed_offset | (us & 0xFFFFF) << 44
+        comp = self.compressed_offset | ((cs >> 20) & 0xF) << 40 | (cs & 0xFFFFF) << 44
+        return self.V1.pack(uncomp, comp)
+
+    @classmethod
+    def unpack_v1(cls, buf: bytes | memoryview, off: int) -> "ChunkMeta":
+        uncomp, comp = cls.V1.unpack_from(buf, off)
+        usize = (((uncomp >> 8) & 0xF) << 20 | (uncomp >> 44)) + 1
+        uoff = uncomp & 0x0000_0FFF_FFFF_F000
+        coff = comp & 0xFF_FFFF_FFFF
+        csize = (((comp >> 40) & 0xF) << 20 | (comp >> 44)) + 1
+        return cls(uoff, usize, coff, csize, csize != usize)
+
+    def pack_v2(self) -> bytes:
+        flags = (ChunkFlags.COMPRESSED if self.compressed else 0) | \
+            (0x10 if self.has_crc32 else 0)
+        uncomp = (self.uncompressed_offset >> 12) | (self.uncompressed_size - 1) << 32 | flags << 56
+        comp = self.compressed_offset | self.compressed_size << 40
+        return self.V2.pack(uncomp, comp, self.crc32 if self.has_crc32 else 0)
+
+    @classmethod
+    def unpack_v2(cls, buf: bytes | memoryview, off: int) -> "ChunkMeta":
+        uncomp, comp, data = cls.V2.unpack_from(buf, off)
+        flags = uncomp >> 56
+        if flags & ~0x1F:
+            raise FormatError(f"CI v2 entry at {off}: invalid flags 0x{flags:x}")
+        if flags & 0x0E:
+            raise FormatError(f"CI v2 entry at {off}: zran/batch/encrypted chunks are not supported")
+        usize = ((uncomp >> 32) & 0xFF_FFFF) + 1
+        csize = comp >> 40
+        has_crc = bool(flags & 0x10)
+        return cls((uncomp & 0xFFFF_FFFF) << 12, usize, comp & 0xFF_FFFF_FFFF, csize,
+                   bool(flags & 0x1), data & 0xFFFF_FFFF if has_crc else 0, has_crc)
+
+
+def unpack_ci_array(buf: bytes | memoryview, count: int, v2: bool) -> list[ChunkMeta]:
+    size = 24 if v2 else 16
+    if len(buf) < size * count:
+        raise FormatError(f"CI array of {len(buf)} bytes too short for {count} chunks")
+    fn = ChunkMeta.unpack_v2 if v2 else ChunkMeta.unpack_v1
+    out = [fn(buf, i * size) for i in range(count)]
+    expect = 0
+    for i, c in enumerate(out):
+        if c.uncompressed_offset != expect:
+            raise FormatError(f"CI entry {i}: uncompressed offset {c.uncompressed_offset} "
+                              f"breaks the dense layout (expected {expect})")
+        if not c.compressed and c.compressed_size != c.uncompressed_size:
+            raise FormatError(f"CI entry {i}: raw chunk with different sizes")
+        expect = c.uncompressed_offset + (c.uncompressed_size + 4095) // 4096 * 4096
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class BlobMetaHeader:
+    """The 4096-byte CI header that directly follows the CI array."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQI")
+    features: int
+    ci_compressor: int
+    ci_entries: int
+    ci_offset: int
+    ci_compressed_size: int
+    ci_uncompressed_size: int
+    zran_offset: int = 0
+    zran_size: int = 0
+    zran_count: int = 0
+
+    def pack(self) -> bytes:
+        head = self.STRUCT.pack(BLOB_META_MAGIC, self.features, self.ci_compressor,
+                                self.ci_entries, self.ci_offset, self.ci_compressed_size,
+                                self.ci_uncompressed_size, self.zran_offset, self.zran_size,
+                                self.zran_count)
+        out = bytearray(BLOB_META_HEADER_SIZE)
+        out[:len(head)] = head
+        struct.pack_into("<I", out, 4092, BLOB_META_MAGIC)
+        return bytes(out)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview) -> "BlobMetaHeader":
+        if len(buf) < BLOB_META_HEADER_SIZE:
+            raise FormatError("blob meta header truncated")
+        v = cls.STRUCT.unpack_from(buf)
+        magic2 = struct.unpack_from("<I", buf, 4092)[0]
+        if v[0] != BLOB_META_MAGIC or magic2 != BLOB_META_MAGIC:
+            raise FormatError("blob meta header: bad magic")
+        return cls(*v[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class TocEntry:
+    """128-byte ToC entry describing one blob section."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<II16s32sQQQ48s")
+    flags: int
+    name: str
+    digest: bytes
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_size: int
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.flags, 0, self.name.encode().ljust(16, b"\0"), self.digest,
+                                self.compressed_offset, self.compressed_size,
+                                self.uncompressed_size, b"\0" * 48)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "TocEntry":
+        flags, _r, name, digest, coff, csize, usize, _res = cls.STRUCT.unpack_from(buf, off)
+        return cls(flags, name.rstrip(b"\0").decode("ascii", "replace"), digest, coff, csize,
+                   usize)
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The GNU-format 512-byte reverse tar header that follows a blob section."""
+    h = bytearray(TAR_BLOCK)
+    raw = name.encode()
+    h[0:len(raw)] = raw
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"00000000000\0"
+    h[156:157] = b"0"
+    h[257:263] = b"ustar "
+    h[263:265] = b" \0"
+    h[148:156] = b" " * 8
+    h[148:156] = b"%07o\0" % sum(h)
+    return bytes(h)
+
+
+def parse_tar_header(h: bytes | memoryview) -> tuple[str, int]:
+    """Parse a reverse tar header; return (name, size). GNU magic required."""
+    if len(h) != TAR_BLOCK:
+        raise FormatError("tar header truncated")
+    if bytes(h[257:263]) != b"ustar " or bytes(h[263:265]) != b" \0":
+        raise FormatError("blob section header is not a GNU tar header")
+    if h[156] not in (0x30, 0):
+        raise FormatError("blob section header is not a regular file")
+    name = bytes(h[0:100]).split(b"\0", 1)[0].decode("ascii", "replace")
+    try:
+        size = int(bytes(h[124:136]).split(b"\0", 1)[0].strip() or b"0", 8)
+        chk = int(bytes(h[148:156]).split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise FormatError(f"tar header {name!r}: bad octal field") from None
+    calc = sum(h[:148]) + 8 * 32 + sum(h[156:])
+    if chk != calc:
+        raise FormatError(f"tar header {name!r}: checksum mismatch")
+    return name, size
+
+
+def parse_toc(buf: bytes | memoryview) -> list[TocEntry]:
+    """Parse ToC entries + trailing `rafs.blob.toc` header (buf ends at the blob's end)."""
+    if len(buf) < TAR_BLOCK:
+        raise FormatError("blob too small for a ToC")
+    name, size = parse_tar_header(buf[len(buf) - TAR_BLOCK:])
+    if name != TOC_NAME:
+        raise FormatError(f"blob has no ToC (last tar header is {name!r})")
+    if size % TOC_ENTRY_SIZE or size > len(buf) - TAR_BLOCK:
+        raise FormatError(f"ToC size {size} invalid")
+    start = len(buf) - TAR_BLOCK - size
+    return [TocEntry.unpack(buf, start + i) for i in range(0, size, TOC_ENTRY_SIZE)]

@@ -1,0 +1,459 @@
+"""RAFS v6 (EROFS) bootstrap records: superblocks, device slots, blob table, inodes,
+dirents, inline xattrs, chunk indexes and the 80-byte chunk info table record."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
+
+from nydus.errors import FormatError
+from nydus.format.constants import (
+    BLOCK_SIZE,
+    CHUNK_FORMAT_BLKBITS_MASK,
+    CHUNK_FORMAT_INDEXES,
+    EROFS_MAGIC,
+    FEATURE_COMPAT_RAFS_V6,
+    FEATURE_INCOMPAT_RAFS_V6,
+    DEVT_SLOTOFF,
+    XATTR_PREFIXES,
+)
+
+
+def _id_bytes(blob_id: str) -> bytes:
+    raw = blob_id.encode("ascii")
+    if len(raw) > 64:
+        raise FormatError(f"blob id {blob_id!r} longer than 64 bytes")
+    return raw.ljust(64, b"\0")
+
+
+def _id_str(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("ascii", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class SuperBlock:
+    """EROFS superblock, 128 bytes at file offset 1024."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIBBHQQIIII16s16sIHHH38s")
+    root_nid: int
+    inos: int
+    blocks: int
+    meta_blkaddr: int
+    extra_devices: int
+    blkszbits: int = 12
+    magic: int = EROFS_MAGIC
+    checksum: int = 0
+    feature_compat: int = FEATURE_COMPAT_RAFS_V6
+    extslots: int = 0
+    build_time: int = 0
+    build_time_nsec: int = 0
+    xattr_blkaddr: int = 0
+    feature_incompat: int = FEATURE_INCOMPAT_RAFS_V6
+    u1: int = 0
+    devt_slotoff: int = DEVT_SLOTOFF
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(
+            self.magic, self.checksum, self.feature_compat, self.blkszbits, self.extslots,
+            self.root_nid, self.inos, self.build_time, self.build_time_nsec, self.blocks,
+            self.meta_blkaddr, self.xattr_blkaddr, b"\0" * 16, b"\0" * 16,
+            self.feature_incompat, self.u1, self.extra_devices, self.devt_slotoff, b"\0" * 38,
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview) -> "SuperBlock":
+        if len(buf) < cls.STRUCT.size:
+            raise FormatError("not a RAFS v6 bootstrap: too short for an EROFS superblock")
+        (magic, checksum, compat, blkszbits, extslots, root_nid, inos, btime, btime_ns, blocks,
+         meta_blkaddr, xattr_blkaddr, _uuid, _vol, incompat, u1, extra, slotoff,
+         _res) = cls.STRUCT.unpack_from(buf)
+        if magic != EROFS_MAGIC:
+            raise FormatError(f"not a RAFS v6 bootstrap: bad magic 0x{magic:08x} at 1024")
+        sb = cls(root_nid=root_nid, inos=inos, blocks=blocks, meta_blkaddr=meta_blkaddr,
+                 extra_devices=extra, blkszbits=blkszbits, magic=magic, checksum=checksum,
+                 feature_compat=compat, extslots=extslots, build_time=btime,
+                 build_time_nsec=btime_ns, xattr_blkaddr=xattr_blkaddr,
+                 feature_incompat=incompat, u1=u1, devt_slotoff=slotoff)
+        sb.validate()
+        return sb
+
+    def validate(self) -> None:
+        if self.checksum != 0:
+            raise FormatError(f"RAFS v6 superblock: checksum must be 0, got 0x{self.checksum:x}")
+        if not self.feature_compat & FEATURE_COMPAT_RAFS_V6:
+            raise FormatError("not a RAFS v6 bootstrap: EROFS image without the RAFS_V6 compat bit")
+        if self.blkszbits not in (9, 12):
+            raise FormatError(f"RAFS v6 superblock: unsupported block size bits {self.blkszbits}")
+        if self.extslots != 0:
+            raise FormatError(f"RAFS v6 superblock: sb_extslots must be 0, got {self.extslots}")
+        if self.feature_incompat != FEATURE_INCOMPAT_RAFS_V6:
+            raise FormatError(
+                f"RAFS v6 superblock: feature_incompat must be 0xc, got 0x{self.feature_incompat:x}")
+        if self.u1 != 0:
+            raise FormatError("RAFS v6 superblock: compression field must be 0")
+        if self.devt_slotoff != DEVT_SLOTOFF:
+            raise FormatError(f"RAFS v6 superblock: devt_slotoff must be 11, got {self.devt_slotoff}")
+        if self.inos == 0:
+            raise FormatError("RAFS v6 superblock: inode count is 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtSuperBlock:
+    """RAFS v6 extended superblock, 256 bytes at file offset 1152."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQIIQQQII200s")
+    flags: int
+    blob_table_offset: int
+    blob_table_size: int
+    chunk_size: int
+    chunk_table_offset: int
+    chunk_table_size: int
+    prefetch_table_offset: int = 0
+    prefetch_table_size: int = 0
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(
+            self.flags, self.blob_table_offset, self.blob_table_size, self.chunk_size,
+            self.chunk_table_offset, self.chunk_table_size, self.prefetch_table_offset,
+            self.prefetch_table_size, 0, b"\0" * 200)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview) -> "ExtSuperBlock":
+        (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size, _pad,
+         _res) = cls.STRUCT.unpack_from(buf)
+        return cls(flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSlot:
+    """EROFS device table slot, 128 bytes (one per blob)."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<64sII56s")
+    blob_id: str
+    blocks: int
+    mapped_blkaddr: int
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(_id_bytes(self.blob_id), self.blocks, self.mapped_blkaddr,
+                                b"\0" * 56)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "DeviceSlot":
+        tag, blocks, mapped, _ = cls.STRUCT.unpack_from(buf, off)
+        return cls(_id_str(tag), blocks, mapped)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """RAFS v6 blob table entry, 256 bytes."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36s")
+    blob_id: str
+    blob_index: int
+    chunk_size: int
+    chunk_count: int
+    compressor: int
+    digester: int
+    features: int
+    compressed_size: int
+    uncompressed_size: int
+    blob_toc_size: int = 0
+    ci_compressor: int = 0
+    ci_offset: int = 0
+    ci_compressed_size: int = 0
+    ci_uncompressed_size: int = 0
+    blob_toc_digest: bytes = b"\0" * 32
+    blob_meta_digest: bytes = b"\0" * 32
+    blob_meta_size: int = 0
+    cipher_iv: bytes = b"\0" * 8
+    cipher_algo: int = 0
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(
+            _id_bytes(self.blob_id), self.blob_index, self.chunk_size, self.chunk_count,
+            self.compressor, self.digester, self.features, self.compressed_size,
+            self.uncompressed_size, self.blob_toc_size, self.ci_compressor, self.ci_offset,
+            self.ci_compressed_size, self.ci_uncompressed_size, self.blob_toc_digest,
+            self.blob_meta_digest, self.blob_meta_size, self.cipher_iv, self.cipher_algo,
+            b"\0" * 36)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "BlobInfo":
+        v = cls.STRUCT.unpack_from(buf, off)
+        return cls(_id_str(v[0]), *v[1:19])
+
+    def validate(self, index: int, chunk_size: int) -> None:
+        from nydus.format.constants import BlobFeatures as F, valid_chunk_size
+
+        where = f"blob table entry {index} ({self.blob_id})"
+        if self.blob_index != index:
+            raise FormatError(f"{where}: blob_index {self.blob_index} != position {index}")
+        if self.chunk_size != chunk_size or not valid_chunk_size(self.chunk_size):
+            raise FormatError(f"{where}: chunk size 0x{self.chunk_size:x} invalid or "
+                              f"different from the superblock's 0x{chunk_size:x}")
+        if self.compressor not in (0, 1, 2, 3) or self.ci_compressor not in (0, 1, 2, 3):
+            raise FormatError(f"{where}: unknown compressor id {self.compressor}")
+        if self.digester not in (0, 1):
+            raise FormatError(f"{where}: unknown digester id {self.digester}")
+        if self.features & 0x8000_0000 or self.features & 0xF000 & 0xFFFF:
+            raise FormatError(f"{where}: invalid feature bits 0x{self.features:x}")
+        if not self.features & F.TARFS and not self.features & F.ALIGNED:
+            raise FormatError(f"{where}: ALIGNED feature missing")
+        if self.ci_compressed_size > self.ci_uncompressed_size:
+            raise FormatError(f"{where}: CI compressed size exceeds uncompressed size")
+        entry = 24 if self.features & F.CHUNK_INFO_V2 else 16
+        special = self.features & (F.BATCH | F.ZRAN | F.ENCRYPTED)
+        if self.ci_uncompressed_size and not special and \
+                self.ci_uncompressed_size != entry * self.chunk_count:
+            raise FormatError(f"{where}: CI size {self.ci_uncompressed_size} != "
+                              f"{entry} * {self.chunk_count} chunks")
+        if special and not self.features & F.CHUNK_INFO_V2:
+            raise FormatError(f"{where}: batch/zran/encrypted blobs need CHUNK_INFO_V2")
+
+
+def new_encode_dev(major: int, minor: int) -> int:
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def rdev_to_erofs(rdev: int) -> int:
+    """Linux dev_t (glibc encoding from os.stat) to the 32-bit EROFS 'new' encoding."""
+    import os
+
+    return new_encode_dev(os.major(rdev), os.minor(rdev)) & 0xFFFFFFFF
+
+
+def erofs_to_rdev(value: int) -> int:
+    import os
+
+    major = (value & 0xFFF00) >> 8
+    minor = (value & 0xFF) | ((value >> 12) & 0xFFF00)
+    return os.makedev(major, minor)
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """An EROFS inode (extended 64 bytes or compact 32 bytes)."""
+
+    EXT: ClassVar[struct.Struct] = struct.Struct("<HHHHQIIIIQII16s")
+    COMPACT: ClassVar[struct.Struct] = struct.Struct("<HHHHIIIIHH4s")
+    layout: int
+    xattr_icount: int
+    mode: int
+    size: int
+    i_u: int
+    ino: int
+    uid: int
+    gid: int
+    mtime: int
+    mtime_nsec: int
+    nlink: int
+    extended: bool = True
+
+    @property
+    def inode_size(self) -> int:
+        return 64 if self.extended else 32
+
+    @property
+    def xattr_size(self) -> int:
+        return 0 if self.xattr_icount == 0 else 12 + 4 * (self.xattr_icount - 1)
+
+    def pack(self) -> bytes:
+        if not self.extended:
+            raise FormatError("only extended inodes are written")
+        return self.EXT.pack((self.layout << 1) | 1, self.xattr_icount, self.mode, 0, self.size,
+                             self.i_u, self.ino, self.uid, self.gid, self.mtime,
+                             self.mtime_nsec, self.nlink, b"\0" * 16)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int) -> "Inode":
+        if off + 32 > len(buf):
+            raise FormatError(f"inode at offset {off} lies outside the bootstrap")
+        fmt = struct.unpack_from("<H", buf, off)[0]
+        if fmt & ~0xF:
+            raise FormatError(f"inode at offset {off}: invalid i_format 0x{fmt:x}")
+        layout = (fmt >> 1) & 0x7
+        if layout not in (0, 2, 4):
+            raise FormatError(f"inode at offset {off}: unsupported data layout {layout}")
+        if fmt & 1:
+            if off + 64 > len(buf):
+                raise FormatError(f"inode at offset {off} lies outside the bootstrap")
+            (_f, xic, mode, _r, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink,
+             _res) = cls.EXT.unpack_from(buf, off)
+            return cls(layout, xic, mode, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink, True)
+        (_f, xic, mode, nlink, size, _r, i_u, ino, uid, gid, _res) = cls.COMPACT.unpack_from(buf, off)
+        return cls(layout, xic, mode, size, i_u, ino, uid, gid, 0, 0, nlink, False)
+
+
+@dataclass(frozen=True, slots=True)
+class Dirent:
+    """EROFS directory entry (12 bytes + name stored in the block's name area)."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<QHBB")
+    nid: int
+    file_type: int
+    name: bytes
+
+
+def pack_dir_blocks(entries: Iterable[Dirent]) -> tuple[list[bytes], int]:
+    """Pack sorted dirents into 4 KiB blocks; return (blocks, i_size).
+
+    Every block but the last is padded to 4096 bytes; the last keeps only its used bytes.
+    """
+    blocks: list[bytes] = []
+    cur: list[Dirent] = []
+    used = 0
+
+    def flush(last: bool) -> None:
+        nameoff = 12 * len(cur)
+        heads = bytearray()
+        names = bytearray()
+        for d in cur:
+            heads += Dirent.STRUCT.pack(d.nid, nameoff + len(names), d.file_type, 0)
+            names += d.name
+        data = bytes(heads + names)
+        blocks.append(data if last else data.ljust(BLOCK_SIZE, b"\0"))
+
+    for d in entries:
+        need = 12 + len(d.name)
+        if cur and used + need > BLOCK_SIZE:
+            flush(False)
+            cur, used = [], 0
+        cur.append(d)
+        used += need
+    if cur:
+        flush(True)
+    size = BLOCK_SIZE * (len(blocks) - 1) + len(blocks[-1]) if blocks else 0
+    return blocks, size
+
+
+def unpack_dir_block(block: bytes | memoryview, used: int) -> list[Dirent]:
+    """Decode one directory block whose meaningful bytes are block[:used]."""
+    if used < 12:
+        raise FormatError("directory block too small")
+    first_nameoff = struct.unpack_from("<H", block, 8)[0]
+    if first_nameoff % 12 or first_nameoff == 0 or first_nameoff > used:
+        raise FormatError(f"directory block: bad first name offset {first_nameoff}")
+    n = first_nameoff // 12
+    heads = [Dirent.STRUCT.unpack_from(block, 12 * i) for i in range(n)]
+    out = []
+    for i, (nid, nameoff, ftype, _r) in enumerate(heads):
+        end = heads[i + 1][1] if i + 1 < n else used
+        if not nameoff <= end <= used:
+            raise FormatError(f"directory block: bad name offset {nameoff}")
+        name = bytes(block[nameoff:end])
+        if i + 1 == n:
+            nul = name.find(b"\0")
+            if nul >= 0:
+                name = name[:nul]
+        if not name:
+            raise FormatError("directory block: empty name")
+        out.append(Dirent(nid, ftype, name))
+    return out
+
+
+def split_xattr_name(name: bytes) -> tuple[int, bytes]:
+    """Map a full xattr name to (name_index, suffix)."""
+    for index in (2, 3):
+        if name == XATTR_PREFIXES[index]:
+            return index, b""
+    for index in (1, 4, 6):
+        prefix = XATTR_PREFIXES[index]
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return index, name[len(prefix):]
+    raise FormatError(f"unsupported xattr name {name!r} (user., trusted., security., "
+                      "system.posix_acl_access/default only)")
+
+
+def pack_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
+    """Encode inline xattrs (ibody header + entries); empty bytes when there are none."""
+    if not xattrs:
+        return b""
+    out = bytearray(12)
+    for name in sorted(xattrs):
+        value = xattrs[name]
+        index, suffix = split_xattr_name(name)
+        if len(suffix) > 255 or len(value) > 65535:
+            raise FormatError(f"xattr {name!r} too large")
+        entry = struct.pack("<BBH", len(suffix), index, len(value)) + suffix + value
+        out += entry + b"\0" * (-len(entry) % 4)
+    return bytes(out)
+
+
+def xattr_icount(xattr_bytes: int) -> int:
+    return 0 if xattr_bytes == 0 else (xattr_bytes - 12) // 4 + 1
+
+
+def unpack_xattrs(buf: bytes | memoryview, off: int, size: int) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    if size == 0:
+        return out
+    if size < 12:
+        raise FormatError("xattr area too small")
+    shared = buf[off + 4]
+    pos = off + 12 + 4 * shared
+    end = off + size
+    while pos + 4 <= end:
+        name_len, index, vsize = struct.unpack_from("<BBH", buf, pos)
+        if index not in XATTR_PREFIXES:
+            raise FormatError(f"xattr with unknown name index {index}")
+        start = pos + 4
+        if start + name_len + vsize > end:
+            raise FormatError("xattr entry overruns its inode's xattr area")
+        name = XATTR_PREFIXES[index] + bytes(buf[start:start + name_len])
+        out[name] = bytes(buf[start + name_len:start + name_len + vsize])
+        pos = start + name_len + vsize
+        pos += -(pos - off) % 4
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkAddr:
+    """Entry of a chunk-based inode's chunk index, 8 bytes on disk."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<HHI")
+    blob_index: int  # 0-based
+    ci_index: int  # index in the blob's CI array (24 bits)
+    blkaddr: int  # 4 KiB block in the blob's uncompressed view
+
+    def pack(self) -> bytes:
+        dev = ((self.blob_index + 1) & 0xFF) | (((self.ci_index >> 16) & 0xFF) << 8)
+        return self.STRUCT.pack(self.ci_index & 0xFFFF, dev, self.blkaddr)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int) -> "ChunkAddr":
+        lo, dev, blkaddr = cls.STRUCT.unpack_from(buf, off)
+        if dev & 0xFF == 0:
+            raise FormatError(f"chunk index at {off}: device id 0 is invalid")
+        return cls((dev & 0xFF) - 1, lo | ((dev >> 8) << 16), blkaddr)
+
+
+def chunk_format(chunk_size: int) -> int:
+    return CHUNK_FORMAT_INDEXES | ((chunk_size.bit_length() - 1 - 12) & CHUNK_FORMAT_BLKBITS_MASK)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    """80-byte chunk record: v6 chunk table entry and v5 chunk info."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<32sIIIIQQQII")
+    digest: bytes
+    blob_index: int
+    flags: int
+    compressed_size: int
+    uncompressed_size: int
+    compressed_offset: int
+    uncompressed_offset: int
+    file_offset: int
+    index: int
+    crc32: int = 0
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.digest, self.blob_index, self.flags, self.compressed_size,
+                                self.uncompressed_size, self.compressed_offset,
+                                self.uncompressed_offset, self.file_offset, self.index,
+                                self.crc32)
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "ChunkInfo":
+        return cls(*cls.STRUCT.unpack_from(buf, off))

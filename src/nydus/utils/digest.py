@@ -1,0 +1,48 @@
+"""Chunk digesters (blake3, sha256) by name and by on-disk id."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import IntEnum
+from typing import Callable
+
+import blake3
+
+from nydus.errors import FormatError
+
+
+class Digester(IntEnum):
+    BLAKE3 = 0
+    SHA256 = 1
+
+    @classmethod
+    def from_name(cls, name: str) -> "Digester":
+        try:
+            return {"blake3": cls.BLAKE3, "sha256": cls.SHA256}[name.lower()]
+        except KeyError:
+            raise FormatError(f"unknown digester {name!r} (expected blake3 or sha256)") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    def hasher(self) -> Callable[[bytes], bytes]:
+        return _blake3 if self is Digester.BLAKE3 else _sha256
+
+    def digest(self, data: bytes | memoryview) -> bytes:
+        return self.hasher()(data)
+
+    def new(self):  # noqa: ANN201 - hashlib-like object
+        return blake3.blake3() if self is Digester.BLAKE3 else hashlib.sha256()
+
+
+def _blake3(data: bytes | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+def _sha256(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
