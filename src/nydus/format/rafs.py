@@ -1,0 +1,150 @@
+"""The version-independent view of a RAFS bootstrap that the builder (parent layers,
+merge, check, inspect) and the filesystem core use: `open_bootstrap(buf)` sniffs v5/v6.
+
+Inode numbers are the ones a mount presents: the nid for v6, the v5 `i_ino`.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+from nydus.errors import FormatError
+from nydus.format.constants import (
+    EROFS_MAGIC,
+    EROFS_SUPER_OFFSET,
+    RAFS_V5_MAGIC,
+    RAFS_V5_VERSION,
+    SuperFlags,
+)
+from nydus.format.v6 import BlobInfo, ChunkInfo
+from nydus.utils.compress import Compressor
+from nydus.utils.digest import Digester
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat() of an entry shows."""
+
+    ino: int
+    mode: int
+    size: int
+    uid: int
+    gid: int
+    mtime: int
+    mtime_nsec: int
+    nlink: int
+    rdev: int = 0  # Linux dev_t as os.makedev gives it
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: bytes
+    ino: int
+    file_type: int  # EROFS dirent type (FT_*)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One filesystem chunk of a regular file, in file order.
+
+    For v6 the location fields come from the bootstrap's chunk table (None when the
+    bootstrap has none); the blob's CI array is authoritative for reading data.
+    """
+
+    blob_index: int
+    ci_index: int
+    file_offset: int
+    uncompressed_offset: int
+    uncompressed_size: int | None = None
+    compressed_offset: int | None = None
+    compressed_size: int | None = None
+    compressed: bool | None = None
+    digest: bytes | None = None
+
+
+class RafsSuper(Protocol):
+    version: int
+    flags: int
+    chunk_size: int
+    compressor: Compressor
+    digester: Digester
+    blobs: list[BlobInfo]
+    root_ino: int
+    inode_count: int
+
+    def attr(self, ino: int) -> Attr: ...
+    def readdir(self, ino: int) -> list[DirEntry]: ...
+    def lookup(self, parent: int, name: bytes) -> int | None: ...
+    def readlink(self, ino: int) -> bytes: ...
+    def xattrs(self, ino: int) -> dict[bytes, bytes]: ...
+    def chunks(self, ino: int) -> list[ChunkRef]: ...
+    def chunk_table(self) -> list[ChunkInfo]: ...
+    def prefetch_inos(self) -> list[int]: ...
+
+
+def flags_compressor(flags: int) -> Compressor:
+    if flags & SuperFlags.COMPRESSION_NONE:
+        return Compressor.NONE
+    if flags & SuperFlags.COMPRESSION_ZSTD:
+        return Compressor.ZSTD
+    if flags & SuperFlags.COMPRESSION_GZIP:
+        return Compressor.GZIP
+    return Compressor.LZ4_BLOCK
+
+
+def flags_digester(flags: int) -> Digester:
+    return Digester.SHA256 if flags & SuperFlags.HASH_SHA256 else Digester.BLAKE3
+
+
+def detect_version(buf: bytes | memoryview) -> int:
+    if len(buf) >= 8:
+        magic, version = struct.unpack_from("<II", buf, 0)
+        if magic == RAFS_V5_MAGIC and version == RAFS_V5_VERSION:
+            return 5
+    if len(buf) >= EROFS_SUPER_OFFSET + 4 and \
+            struct.unpack_from("<I", buf, EROFS_SUPER_OFFSET)[0] == EROFS_MAGIC:
+        return 6
+    raise FormatError("not a RAFS bootstrap: neither RAFS v5 nor v6 (EROFS) magic found")
+
+
+def open_bootstrap(buf: bytes | memoryview) -> RafsSuper:
+    """Parse a bootstrap held in memory (bytes or an mmap) and validate its superblocks."""
+    if detect_version(buf) == 5:
+        from nydus.format.v5reader import RafsV5Super
+
+        return RafsV5Super(buf)
+    from nydus.format.v6reader import RafsV6Super
+
+    return RafsV6Super(buf)
+
+
+def walk(sb: RafsSuper, ino: int | None = None, prefix: bytes = b"/") -> Iterator[tuple[bytes, int]]:
+    """Yield (path, ino) for every entry, parents before children, children sorted."""
+    ino = sb.root_ino if ino is None else ino
+    yield prefix, ino
+    stack = [(prefix, ino)]
+    while stack:
+        path, dino = stack.pop()
+        children = sb.readdir(dino)
+        subdirs = []
+        for ent in children:
+            child = (path.rstrip(b"/") + b"/" + ent.name)
+            yield child, ent.ino
+            if sb.attr(ent.ino).is_dir:
+                subdirs.append((child, ent.ino))
+        stack.extend(reversed(subdirs))

@@ -1,0 +1,229 @@
+"""RAFS v6 bootstrap reader over an in-memory buffer (bytes or mmap)."""
+
+from __future__ import annotations
+
+import bisect
+import stat
+import struct
+from functools import lru_cache
+
+from nydus.errors import FormatError
+from nydus.format.constants import (
+    BLOCK_SIZE,
+    DEVICE_TABLE_OFFSET,
+    EROFS_SUPER_OFFSET,
+    EXT_SUPER_OFFSET,
+    LAYOUT_CHUNK_BASED,
+    LAYOUT_FLAT_INLINE,
+    LAYOUT_FLAT_PLAIN,
+    SUPER_FLAGS_KNOWN,
+    SuperFlags,
+)
+from nydus.format.rafs import Attr, ChunkRef, DirEntry, flags_compressor, flags_digester
+from nydus.format.v6 import (
+    BlobInfo,
+    ChunkAddr,
+    ChunkInfo,
+    DeviceSlot,
+    ExtSuperBlock,
+    Inode,
+    SuperBlock,
+    erofs_to_rdev,
+    unpack_dir_block,
+    unpack_xattrs,
+)
+
+
+class RafsV6Super:
+    version = 6
+
+    def __init__(self, buf: bytes | memoryview) -> None:
+        self.buf = buf
+        size = len(buf)
+        if size < BLOCK_SIZE or size % BLOCK_SIZE:
+            raise FormatError(f"not a valid RAFS v6 bootstrap: size {size} is not a non-zero "
+                              "multiple of 4096")
+        self.sb = SuperBlock.unpack(buf[EROFS_SUPER_OFFSET:EROFS_SUPER_OFFSET + 128])
+        if self.sb.blkszbits != 12:
+            raise FormatError("RAFS v6 TARFS mode (512-byte blocks) is not supported")
+        self.ext = ext = ExtSuperBlock.unpack(buf[EXT_SUPER_OFFSET:EXT_SUPER_OFFSET + 256])
+        self.flags = ext.flags
+        if ext.flags & ~SUPER_FLAGS_KNOWN & 0xFFFF_FFFF_FFFF_FFFF:
+            raise FormatError(f"RAFS v6 superblock: unknown flags 0x{ext.flags:x}")
+        comp_bits = ext.flags & (SuperFlags.COMPRESSION_NONE | SuperFlags.COMPRESSION_LZ4 |
+                                 SuperFlags.COMPRESSION_GZIP | SuperFlags.COMPRESSION_ZSTD)
+        hash_bits = ext.flags & (SuperFlags.HASH_BLAKE3 | SuperFlags.HASH_SHA256)
+        if bin(comp_bits).count("1") != 1 or bin(hash_bits).count("1") != 1:
+            raise FormatError(f"RAFS v6 superblock: flags 0x{ext.flags:x} must name exactly one "
+                              "compressor and one digester")
+        self.compressor = flags_compressor(ext.flags)
+        self.digester = flags_digester(ext.flags)
+        self.chunk_size = ext.chunk_size
+        if self.sb.meta_blkaddr * BLOCK_SIZE > size:
+            raise FormatError("RAFS v6 superblock: meta_blkaddr beyond the end of the file")
+        self.meta_base = self.sb.meta_blkaddr * BLOCK_SIZE
+        self.root_ino = self.sb.root_nid
+        self.inode_count = self.sb.inos
+        nblobs = self.sb.extra_devices
+        self.devices = [DeviceSlot.unpack(buf, DEVICE_TABLE_OFFSET + 128 * i) for i in range(nblobs)]
+        if ext.blob_table_size != 256 * nblobs:
+            raise FormatError(f"RAFS v6: blob table size {ext.blob_table_size} does not match "
+                              f"{nblobs} device slots")
+        bt = ext.blob_table_offset
+        if nblobs and (bt % BLOCK_SIZE or bt < BLOCK_SIZE or bt + ext.blob_table_size > size):
+            raise FormatError(f"RAFS v6: blob table offset {bt} invalid")
+        self.blobs = [BlobInfo.unpack(buf, bt + 256 * i) for i in range(nblobs)]
+        for i, b in enumerate(self.blobs):
+            b.validate(i, self.chunk_size)
+            if self.devices[i].blob_id != b.blob_id:
+                raise FormatError(f"RAFS v6: device slot {i} id {self.devices[i].blob_id} != "
+                                  f"blob table id {b.blob_id}")
+            if self.devices[i].blocks == 0:
+                raise FormatError(f"RAFS v6: device slot {i} has 0 blocks")
+        if len({b.blob_id for b in self.blobs}) != nblobs:
+            raise FormatError("RAFS v6: duplicate blob ids in the blob table")
+        if nblobs == 0 and self.sb.blocks not in (0, 4096):
+            raise FormatError("RAFS v6: superblock blocks must be 0 without blobs")
+        if ext.chunk_table_size:
+            if ext.chunk_table_offset % BLOCK_SIZE or ext.chunk_table_size % 80 or \
+                    ext.chunk_table_offset + ext.chunk_table_size > size:
+                raise FormatError("RAFS v6: chunk table position/size invalid")
+        if ext.prefetch_table_size and ext.prefetch_table_offset:
+            if ext.prefetch_table_size % 4 or \
+                    ext.prefetch_table_offset + ext.prefetch_table_size > size:
+                raise FormatError("RAFS v6: prefetch table position/size invalid")
+        # validate the root
+        root = self.inode(self.root_ino)
+        if not stat.S_ISDIR(root.mode):
+            raise FormatError(f"RAFS v6: root nid {self.root_ino} is not a directory")
+
+    # ---- raw records -------------------------------------------------------------
+    def inode_offset(self, nid: int) -> int:
+        return self.meta_base + nid * 32
+
+    @lru_cache(maxsize=65536)
+    def inode(self, nid: int) -> Inode:
+        off = self.inode_offset(nid)
+        if off + 32 > len(self.buf):
+            raise FormatError(f"nid {nid} points outside the bootstrap")
+        return Inode.unpack(self.buf, off)
+
+    def _data(self, nid: int) -> bytes:
+        """Content of a flat (directory or symlink) inode."""
+        ino = self.inode(nid)
+        size = ino.size
+        if ino.layout == LAYOUT_FLAT_PLAIN:
+            start = ino.i_u * BLOCK_SIZE
+            if start + size > len(self.buf):
+                raise FormatError(f"nid {nid}: data block beyond the end of the bootstrap")
+            return bytes(self.buf[start:start + size])
+        if ino.layout == LAYOUT_FLAT_INLINE:
+            tail = size % BLOCK_SIZE
+            nfull = size // BLOCK_SIZE
+            start = ino.i_u * BLOCK_SIZE
+            head = bytes(self.buf[start:start + nfull * BLOCK_SIZE]) if nfull else b""
+            toff = self.inode_offset(nid) + ino.inode_size + ino.xattr_size
+            if toff + tail > len(self.buf) or (tail and toff // BLOCK_SIZE != (toff + tail - 1) // BLOCK_SIZE):
+                raise FormatError(f"nid {nid}: inline tail crosses a block or the file end")
+            return head + bytes(self.buf[toff:toff + tail])
+        raise FormatError(f"nid {nid}: not a flat inode")
+
+    # ---- RafsSuper protocol --------------------------------------------------------
+    def attr(self, nid: int) -> Attr:
+        ino = self.inode(nid)
+        rdev = 0
+        if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
+            rdev = erofs_to_rdev(ino.i_u)
+        return Attr(nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec,
+                    ino.nlink, rdev)
+
+    @lru_cache(maxsize=4096)
+    def dirents(self, nid: int) -> tuple[tuple[bytes, int, int], ...]:
+        """All entries (including `.` and `..`) as (name, nid, type), in on-disk order."""
+        ino = self.inode(nid)
+        if not stat.S_ISDIR(ino.mode):
+            raise FormatError(f"nid {nid} is not a directory")
+        data = self._data(nid)
+        out: list[tuple[bytes, int, int]] = []
+        for off in range(0, len(data), BLOCK_SIZE):
+            used = min(BLOCK_SIZE, len(data) - off)
+            for d in unpack_dir_block(data[off:off + used], used):
+                out.append((d.name, d.nid, d.file_type))
+        names = [e[0] for e in out]
+        if names != sorted(names):
+            raise FormatError(f"directory nid {nid}: entries are not sorted")
+        return tuple(out)
+
+    def readdir(self, nid: int) -> list[DirEntry]:
+        return [DirEntry(n, i, t) for n, i, t in self.dirents(nid) if n not in (b".", b"..")]
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        ents = self.dirents(parent)
+        i = bisect.bisect_left(ents, name, key=lambda e: e[0])
+        if i < len(ents) and ents[i][0] == name:
+            return ents[i][1]
+        return None
+
+    def readlink(self, nid: int) -> bytes:
+        ino = self.inode(nid)
+        if not stat.S_ISLNK(ino.mode):
+            raise FormatError(f"nid {nid} is not a symlink")
+        return self._data(nid)
+
+    def xattrs(self, nid: int) -> dict[bytes, bytes]:
+        ino = self.inode(nid)
+        if not ino.xattr_icount:
+            return {}
+        return unpack_xattrs(self.buf, self.inode_offset(nid) + ino.inode_size, ino.xattr_size)
+
+    def chunk_addrs(self, nid: int) -> list[ChunkAddr]:
+        ino = self.inode(nid)
+        if ino.layout != LAYOUT_CHUNK_BASED:
+            if stat.S_ISREG(ino.mode) and ino.size == 0:
+                return []
+            raise FormatError(f"nid {nid}: regular file without chunk-based layout")
+        n = (ino.size + self.chunk_size - 1) // self.chunk_size
+        base = self.inode_offset(nid) + ino.inode_size + ino.xattr_size
+        base = (base + 7) & ~7
+        if base + 8 * n > len(self.buf):
+            raise FormatError(f"nid {nid}: chunk index array beyond the end of the bootstrap")
+        addrs = [ChunkAddr.unpack(self.buf, base + 8 * i) for i in range(n)]
+        for a in addrs:
+            if a.blob_index >= len(self.blobs):
+                raise FormatError(f"nid {nid}: chunk refers to blob {a.blob_index} of "
+                                  f"{len(self.blobs)}")
+        return addrs
+
+    def chunks(self, nid: int) -> list[ChunkRef]:
+        table = self._chunk_map()
+        out = []
+        for i, a in enumerate(self.chunk_addrs(nid)):
+            info = table.get((a.blob_index, a.ci_index))
+            if info is None:
+                out.append(ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size, a.blkaddr * BLOCK_SIZE))
+            else:
+                out.append(ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size,
+                                    info.uncompressed_offset, info.uncompressed_size,
+                                    info.compressed_offset, info.compressed_size,
+                                    bool(info.flags & 1), info.digest))
+        return out
+
+    @lru_cache(maxsize=1)
+    def chunk_table(self) -> list[ChunkInfo]:
+        off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
+        return [ChunkInfo.unpack(self.buf, off + i) for i in range(0, size, 80)]
+
+    @lru_cache(maxsize=1)
+    def _chunk_map(self) -> dict[tuple[int, int], ChunkInfo]:
+        return {(c.blob_index, c.index): c for c in self.chunk_table()}
+
+    def prefetch_inos(self) -> list[int]:
+        off, size = self.ext.prefetch_table_offset, self.ext.prefetch_table_size
+        if not off or not size:
+            return []
+        out = []
+        for (nid,) in struct.iter_unpack("<I", self.buf[off:off + size]):
+            if nid == 0:
+                break
+            out.append(nid)
+        return out
