@@ -1,0 +1,198 @@
+"""RAFS v5 bootstrap records (rafs-format §7): superblock, blob tables, inode record,
+xattr table. Pure bytes -> dataclasses; the 80-byte chunk info is `v6.ChunkInfo`."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from nydus.errors import FormatError
+from nydus.format.constants import RAFS_V5_MAGIC, RAFS_V5_VERSION, valid_chunk_size
+
+V5_SUPER_SIZE = 8192
+V5_INODE_SIZE = 128
+
+# v5 inode flags
+V5_INODE_SYMLINK = 0x1
+V5_INODE_HARDLINK = 0x2
+V5_INODE_XATTR = 0x4
+V5_INODE_HAS_HOLE = 0x8
+
+
+def align8(x: int) -> int:
+    return (x + 7) & ~7
+
+
+@dataclass(frozen=True, slots=True)
+class V5SuperBlock:
+    """RAFS v5 superblock, 8192 bytes at offset 0 (only the first 80 are meaningful)."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQIIIIQ")
+    block_size: int
+    flags: int
+    inodes_count: int
+    inode_table_offset: int
+    prefetch_table_offset: int
+    blob_table_offset: int
+    inode_table_entries: int
+    prefetch_table_entries: int
+    blob_table_size: int
+    extended_blob_table_entries: int
+    extended_blob_table_offset: int
+    magic: int = RAFS_V5_MAGIC
+    version: int = RAFS_V5_VERSION
+    sb_size: int = V5_SUPER_SIZE
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview) -> "V5SuperBlock":
+        if len(buf) < V5_SUPER_SIZE:
+            raise FormatError(f"not a RAFS v5 bootstrap: {len(buf)} bytes is shorter than the "
+                              f"{V5_SUPER_SIZE}-byte superblock")
+        (magic, version, sb_size, block_size, flags, inodes_count, it_off, pt_off, bt_off,
+         it_entries, pt_entries, bt_size, ebt_entries, ebt_off) = cls.STRUCT.unpack_from(buf, 0)
+        sb = cls(block_size, flags, inodes_count, it_off, pt_off, bt_off, it_entries,
+                 pt_entries, bt_size, ebt_entries, ebt_off, magic, version, sb_size)
+        sb.validate(len(buf))
+        return sb
+
+    def validate(self, file_size: int) -> None:
+        if self.magic != RAFS_V5_MAGIC or self.version != RAFS_V5_VERSION:
+            raise FormatError(f"not a RAFS v5 bootstrap: magic 0x{self.magic:08x} "
+                              f"version 0x{self.version:x}")
+        if self.sb_size != V5_SUPER_SIZE:
+            raise FormatError(f"RAFS v5 superblock: sb_size {self.sb_size} != 8192")
+        if not valid_chunk_size(self.block_size):
+            raise FormatError(f"RAFS v5 superblock: invalid chunk size 0x{self.block_size:x}")
+        if self.inode_table_entries == 0:
+            raise FormatError("RAFS v5 superblock: empty inode table")
+        end = self.inode_table_offset + 4 * self.inode_table_entries
+        if self.inode_table_offset < V5_SUPER_SIZE or self.inode_table_offset % 8 or \
+                end > file_size:
+            raise FormatError(f"RAFS v5 superblock: inode table at {self.inode_table_offset} "
+                              f"with {self.inode_table_entries} entries does not fit the file")
+        if self.blob_table_size and self.blob_table_offset + self.blob_table_size > file_size:
+            raise FormatError("RAFS v5 superblock: blob table beyond the end of the file")
+        if self.prefetch_table_entries and \
+                self.prefetch_table_offset + 4 * self.prefetch_table_entries > file_size:
+            raise FormatError("RAFS v5 superblock: prefetch table beyond the end of the file")
+        if self.extended_blob_table_entries and self.extended_blob_table_offset + \
+                64 * self.extended_blob_table_entries > file_size:
+            raise FormatError("RAFS v5 superblock: extended blob table beyond the end of the file")
+
+
+@dataclass(frozen=True, slots=True)
+class V5BlobEntry:
+    """Entry of the variable-length v5 blob table."""
+
+    readahead_offset: int
+    readahead_size: int
+    blob_id: str
+
+
+def unpack_v5_blob_table(buf: bytes | memoryview) -> list[V5BlobEntry]:
+    """`u32 readahead_offset | u32 readahead_size | id` entries separated by one NUL."""
+    out: list[V5BlobEntry] = []
+    raw = bytes(buf)
+    pos = 0
+    while pos + 8 <= len(raw):
+        ra_off, ra_size = struct.unpack_from("<II", raw, pos)
+        pos += 8
+        end = raw.find(b"\0", pos)
+        if end < 0:
+            end = len(raw)
+        ident = raw[pos:end]
+        if not ident:
+            break  # zero padding at the end of the table
+        try:
+            blob_id = ident.decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError(f"RAFS v5 blob table: blob id {ident!r} is not ASCII") from None
+        out.append(V5BlobEntry(ra_off, ra_size, blob_id))
+        pos = end + 1
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class V5ExtBlobEntry:
+    """64-byte extended blob table entry."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIQQ40s")
+    chunk_count: int
+    features: int
+    uncompressed_size: int
+    compressed_size: int
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int) -> "V5ExtBlobEntry":
+        cnt, feat, usize, csize, _ = cls.STRUCT.unpack_from(buf, off)
+        return cls(cnt, feat, usize, csize)
+
+
+@dataclass(frozen=True, slots=True)
+class V5Inode:
+    """128-byte v5 inode record header (name, symlink target, xattrs, chunks follow)."""
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<32sQQIIIIQQQIIIHHIIQ8s")
+    digest: bytes
+    parent: int
+    ino: int
+    uid: int
+    gid: int
+    projid: int
+    mode: int
+    size: int
+    blocks: int
+    flags: int
+    nlink: int
+    child_index: int
+    child_count: int
+    name_size: int
+    symlink_size: int
+    rdev: int
+    mtime_nsec: int
+    mtime: int
+
+    @classmethod
+    def unpack(cls, buf: bytes | memoryview, off: int) -> "V5Inode":
+        if off + V5_INODE_SIZE > len(buf):
+            raise FormatError(f"RAFS v5 inode at {off} lies outside the bootstrap")
+        v = cls.STRUCT.unpack_from(buf, off)
+        return cls(*v[:18])
+
+    @property
+    def name_offset(self) -> int:
+        return V5_INODE_SIZE
+
+    @property
+    def symlink_offset(self) -> int:
+        return V5_INODE_SIZE + align8(self.name_size)
+
+    @property
+    def xattr_offset(self) -> int:
+        return self.symlink_offset + align8(self.symlink_size)
+
+
+def unpack_v5_xattrs(buf: bytes | memoryview, off: int) -> tuple[dict[bytes, bytes], int]:
+    """Parse a v5 xattr table at `off`; return (xattrs, bytes the table occupies)."""
+    if off + 8 > len(buf):
+        raise FormatError(f"RAFS v5 xattr table at {off} lies outside the bootstrap")
+    size = struct.unpack_from("<Q", buf, off)[0]
+    start = off + 8
+    end = start + size
+    if end > len(buf):
+        raise FormatError(f"RAFS v5 xattr table at {off}: size {size} overruns the bootstrap")
+    out: dict[bytes, bytes] = {}
+    pos = start
+    while pos + 4 <= end:
+        pair = struct.unpack_from("<I", buf, pos)[0]
+        pos += 4
+        if pos + pair > end:
+            raise FormatError(f"RAFS v5 xattr table at {off}: pair overruns the table")
+        data = bytes(buf[pos:pos + pair])
+        nul = data.find(b"\0")
+        if nul <= 0:
+            raise FormatError(f"RAFS v5 xattr table at {off}: pair without a name")
+        out[data[:nul]] = data[nul + 1:]
+        pos += pair
+    return out, 8 + align8(size)

@@ -1,0 +1,248 @@
+"""RAFS v5 bootstrap reader over an in-memory buffer (bytes or mmap), rafs-format §7.
+
+Inode numbers are the v5 `i_ino` values: the 1-based inode-table index of the first entry
+of each hard-link group, so hard-linked names share an inode number and inode number *n*
+lives at inode-table entry *n - 1*.
+"""
+
+from __future__ import annotations
+
+import bisect
+import stat
+import struct
+from functools import lru_cache
+
+from nydus.errors import FormatError
+from nydus.format.constants import (
+    FT_BLK,
+    FT_CHR,
+    FT_DIR,
+    FT_FIFO,
+    FT_REG,
+    FT_SOCK,
+    FT_SYMLINK,
+    FT_UNKNOWN,
+    MAX_NAME_LEN,
+    SuperFlags,
+)
+from nydus.format.rafs import Attr, ChunkRef, DirEntry, flags_compressor, flags_digester
+from nydus.format.v5 import (
+    V5_INODE_XATTR,
+    V5BlobEntry,
+    V5ExtBlobEntry,
+    V5Inode,
+    V5SuperBlock,
+    unpack_v5_blob_table,
+    unpack_v5_xattrs,
+)
+from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
+
+CHUNK_INFO_SIZE = 80
+
+_FT_OF_FMT = {
+    stat.S_IFREG: FT_REG,
+    stat.S_IFDIR: FT_DIR,
+    stat.S_IFCHR: FT_CHR,
+    stat.S_IFBLK: FT_BLK,
+    stat.S_IFIFO: FT_FIFO,
+    stat.S_IFSOCK: FT_SOCK,
+    stat.S_IFLNK: FT_SYMLINK,
+}
+
+
+def file_type_of(mode: int) -> int:
+    return _FT_OF_FMT.get(stat.S_IFMT(mode), FT_UNKNOWN)
+
+
+class RafsV5Super:
+    """The `RafsSuper` protocol for a RAFS v5 bootstrap."""
+
+    version = 5
+
+    def __init__(self, buf: bytes | memoryview) -> None:
+        self.buf = buf
+        self.sb = sb = V5SuperBlock.unpack(buf)
+        self.flags = sb.flags
+        self.chunk_size = sb.block_size
+        # nydusd's defaults when a bit is missing: lz4_block, blake3 (rafs-format §2.4)
+        self.compressor = flags_compressor(sb.flags)
+        self.digester = flags_digester(sb.flags)
+        self.root_ino = 1
+        self.inode_count = sb.inodes_count
+        n = sb.inode_table_entries
+        self._table = struct.unpack_from(f"<{n}I", buf, sb.inode_table_offset)
+        entries: list[V5BlobEntry] = []
+        if sb.blob_table_size:
+            entries = unpack_v5_blob_table(
+                buf[sb.blob_table_offset:sb.blob_table_offset + sb.blob_table_size])
+        ext: list[V5ExtBlobEntry] = [
+            V5ExtBlobEntry.unpack(buf, sb.extended_blob_table_offset + 64 * i)
+            for i in range(sb.extended_blob_table_entries)
+        ]
+        if ext and len(ext) != len(entries):
+            raise FormatError(f"RAFS v5: {len(entries)} blobs but {len(ext)} extended blob "
+                              "table entries")
+        self.blob_entries = entries
+        self.blobs: list[BlobInfo] = []
+        for i, ent in enumerate(entries):
+            e = ext[i] if ext else V5ExtBlobEntry(0, 0, 0, 0)
+            self.blobs.append(BlobInfo(
+                blob_id=ent.blob_id, blob_index=i, chunk_size=self.chunk_size,
+                chunk_count=e.chunk_count, compressor=int(self.compressor),
+                digester=int(self.digester), features=e.features,
+                compressed_size=e.compressed_size, uncompressed_size=e.uncompressed_size))
+        self._check_root()
+
+    # ---- raw records -------------------------------------------------------------
+    def _check_root(self) -> None:
+        off = self.record_offset(1)
+        root = V5Inode.unpack(self.buf, off)
+        if root.name_size == 0 or stat.S_IFMT(root.mode) == 0:
+            raise FormatError(
+                "RAFS v5 bootstrap uses the legacy pre-release inode layout (root record at "
+                f"{off} has mode 0o{root.mode:o} and name size {root.name_size}); this layout "
+                "is not supported")
+        if not stat.S_ISDIR(root.mode):
+            raise FormatError(f"RAFS v5: root inode (record at {off}) is not a directory")
+        if root.ino != 1:
+            raise FormatError(f"RAFS v5: root inode number is {root.ino}, expected 1")
+
+    def record_offset(self, index: int) -> int:
+        """Byte offset of the inode record at 1-based inode-table index `index`."""
+        if not 1 <= index <= len(self._table):
+            raise FormatError(f"RAFS v5: inode index {index} outside the inode table "
+                              f"(1..{len(self._table)})")
+        off = self._table[index - 1] << 3
+        if off < self.sb.inode_table_offset or off + 128 > len(self.buf):
+            raise FormatError(f"RAFS v5: inode {index} at offset {off} lies outside the bootstrap")
+        return off
+
+    @lru_cache(maxsize=65536)
+    def record(self, index: int) -> V5Inode:
+        off = self.record_offset(index)
+        ino = V5Inode.unpack(self.buf, off)
+        where = f"RAFS v5 inode {index} at {off}"
+        if file_type_of(ino.mode) == FT_UNKNOWN:
+            raise FormatError(f"{where}: invalid mode 0o{ino.mode:o}")
+        if not 0 < ino.name_size <= max(MAX_NAME_LEN, 1):
+            raise FormatError(f"{where}: invalid name size {ino.name_size}")
+        if ino.ino == 0:
+            raise FormatError(f"{where}: inode number 0")
+        if stat.S_ISDIR(ino.mode) and ino.child_count and \
+                ino.child_index + ino.child_count - 1 > len(self._table):
+            raise FormatError(f"{where}: children {ino.child_index}+{ino.child_count} outside "
+                              "the inode table")
+        return ino
+
+    def inode(self, ino: int) -> V5Inode:
+        return self.record(ino)
+
+    def _name(self, index: int) -> bytes:
+        rec = self.record(index)
+        off = self.record_offset(index) + rec.name_offset
+        return bytes(self.buf[off:off + rec.name_size])
+
+    # ---- RafsSuper protocol --------------------------------------------------------
+    def attr(self, ino: int) -> Attr:
+        rec = self.record(ino)
+        rdev = 0
+        if stat.S_ISCHR(rec.mode) or stat.S_ISBLK(rec.mode):
+            rdev = erofs_to_rdev(rec.rdev)
+        return Attr(ino, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec,
+                    rec.nlink, rdev)
+
+    @lru_cache(maxsize=4096)
+    def _children(self, ino: int) -> tuple[tuple[bytes, int, int], ...]:
+        rec = self.record(ino)
+        if not stat.S_ISDIR(rec.mode):
+            raise FormatError(f"RAFS v5 inode {ino} is not a directory")
+        out = []
+        for idx in range(rec.child_index, rec.child_index + rec.child_count):
+            child = self.record(idx)
+            out.append((self._name(idx), child.ino, file_type_of(child.mode)))
+        names = [e[0] for e in out]
+        if names != sorted(names):
+            raise FormatError(f"RAFS v5 directory {ino}: children are not sorted")
+        return tuple(out)
+
+    def readdir(self, ino: int) -> list[DirEntry]:
+        return [DirEntry(n, i, t) for n, i, t in self._children(ino)]
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        ents = self._children(parent)
+        i = bisect.bisect_left(ents, name, key=lambda e: e[0])
+        if i < len(ents) and ents[i][0] == name:
+            return ents[i][1]
+        return None
+
+    def parent(self, ino: int) -> int:
+        """Inode number of the directory holding `ino` (the root for the root)."""
+        p = self.record(ino).parent
+        return p if p else self.root_ino
+
+    def readlink(self, ino: int) -> bytes:
+        rec = self.record(ino)
+        if not stat.S_ISLNK(rec.mode):
+            raise FormatError(f"RAFS v5 inode {ino} is not a symlink")
+        off = self.record_offset(ino) + rec.symlink_offset
+        return bytes(self.buf[off:off + rec.symlink_size])
+
+    def _xattrs_and_end(self, ino: int) -> tuple[dict[bytes, bytes], int]:
+        rec = self.record(ino)
+        off = self.record_offset(ino) + rec.xattr_offset
+        if not rec.flags & V5_INODE_XATTR:
+            return {}, off
+        xattrs, used = unpack_v5_xattrs(self.buf, off)
+        return xattrs, off + used
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return self._xattrs_and_end(ino)[0]
+
+    def chunk_infos(self, ino: int) -> list[ChunkInfo]:
+        rec = self.record(ino)
+        if not stat.S_ISREG(rec.mode):
+            raise FormatError(f"RAFS v5 inode {ino} is not a regular file")
+        _, off = self._xattrs_and_end(ino)
+        n = rec.child_count
+        if off + CHUNK_INFO_SIZE * n > len(self.buf):
+            raise FormatError(f"RAFS v5 inode {ino}: chunk infos beyond the end of the bootstrap")
+        out = [ChunkInfo.unpack(self.buf, off + CHUNK_INFO_SIZE * i) for i in range(n)]
+        for c in out:
+            if c.blob_index >= len(self.blobs):
+                raise FormatError(f"RAFS v5 inode {ino}: chunk refers to blob {c.blob_index} "
+                                  f"of {len(self.blobs)}")
+        return out
+
+    def chunks(self, ino: int) -> list[ChunkRef]:
+        return [ChunkRef(c.blob_index, c.index, c.file_offset, c.uncompressed_offset,
+                         c.uncompressed_size, c.compressed_offset, c.compressed_size,
+                         bool(c.flags & 1), c.digest)
+                for c in self.chunk_infos(ino)]
+
+    @lru_cache(maxsize=1)
+    def chunk_table(self) -> list[ChunkInfo]:
+        """Every distinct chunk (by blob index and chunk index) referenced by a file."""
+        seen: dict[tuple[int, int], ChunkInfo] = {}
+        for idx in range(1, len(self._table) + 1):
+            rec = self.record(idx)
+            if stat.S_ISREG(rec.mode) and rec.ino == idx:
+                for c in self.chunk_infos(idx):
+                    seen.setdefault((c.blob_index, c.index), c)
+        return sorted(seen.values(), key=lambda c: (c.digest, c.blob_index))
+
+    def prefetch_inos(self) -> list[int]:
+        n = self.sb.prefetch_table_entries
+        out = []
+        for (ino,) in struct.iter_unpack("<I", self.buf[self.sb.prefetch_table_offset:
+                                                       self.sb.prefetch_table_offset + 4 * n]):
+            if ino == 0:
+                break
+            out.append(ino)
+        return out
+
+    @property
+    def explicit_uid_gid(self) -> bool:
+        return bool(self.flags & SuperFlags.EXPLICIT_UID_GID)
+
+
+__all__ = ["RafsV5Super", "file_type_of"]
