@@ -1,0 +1,254 @@
+"""Streaming native blob writer: chunks are digested and compressed on a thread pool,
+deduplicated in input order, and written back to back (compressor none: at their
+uncompressed offsets), then the blob meta trailer (CI array, header, optional digest
+array, inline bootstrap and ToC) follows. The output is written strictly sequentially,
+so it may be a FIFO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+from nydus.builder.tree import Chunk
+from nydus.format.blobmeta import (
+    TOC_FLAG_OF_COMPRESSOR,
+    TOC_NONE,
+    TOC_NAME,
+    BlobMetaHeader,
+    ChunkMeta,
+    TocEntry,
+    tar_header,
+)
+from nydus.format.constants import BLOCK_SIZE, BlobFeatures, align
+from nydus.format.v6 import BlobInfo
+from nydus.utils.compress import Compressor, compress_if_smaller
+from nydus.utils.digest import Digester
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[], BinaryIO]
+
+
+@dataclass(slots=True)
+class BlobResult:
+    """What the bootstrap needs to know about a written blob."""
+
+    blob_id: str
+    info: BlobInfo  # blob table entry (blob_index filled by the caller)
+    size: int  # bytes written
+    chunk_count: int
+
+
+def _work(digester: Digester, compressor: Compressor, data: bytes) -> tuple[bytes, bytes, bool]:
+    digest = digester.digest(data)
+    stored, compressed = compress_if_smaller(compressor, data)
+    return digest, stored, compressed
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: "Future[tuple[bytes, bytes, bool]]"
+    size: int
+    target: list[Chunk | None]
+    pos: int
+
+
+@dataclass
+class BlobWriter:
+    """Writes one blob; `dedup` maps chunk digests to chunks already stored (this blob,
+    parent layers), and is updated with the chunks this blob adds."""
+
+    opener: Opener
+    blob_index: int
+    compressor: Compressor
+    digester: Digester
+    chunk_size: int
+    dedup: dict[bytes, Chunk] = field(default_factory=dict)
+    workers: int = max(2, os.cpu_count() or 2)
+    _out: BinaryIO | None = None
+    _pos: int = 0
+    _upos: int = 0
+    _hash: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    _metas: list[ChunkMeta] = field(default_factory=list)
+    _digests: list[bytes] = field(default_factory=list)
+    _pending: deque[_Pending] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunk")
+        self._window = max(4, min(4 * self.workers, (64 << 20) // self.chunk_size))
+
+    # ---- input --------------------------------------------------------------
+    def add_file(self, read: Callable[[int], bytes], size: int) -> list[Chunk | None]:
+        """Queue a file's data, read with `read(n)`; the returned list is filled in as
+        chunks complete (complete after `flush()`)."""
+        n = (size + self.chunk_size - 1) // self.chunk_size
+        target: list[Chunk | None] = [None] * n
+        for i in range(n):
+            want = min(self.chunk_size, size - i * self.chunk_size)
+            data = _read_exact(read, want)
+            fut = self._pool.submit(_work, self.digester, self.compressor, data)
+            self._pending.append(_Pending(fut, want, target, i))
+            while len(self._pending) > self._window:
+                self._drain_one()
+        return target
+
+    def flush(self) -> None:
+        while self._pending:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        p = self._pending.popleft()
+        digest, stored, compressed = p.future.result()
+        hit = self.dedup.get(digest)
+        if hit is not None and hit.uncompressed_size == p.size:
+            p.target[p.pos] = hit
+            return
+        if self.compressor is Compressor.NONE:
+            # identity layout: compressed offset == uncompressed offset
+            self._write(b"\0" * (self._upos - self._pos))
+        chunk = Chunk(digest, self.blob_index, len(self._metas), self._upos, p.size,
+                      self._pos, len(stored), compressed)
+        self._write(stored)
+        self._metas.append(ChunkMeta(chunk.uncompressed_offset, p.size, chunk.compressed_offset,
+                                     len(stored), compressed))
+        self._digests.append(digest)
+        self._upos += align(p.size, BLOCK_SIZE)
+        self.dedup[digest] = chunk
+        p.target[p.pos] = chunk
+
+    def _write(self, data: bytes, hashed: bool = True) -> None:
+        if not data:
+            return
+        if self._out is None:
+            self._out = self.opener()
+        self._out.write(data)
+        if hashed:
+            self._hash.update(data)
+        self._pos += len(data)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self._metas)
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self._upos
+
+    # ---- trailer ------------------------------------------------------------
+    def finish(self, *, blob_toc: bool, inline_bootstrap: Callable[[BlobInfo], bytes] | None
+               ) -> BlobResult | None:
+        """Write the blob meta trailer. `inline_bootstrap(info)` returns the bootstrap to
+        embed (built with this blob's table entry). Returns None if nothing was written."""
+        self.flush()
+        self._pool.shutdown()
+        count = len(self._metas)
+        if count == 0 and inline_bootstrap is None:
+            return None
+        features = BlobFeatures.ALIGNED | BlobFeatures.CAP_TAR_TOC
+        tar = blob_toc or inline_bootstrap is not None
+        if tar:
+            features |= BlobFeatures.HAS_TAR_HEADER
+        if blob_toc:
+            features |= BlobFeatures.HAS_TOC
+            if count:
+                features |= BlobFeatures.INLINED_CHUNK_DIGEST
+        if inline_bootstrap is not None:
+            features |= BlobFeatures.INLINED_FS_META
+        toc: list[TocEntry] = []
+        data_size = self._pos
+        data_digest = None
+        if tar and count:
+            self._write(tar_header("image.blob", data_size))
+            data_digest = self._hash.copy().digest()
+        ci_raw = b"".join(m.pack_v1() for m in self._metas)
+        ci_offset = ci_stored_size = 0
+        ci_comp = Compressor.NONE
+        header = b""
+        if count:
+            ci_stored, compressed = compress_if_smaller(self.compressor, ci_raw)
+            ci_comp = self.compressor if compressed else Compressor.NONE
+            ci_offset, ci_stored_size = self._pos, len(ci_stored)
+            header = BlobMetaHeader(int(features), int(ci_comp), count, ci_offset, len(ci_stored),
+                                    len(ci_raw)).pack()
+            self._write(ci_stored)
+            self._write(header)
+            if tar:
+                self._write(tar_header("blob.meta", len(ci_stored) + len(header)))
+        if data_digest is not None:
+            toc.append(TocEntry(TOC_NONE, "image.blob", data_digest, 0, data_size,
+                                self._upos))
+        if count:
+            toc.append(TocEntry(TOC_FLAG_OF_COMPRESSOR[int(ci_comp)], "blob.meta",
+                                hashlib.sha256(ci_raw).digest(), ci_offset, ci_stored_size,
+                                len(ci_raw)))
+            toc.append(TocEntry(TOC_NONE, "blob.meta.header", hashlib.sha256(header).digest(),
+                                ci_offset + ci_stored_size, len(header), len(header)))
+        if blob_toc and count:
+            digests = b"".join(self._digests)
+            toc.append(TocEntry(TOC_NONE, "blob.digest", hashlib.sha256(digests).digest(),
+                                self._pos, len(digests), len(digests)))
+            self._write(digests, hashed=False)
+            self._write(tar_header("blob.digest", len(digests)))
+
+        def info(compressed_size: int, toc_size: int = 0, toc_digest: bytes = b"\0" * 32
+                 ) -> BlobInfo:
+            return BlobInfo(
+                blob_id="", blob_index=self.blob_index, chunk_size=self.chunk_size,
+                chunk_count=count, compressor=int(self.compressor), digester=int(self.digester),
+                features=int(features), compressed_size=compressed_size,
+                uncompressed_size=self._upos, blob_toc_size=toc_size,
+                ci_compressor=int(ci_comp), ci_offset=ci_offset,
+                ci_compressed_size=ci_stored_size, ci_uncompressed_size=len(ci_raw),
+                blob_toc_digest=toc_digest)
+
+        if inline_bootstrap is not None:
+            boot = inline_bootstrap(info(self._pos))
+            if blob_toc:
+                stored, compressed = compress_if_smaller(Compressor.ZSTD, boot)
+                flag = TOC_FLAG_OF_COMPRESSOR[3] if compressed else TOC_NONE
+            else:
+                stored, flag = boot, TOC_NONE
+            toc.append(TocEntry(flag, "image.boot", hashlib.sha256(boot).digest(), self._pos,
+                                len(stored), len(boot)))
+            self._write(stored)
+            self._write(tar_header("image.boot", len(stored)))
+        toc_size, toc_digest = 0, b"\0" * 32
+        if blob_toc:
+            entries = b"".join(e.pack() for e in toc)
+            trailer = entries + tar_header(TOC_NAME, len(entries))
+            toc_size, toc_digest = len(trailer), hashlib.sha256(trailer).digest()
+            self._write(trailer)
+        if self._out is not None:
+            self._out.flush()
+        blob_id = self._hash.hexdigest()
+        final = info(self._pos, toc_size, toc_digest)
+        return BlobResult(blob_id, final, self._pos, count)
+
+    def abort(self) -> None:
+        for p in self._pending:
+            p.future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    buf = read(n)
+    if len(buf) == n:
+        return buf
+    parts = [buf]
+    got = len(buf)
+    while got < n:
+        more = read(n - got)
+        if not more:
+            from nydus.errors import BuildError
+
+            raise BuildError(f"source file shrank while reading: got {got} of {n} bytes")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

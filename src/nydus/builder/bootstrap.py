@@ -1,0 +1,352 @@
+"""RAFS v6 bootstrap writer: lays out a `Node` tree as an EROFS image whose regular
+files are chunk-based with 8-byte chunk indexes pointing into the blobs.
+
+Layout (see rafs-format.md §3 and §5): superblocks, device slots, blob table,
+prefetch table, an empty block, inodes in BFS order on 32-byte slots (root nid 128)
+with inline xattrs, inline directory/symlink tails and chunk index arrays, then full
+directory/symlink data blocks, then the chunk info table.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+from nydus.builder.tree import Chunk, InodeData, Node
+from nydus.errors import BuildError
+from nydus.format.constants import (
+    BLOCK_SIZE,
+    COMPRESSOR_FLAG,
+    DEVICE_TABLE_OFFSET,
+    DIGESTER_FLAG,
+    EROFS_SUPER_OFFSET,
+    EXT_SUPER_OFFSET,
+    LAYOUT_CHUNK_BASED,
+    LAYOUT_FLAT_INLINE,
+    LAYOUT_FLAT_PLAIN,
+    MAPPED_BLKADDR_ALIGN,
+    MAX_BLOBS,
+    BlobFeatures,
+    ChunkFlags,
+    SuperFlags,
+    align,
+)
+from nydus.format.v6 import (
+    BlobInfo,
+    ChunkAddr,
+    ChunkInfo,
+    DeviceSlot,
+    Dirent,
+    ExtSuperBlock,
+    Inode,
+    SuperBlock,
+    chunk_format,
+    pack_dir_blocks,
+    pack_xattrs,
+    rdev_to_erofs,
+    xattr_icount,
+)
+from nydus.utils.compress import Compressor
+from nydus.utils.digest import Digester
+
+
+@dataclass(slots=True, eq=False)
+class _Rec:
+    """Placement of one on-disk inode."""
+
+    data: InodeData
+    xattrs: bytes
+    layout: int = LAYOUT_FLAT_PLAIN
+    pos: int = 0  # absolute offset of the inode
+    nid: int = 0
+    ino: int = 0
+    nlink: int = 1
+    size: int = 0
+    content: bytes = b""  # directory or symlink data
+    node: Node | None = None  # directory node (for dirents)
+    parent_rec: "_Rec | None" = None
+    blkaddr: int = 0  # first full data block (flat layouts)
+
+    @property
+    def tail(self) -> int:
+        return self.size % BLOCK_SIZE if self.layout == LAYOUT_FLAT_INLINE else 0
+
+    @property
+    def full_blocks(self) -> int:
+        if self.layout == LAYOUT_FLAT_INLINE:
+            return self.size // BLOCK_SIZE
+        if self.layout == LAYOUT_FLAT_PLAIN and self.content:
+            return (self.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapOptions:
+    chunk_size: int
+    compressor: Compressor
+    digester: Digester
+    explicit_uid_gid: bool = True
+
+
+def super_flags(opts: BootstrapOptions, blobs: list[BlobInfo], has_xattr: bool) -> int:
+    flags = COMPRESSOR_FLAG[int(opts.compressor)] | DIGESTER_FLAG[int(opts.digester)]
+    flags |= SuperFlags.ENCRYPTION_NONE
+    if opts.explicit_uid_gid:
+        flags |= SuperFlags.EXPLICIT_UID_GID
+    if has_xattr:
+        flags |= SuperFlags.HAS_XATTR
+    if blobs and all(b.features & BlobFeatures.INLINED_CHUNK_DIGEST for b in blobs):
+        flags |= SuperFlags.INLINED_CHUNK_DIGEST
+    return int(flags)
+
+
+def write_bootstrap(root: Node, blobs: list[BlobInfo], opts: BootstrapOptions,
+                    prefetch: list[Node] | None = None) -> bytes:
+    """Serialise the tree. `blobs` are the blob table entries in index order."""
+    if len(blobs) > MAX_BLOBS:
+        raise BuildError(f"too many blobs: {len(blobs)} (RAFS v6 allows {MAX_BLOBS})")
+    if root.children is None:
+        raise BuildError("the root of an image must be a directory")
+    recs, order = _collect(root, opts)
+    _number_inodes(root, recs)
+
+    nblobs = len(blobs)
+    blob_table_off = align(DEVICE_TABLE_OFFSET + 128 * nblobs, BLOCK_SIZE)
+    prefetch_nodes = prefetch or []
+    prefetch_size = 4 * len(prefetch_nodes) if nblobs else 0
+    meta_blkaddr = (align(blob_table_off + 256 * nblobs + prefetch_size, BLOCK_SIZE) // BLOCK_SIZE
+                    if nblobs else 0)
+    meta_base = meta_blkaddr * BLOCK_SIZE
+
+    # ---- place inodes ----
+    cursor = meta_base + BLOCK_SIZE
+    for rec in order:
+        isize = 64 + len(rec.xattrs)
+        if rec.layout == LAYOUT_CHUNK_BASED:
+            nchunks = (rec.size + opts.chunk_size - 1) // opts.chunk_size
+            length = align(isize, 8) + 8 * nchunks
+        else:
+            length = isize + rec.tail
+        pos = align(cursor, 32)
+        if rec.tail and (pos + isize) // BLOCK_SIZE != (pos + isize + rec.tail - 1) // BLOCK_SIZE:
+            pos = align(pos + 1, BLOCK_SIZE) if pos % BLOCK_SIZE else pos
+        rec.pos = pos
+        rec.nid = (pos - meta_base) // 32
+        cursor = pos + length
+    if order[0].nid > 0xFFFF:
+        raise BuildError("root inode does not fit a 16-bit nid")
+    # ---- full data blocks of directories and symlinks ----
+    block = align(cursor, BLOCK_SIZE) // BLOCK_SIZE
+    for rec in order:
+        if rec.full_blocks:
+            rec.blkaddr = block
+            block += rec.full_blocks
+    chunk_table = _chunk_table(order, opts)
+    chunk_table_off = block * BLOCK_SIZE
+    total = align(chunk_table_off + 80 * len(chunk_table), BLOCK_SIZE)
+    if not chunk_table:
+        total = max(total, chunk_table_off)
+    out = bytearray(total)
+
+    # ---- directories' content now that nids are known ----
+    for rec in order:
+        if rec.node is not None:
+            rec.content = _dir_content(rec, recs)
+    for rec in order:
+        _write_inode(out, rec, opts)
+    for i, info in enumerate(chunk_table):
+        out[chunk_table_off + 80 * i:chunk_table_off + 80 * (i + 1)] = info.pack()
+
+    # ---- tables and superblocks ----
+    mapped = align(total, MAPPED_BLKADDR_ALIGN) // BLOCK_SIZE
+    for i, b in enumerate(blobs):
+        if b.blob_index != i:
+            raise BuildError(f"blob table entry {i} has index {b.blob_index}")
+        blocks = b.uncompressed_size // BLOCK_SIZE
+        slot = DeviceSlot(b.blob_id, blocks, mapped)
+        off = DEVICE_TABLE_OFFSET + 128 * i
+        out[off:off + 128] = slot.pack()
+        mapped = align((mapped + blocks) * BLOCK_SIZE, MAPPED_BLKADDR_ALIGN) // BLOCK_SIZE
+        out[blob_table_off + 256 * i:blob_table_off + 256 * (i + 1)] = b.pack()
+    pt_off = blob_table_off + 256 * nblobs
+    if prefetch_size:
+        for i, node in enumerate(prefetch_nodes):
+            nid = recs[id(node.inode)].nid
+            out[pt_off + 4 * i:pt_off + 4 * i + 4] = nid.to_bytes(4, "little")
+    has_xattr = any(r.xattrs for r in order)
+    ext = ExtSuperBlock(
+        flags=super_flags(opts, blobs, has_xattr),
+        blob_table_offset=blob_table_off, blob_table_size=256 * nblobs,
+        chunk_size=opts.chunk_size,
+        chunk_table_offset=chunk_table_off if chunk_table else 0,
+        chunk_table_size=80 * len(chunk_table),
+        prefetch_table_offset=pt_off if prefetch_size else 0,
+        prefetch_table_size=prefetch_size)
+    inos = root.inode and _count_entries(root)
+    sb = SuperBlock(root_nid=order[0].nid, inos=inos,
+                    blocks=sum(b.uncompressed_size // BLOCK_SIZE for b in blobs),
+                    meta_blkaddr=meta_blkaddr, extra_devices=nblobs)
+    out[EROFS_SUPER_OFFSET:EROFS_SUPER_OFFSET + 128] = sb.pack()
+    out[EXT_SUPER_OFFSET:EXT_SUPER_OFFSET + 256] = ext.pack()
+    return bytes(out)
+
+
+def _collect(root: Node, opts: BootstrapOptions) -> tuple[dict[int, _Rec], list[_Rec]]:
+    """One record per distinct inode, in BFS order of first appearance."""
+    recs: dict[int, _Rec] = {}
+    order: list[_Rec] = []
+
+    def add(node: Node, parent: _Rec | None) -> _Rec:
+        key = id(node.inode)
+        rec = recs.get(key)
+        if rec is not None:
+            rec.nlink += 1
+            return rec
+        data = node.inode
+        if node.children is not None and not data.is_dir:
+            raise BuildError("directory node without a directory mode")
+        rec = _Rec(data, pack_xattrs(data.xattrs))
+        if node.children is not None:
+            rec.node = node
+            rec.parent_rec = parent
+            names = [b".", b".."] + list(node.children)
+            _, rec.size = pack_dir_blocks(Dirent(0, 0, n) for n in sorted(names))
+            rec.nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
+            rec.content = b"\0" * rec.size  # placeholder until nids are known
+        elif stat.S_ISLNK(data.mode):
+            rec.content = data.symlink
+            rec.size = len(data.symlink)
+        elif stat.S_ISREG(data.mode):
+            rec.layout = LAYOUT_CHUNK_BASED
+            rec.size = data.size
+        if rec.content:
+            tail = rec.size % BLOCK_SIZE
+            if tail and 64 + len(rec.xattrs) + tail <= BLOCK_SIZE:
+                rec.layout = LAYOUT_FLAT_INLINE
+        recs[key] = rec
+        order.append(rec)
+        return rec
+
+    queue = [(root, None)]
+    head = 0
+    while head < len(queue):
+        node, parent = queue[head]
+        head += 1
+        rec = add(node, parent)
+        if node.children is not None and rec.node is node:
+            for child in node.sorted_children():
+                if child.children is not None:
+                    queue.append((child, rec))
+                else:
+                    add(child, rec)
+    # nlink of regular files counts the names; we counted 1 + extra links already
+    for rec in order:
+        if not rec.data.is_reg and rec.node is None:
+            rec.nlink = 1
+    return recs, order
+
+
+def _number_inodes(root: Node, recs: dict[int, _Rec]) -> None:
+    """i_ino per rafs-format §5: children numbered per directory, then recurse."""
+    counter = 1
+    recs[id(root.inode)].ino = 1
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        subdirs = []
+        for child in d.sorted_children():
+            counter += 1
+            rec = recs[id(child.inode)]
+            if rec.ino == 0:
+                rec.ino = counter
+            if child.children is not None:
+                subdirs.append(child)
+        stack.extend(reversed(subdirs))
+    root.inode  # noqa: B018 - root keeps ino 1
+
+
+def _count_entries(root: Node) -> int:
+    n = 1
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        assert d.children is not None
+        n += len(d.children)
+        stack.extend(c for c in d.children.values() if c.children is not None)
+    return n
+
+
+def _dir_content(rec: _Rec, recs: dict[int, _Rec]) -> bytes:
+    node = rec.node
+    assert node is not None and node.children is not None
+    parent = rec.parent_rec or rec
+    ents = [Dirent(rec.nid, 2, b"."), Dirent(parent.nid, 2, b"..")]
+    for name, child in node.children.items():
+        ents.append(Dirent(recs[id(child.inode)].nid, child.inode.file_type, name))
+    ents.sort(key=lambda d: d.name)
+    blocks, size = pack_dir_blocks(ents)
+    assert size == rec.size
+    return b"".join(blocks)
+
+
+def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
+    d = rec.data
+    if rec.layout == LAYOUT_CHUNK_BASED:
+        i_u = chunk_format(opts.chunk_size)
+    elif stat.S_ISCHR(d.mode) or stat.S_ISBLK(d.mode):
+        i_u = rdev_to_erofs(d.rdev)
+    elif rec.full_blocks:
+        i_u = rec.blkaddr
+    else:
+        i_u = 0
+    uid, gid = (d.uid, d.gid) if opts.explicit_uid_gid else (0, 0)
+    mtime, nsec = d.mtime, d.mtime_nsec
+    if rec.node is not None and rec.parent_rec is None:
+        mtime, nsec = 0, 0  # root mtime zeroed for reproducibility
+    size = rec.size if (rec.content or rec.layout == LAYOUT_CHUNK_BASED) else 0
+    inode = Inode(rec.layout, xattr_icount(len(rec.xattrs)), d.mode, size, i_u, rec.ino,
+                  uid, gid, mtime, nsec, rec.nlink)
+    pos = rec.pos
+    out[pos:pos + 64] = inode.pack()
+    pos += 64
+    out[pos:pos + len(rec.xattrs)] = rec.xattrs
+    pos += len(rec.xattrs)
+    if rec.layout == LAYOUT_CHUNK_BASED:
+        pos = align(pos, 8)
+        expected = (rec.size + opts.chunk_size - 1) // opts.chunk_size
+        if len(d.chunks) != expected:
+            raise BuildError(f"file of {rec.size} bytes has {len(d.chunks)} chunks, "
+                             f"expected {expected}")
+        for c in d.chunks:
+            out[pos:pos + 8] = ChunkAddr(c.blob_index, c.ci_index,
+                                         c.uncompressed_offset // BLOCK_SIZE).pack()
+            pos += 8
+        return
+    content = rec.content
+    nfull = rec.full_blocks
+    if nfull:
+        start = rec.blkaddr * BLOCK_SIZE
+        body = content[:nfull * BLOCK_SIZE] if rec.layout == LAYOUT_FLAT_INLINE else content
+        out[start:start + len(body)] = body
+    if rec.tail:
+        tail = content[nfull * BLOCK_SIZE:]
+        out[pos:pos + len(tail)] = tail
+
+
+def _chunk_table(order: list[_Rec], opts: BootstrapOptions) -> list[ChunkInfo]:
+    """One record per distinct (digest, blob) pair, sorted by digest then blob index."""
+    seen: dict[tuple[bytes, int], ChunkInfo] = {}
+    for rec in order:
+        if rec.layout != LAYOUT_CHUNK_BASED:
+            continue
+        for i, c in enumerate(rec.data.chunks):
+            key = (c.digest, c.blob_index)
+            if key not in seen:
+                seen[key] = _chunk_info(c, i * opts.chunk_size)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _chunk_info(c: Chunk, file_offset: int) -> ChunkInfo:
+    return ChunkInfo(c.digest, c.blob_index, ChunkFlags.COMPRESSED if c.compressed else 0,
+                     c.compressed_size, c.uncompressed_size, c.compressed_offset,
+                     c.uncompressed_offset, file_offset, c.ci_index, 0)

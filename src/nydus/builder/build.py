@@ -1,0 +1,320 @@
+"""`nydus-image create` and `nydus-image merge` as library calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field, replace
+
+from nydus.builder.blob import BlobWriter
+from nydus.builder.bootstrap import BootstrapOptions, write_bootstrap
+from nydus.builder.output import AtomicFile, write_atomic
+from nydus.builder.overlay import apply_layer, load_tree, strip_whiteouts
+from nydus.builder.source_dir import read_dir_tree
+from nydus.builder.source_tar import read_tar_tree
+from nydus.builder.tree import Chunk, Node
+from nydus.errors import BuildError, FormatError
+from nydus.format.constants import (
+    PLACEHOLDER_BLOB_ID,
+    BlobFeatures,
+    SuperFlags,
+    valid_chunk_size,
+)
+from nydus.format.rafs import RafsSuper, open_bootstrap
+from nydus.format.v6 import BlobInfo
+from nydus.utils.compress import Compressor
+from nydus.utils.digest import Digester
+
+log = logging.getLogger(__name__)
+
+SOURCE_TYPES = {"dir-rafs": "dir", "directory": "dir", "tar-rafs": "tar", "targz-rafs": "tar"}
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class CreateOptions:
+    source: str
+    source_type: str = "dir-rafs"
+    bootstrap: str | None = None
+    blob: str | None = None
+    blob_dir: str | None = None
+    parent_bootstrap: str | None = None
+    compressor: Compressor = Compressor.ZSTD
+    digester: Digester = Digester.BLAKE3
+    chunk_size: int = 0x100000
+    whiteout_spec: str = "oci"
+    blob_inline_meta: bool = False
+    blob_toc: bool = False
+    repeatable: bool = False
+    prefetch_patterns: list[str] | None = None
+
+
+@dataclass
+class BuildResult:
+    bootstrap: str | None
+    blob_ids: list[str]  # blob table order
+    blob_path: str | None = None
+    blob_size: int = 0
+    blob_id: str | None = None  # id of the blob this build wrote
+    trace: dict[str, float] = field(default_factory=dict)
+
+
+def load_bootstrap(path: str, what: str = "bootstrap") -> RafsSuper:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise BuildError(f"{what} {path}: {exc.strerror}") from exc
+    try:
+        return open_bootstrap(data)
+    except FormatError as exc:
+        raise BuildError(f"{what} {path} is not a RAFS bootstrap: {exc}") from exc
+
+
+def _check_options(o: CreateOptions) -> str:
+    kind = SOURCE_TYPES.get(o.source_type)
+    if kind is None:
+        raise BuildError(f"unsupported source type {o.source_type!r} "
+                         "(dir-rafs, tar-rafs or targz-rafs)")
+    if not valid_chunk_size(o.chunk_size):
+        raise BuildError(f"invalid chunk size 0x{o.chunk_size:x}: must be a power of two "
+                         "between 0x1000 and 0x1000000")
+    if o.whiteout_spec not in ("oci", "overlayfs", "none"):
+        raise BuildError(f"invalid whiteout spec {o.whiteout_spec!r}")
+    if not o.bootstrap and not o.blob_dir and not o.blob_inline_meta:
+        raise BuildError("--bootstrap is required (or --blob-dir / --blob-inline-meta)")
+    if o.blob_inline_meta and not (o.blob or o.blob_dir):
+        raise BuildError("--blob-inline-meta needs --blob or --blob-dir")
+    if o.blob_dir and not os.path.isdir(o.blob_dir):
+        raise BuildError(f"blob directory {o.blob_dir} does not exist")
+    if not os.path.exists(o.source):
+        raise BuildError(f"source {o.source} does not exist")
+    if not os.access(o.source, os.R_OK):
+        raise BuildError(f"source {o.source} is not readable")
+    return kind
+
+
+def create(o: CreateOptions) -> BuildResult:
+    kind = _check_options(o)
+    parent: RafsSuper | None = None
+    lower: Node | None = None
+    blobs: list[BlobInfo] = []
+    dedup: dict[bytes, Chunk] = {}
+    if o.parent_bootstrap:
+        parent = load_bootstrap(o.parent_bootstrap, "parent bootstrap")
+        if parent.version != 6:
+            raise BuildError(f"parent bootstrap {o.parent_bootstrap} is RAFS v5; "
+                             "layers are built as RAFS v6 only")
+        if parent.chunk_size != o.chunk_size:
+            raise BuildError(f"parent bootstrap chunk size 0x{parent.chunk_size:x} differs from "
+                             f"--chunk-size 0x{o.chunk_size:x}")
+        if parent.digester != o.digester:
+            raise BuildError(f"parent bootstrap uses digester {parent.digester.label}, "
+                             f"not {o.digester.label}")
+        lower = load_tree(parent)
+        blobs = list(parent.blobs)
+        for path, node in lower.walk():
+            for c in node.inode.chunks:
+                dedup.setdefault(c.digest, c)
+    blob_index = len(blobs)
+    blob_out = AtomicFile(o.blob) if o.blob else (
+        AtomicFile(os.path.join(o.blob_dir, ".blob")) if o.blob_dir else None)
+    writer = BlobWriter(blob_out.open if blob_out else _no_blob, blob_index, o.compressor,
+                        o.digester, o.chunk_size, dedup)
+    boot_out = AtomicFile(o.bootstrap) if o.bootstrap else None
+    try:
+        tree = _read_source(o, kind, writer)
+        writer.flush()
+        if lower is None:
+            strip_whiteouts(tree, o.whiteout_spec)
+            root = tree
+        else:
+            root = apply_layer(lower, tree, o.whiteout_spec)
+        bopts = BootstrapOptions(o.chunk_size, o.compressor, o.digester,
+                                 explicit_uid_gid=not o.repeatable)
+        prefetch = _prefetch_nodes(root, o.prefetch_patterns)
+
+        def inline(info: BlobInfo) -> bytes:
+            table = blobs + ([replace(info, blob_id=PLACEHOLDER_BLOB_ID)]
+                             if writer.chunk_count else [])
+            return write_bootstrap(root, table, bopts, prefetch)
+
+        res = writer.finish(blob_toc=o.blob_toc,
+                            inline_bootstrap=inline if o.blob_inline_meta else None)
+        blob_id = None
+        blob_path = None
+        if res is not None:
+            blob_id = res.blob_id
+            if res.chunk_count:
+                blobs.append(replace(res.info, blob_id=blob_id))
+            blob_path = os.path.join(o.blob_dir, blob_id) if (o.blob_dir and not o.blob) else o.blob
+        boot = write_bootstrap(root, blobs, bopts, prefetch)
+        boot_path = o.bootstrap
+        if boot_out is not None:
+            boot_out.open().write(boot)
+        if res is not None:
+            assert blob_out is not None
+            blob_out.commit(blob_path)
+        try:
+            if boot_out is not None:
+                boot_out.commit()
+            elif o.blob_dir and not o.blob_inline_meta:
+                import hashlib
+
+                boot_path = os.path.join(o.blob_dir, hashlib.sha256(boot).hexdigest())
+                write_atomic(boot_path, boot)
+        except BaseException:
+            if blob_path and not blob_out.stream:  # type: ignore[union-attr]
+                os.unlink(blob_path)
+            raise
+    except BaseException:
+        writer.abort()
+        if blob_out is not None:
+            blob_out.discard()
+        if boot_out is not None:
+            boot_out.discard()
+        raise
+    return BuildResult(boot_path, [b.blob_id for b in blobs], blob_path,
+                       res.size if res else 0, blob_id)
+
+
+def _no_blob():  # noqa: ANN202
+    raise BuildError("file data present but no --blob or --blob-dir given")
+
+
+def _read_source(o: CreateOptions, kind: str, writer: BlobWriter) -> Node:
+    if kind == "dir":
+        if not os.path.isdir(o.source):
+            raise BuildError(f"source {o.source} is not a directory (use --type tar-rafs "
+                             "for a tar layer)")
+        return read_dir_tree(o.source, writer)
+    if os.path.isdir(o.source):
+        raise BuildError(f"source {o.source} is a directory, not a tar layer")
+    try:
+        f = open(o.source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise BuildError(f"source {o.source}: {exc.strerror}") from exc
+    with f:
+        return read_tar_tree(f, writer, f"source {o.source}")
+
+
+def _prefetch_nodes(root: Node, patterns: list[str] | None) -> list[Node]:
+    if not patterns:
+        return []
+    out: list[Node] = []
+    for pat in patterns:
+        pat = pat.strip()
+        if not pat or not pat.startswith("/"):
+            continue
+        node: Node | None = root
+        for part in os.fsencode(pat).split(b"/"):
+            if not part:
+                continue
+            if node is None or node.children is None:
+                node = None
+                break
+            node = node.children.get(part)
+        if node is not None and node not in out:
+            out.append(node)
+    return out
+
+
+@dataclass
+class MergeOptions:
+    sources: list[str]
+    bootstrap: str
+    parent_bootstrap: str | None = None
+    blob_digests: list[str] | None = None
+    prefetch_patterns: list[str] | None = None
+
+
+def merge(o: MergeOptions) -> BuildResult:
+    """Overlay per-layer bootstraps bottom to top with OCI whiteout rules."""
+    if not o.sources:
+        raise BuildError("merge needs at least one source bootstrap")
+    if o.blob_digests is not None and len(o.blob_digests) != len(o.sources):
+        raise BuildError(f"--blob-digests has {len(o.blob_digests)} values for "
+                         f"{len(o.sources)} sources")
+    ids: list[str] = []
+    infos: dict[str, BlobInfo] = {}
+    root: Node | None = None
+    first: RafsSuper | None = None
+    layers: list[tuple[str | None, RafsSuper]] = []
+    if o.parent_bootstrap:
+        layers.append((None, load_bootstrap(o.parent_bootstrap, "parent bootstrap")))
+    for i, src in enumerate(o.sources):
+        override = None
+        if o.blob_digests is not None:
+            override = o.blob_digests[i].removeprefix("sha256:")
+        else:
+            stem = os.path.splitext(os.path.basename(src))[0].removeprefix("sha256:")
+            if _HEX64.match(stem):
+                override = stem
+        layers.append((override, load_bootstrap(src, "source bootstrap")))
+    for override, sb in layers:
+        if sb.version != 6:
+            raise BuildError("merge supports RAFS v6 bootstraps only")
+        first = first or sb
+        if sb.chunk_size != first.chunk_size:
+            raise BuildError("source bootstraps have different chunk sizes")
+        mapping = []
+        for b in sb.blobs:
+            bid = b.blob_id
+            if bid == PLACEHOLDER_BLOB_ID or b.features & BlobFeatures.INLINED_FS_META:
+                if override is None:
+                    raise BuildError("a source bootstrap has a placeholder blob id; name the "
+                                     "file by the blob digest or pass --blob-digests")
+                bid = override
+            if bid not in infos:
+                infos[bid] = replace(b, blob_id=bid,
+                                     features=b.features & ~BlobFeatures.INLINED_FS_META)
+                ids.append(bid)
+            mapping.append(ids.index(bid))
+        tree = load_tree(sb, mapping)
+        if root is None:
+            strip_whiteouts(tree, "oci")
+            root = tree
+        else:
+            apply_layer(root, tree, "oci")
+    assert root is not None and first is not None
+    # blob table in order of first reference by a BFS walk; unreferenced blobs dropped
+    order: list[int] = []
+    for _path, node in _bfs(root):
+        for c in node.inode.chunks:
+            if c.blob_index not in order:
+                order.append(c.blob_index)
+    renumber = {old: new for new, old in enumerate(order)}
+    cache: dict[int, Chunk] = {}
+    seen: set[int] = set()
+    for _path, node in _bfs(root):
+        if id(node.inode) in seen:
+            continue
+        seen.add(id(node.inode))
+        node.inode.chunks = [_renumber(c, renumber, cache) for c in node.inode.chunks]
+    blobs = [replace(infos[ids[old]], blob_index=new) for new, old in enumerate(order)]
+    top = layers[-1][1]
+    bopts = BootstrapOptions(first.chunk_size, top.compressor, top.digester,
+                             explicit_uid_gid=bool(top.flags & SuperFlags.EXPLICIT_UID_GID))
+    boot = write_bootstrap(root, blobs, bopts, _prefetch_nodes(root, o.prefetch_patterns))
+    write_atomic(o.bootstrap, boot)
+    return BuildResult(o.bootstrap, [b.blob_id for b in blobs])
+
+
+def _renumber(c: Chunk, renumber: dict[int, int], cache: dict[int, Chunk]) -> Chunk:
+    hit = cache.get(id(c))
+    if hit is None:
+        hit = cache[id(c)] = replace(c, blob_index=renumber[c.blob_index])
+    return hit
+
+
+def _bfs(root: Node) -> list[tuple[bytes, Node]]:
+    out = [(b"/", root)]
+    head = 0
+    while head < len(out):
+        path, node = out[head]
+        head += 1
+        if node.children is not None:
+            for child in node.sorted_children():
+                out.append((path.rstrip(b"/") + b"/" + child.name, child))
+    return out

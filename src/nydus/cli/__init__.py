@@ -1,0 +1,1 @@
+"""Thin command-line shells: parse, call one library function, map errors to exit codes."""

@@ -1,0 +1,69 @@
+"""Logging format and error handling shared by the commands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable
+
+from nydus.errors import NydusError
+
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+          "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
+          "off": logging.CRITICAL + 10}
+
+
+class RustStyleFormatter(logging.Formatter):
+    """`2020-10-22T10:22:23+08:00 - INFO - message` as nydus-image and nydusd log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.localtime(record.created)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t)
+        off = time.strftime("%z", t)
+        stamp += off[:3] + ":" + off[3:]
+        level = "WARN" if record.levelno == logging.WARNING else record.levelname
+        return f"{stamp} - {level} - {record.getMessage()}"
+
+
+def setup_logging(level: str = "info", stream=None) -> None:  # noqa: ANN001
+    lvl = LEVELS.get(level.lower())
+    if lvl is None:
+        raise NydusError(f"invalid log level {level!r} (trace, debug, info, warn, error)")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(RustStyleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+
+
+def run_main(fn: Callable[[], int | None]) -> int:
+    """Run a command body: NydusError -> one ERROR line and exit 1; no tracebacks."""
+    try:
+        return fn() or 0
+    except NydusError as exc:
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        _error(f"{exc.strerror or exc}{':' if name else ''}{name}")
+        return 1
+
+
+def _error(msg: str) -> None:
+    msg = " ".join(msg.split())  # always exactly one line
+    if logging.getLogger().handlers:
+        logging.getLogger("nydus").error(msg)
+    else:
+        print(f"ERROR - {msg}", file=sys.stderr)
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().lower()
+    try:
+        return int(t, 16) if t.startswith("0x") else int(t)
+    except ValueError:
+        raise NydusError(f"invalid number {text!r}") from None

@@ -1,0 +1,264 @@
+"""`nydus-image`: create, merge, check, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import NoReturn
+
+from nydus import __version__
+from nydus.cli.common import parse_size, run_main, setup_logging
+from nydus.errors import BuildError, NydusError
+
+log = logging.getLogger("nydus.image")
+
+VERSION_TEXT = (f"Version: \tv{__version__}\nGit Commit: \tnone\nBuild Time: \tnone\n"
+                f"Profile: \trelease\nRustc: \tnone (nydus-py, Python {sys.version.split()[0]})")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"ERROR - {self.prog}: {message}\n")
+        raise SystemExit(1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(prog="nydus-image", description="Build, merge, check and inspect RAFS images")
+    p.add_argument("-V", "--version", action="store_true", help="print version information")
+    p.add_argument("-l", "--log-level", default="info")
+    p.add_argument("-L", "--log-file")
+    sub = p.add_subparsers(dest="cmd", parser_class=Parser)
+
+    c = sub.add_parser("create", help="create a RAFS filesystem from a directory or a tar layer",
+                       description="Create a RAFS v6 bootstrap and a Nydus data blob from a "
+                       "directory (dir-rafs) or an OCI layer tar (tar-rafs, targz-rafs).")
+    c.add_argument("source", nargs="?", help="source directory or tar file (may be a FIFO)")
+    c.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs",
+                   help="source type: dir-rafs, tar-rafs, targz-rafs")
+    c.add_argument("-B", "--bootstrap", help="output bootstrap file")
+    c.add_argument("-b", "--blob", help="output data blob file (or FIFO)")
+    c.add_argument("-D", "--blob-dir", help="directory to save the blob as <dir>/<blob id>")
+    c.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
+                   help="append the bootstrap and blob meta to the blob")
+    c.add_argument("--blob-id", help="(accepted for compatibility)")
+    c.add_argument("--chunk-size", default="0x100000", help="chunk size (hex 0x... or decimal)")
+    c.add_argument("--batch-size", default="0", help="only 0 is supported")
+    c.add_argument("--compressor", default="zstd", help="none, lz4_block, zstd")
+    c.add_argument("--digester", default="blake3", help="blake3, sha256")
+    c.add_argument("-v", "--fs-version", default="6", help="RAFS version (6)")
+    c.add_argument("--features", default="", help="comma separated: blob-toc")
+    c.add_argument("--chunk-dict", help="(not supported yet)")
+    c.add_argument("--parent-bootstrap", help="parent layer bootstrap")
+    c.add_argument("--aligned-chunk", action="store_true", help="(v6 always aligns)")
+    c.add_argument("--repeatable", action="store_true", help="no explicit uid/gid")
+    c.add_argument("--whiteout-spec", default="oci", help="oci, overlayfs, none")
+    c.add_argument("--prefetch-policy", default="none",
+                   help="fs, blob, none; patterns are read from stdin")
+    c.add_argument("-J", "--output-json", help="write a JSON report")
+    c.add_argument("-C", "--config", help="(accepted for compatibility)")
+    c.add_argument("--backend-type", help="legacy: localfs")
+    c.add_argument("--backend-config", help='legacy: \'{"dir": DIR}\' or \'{"blob_file": F}\'')
+    c.add_argument("--blob-meta", help="(legacy, ignored)")
+    c.add_argument("--disable-check", action="store_true")
+    c.add_argument("-l", "--log-level", dest="sub_log_level")
+    c.add_argument("-L", "--log-file", dest="sub_log_file")
+
+    m = sub.add_parser("merge", help="merge per-layer bootstraps into one")
+    m.add_argument("sources", nargs="+")
+    m.add_argument("-B", "--bootstrap", required=True)
+    m.add_argument("--parent-bootstrap")
+    m.add_argument("--blob-digests")
+    m.add_argument("--blob-sizes")
+    m.add_argument("--blob-toc-digests")
+    m.add_argument("--blob-toc-sizes")
+    m.add_argument("--original-blob-ids")
+    m.add_argument("--chunk-dict")
+    m.add_argument("--prefetch-policy", default="none")
+    m.add_argument("-J", "--output-json")
+    m.add_argument("-C", "--config")
+    m.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    k = sub.add_parser("check", help="validate a bootstrap")
+    k.add_argument("bootstrap_pos", nargs="?")
+    k.add_argument("-B", "--bootstrap")
+    k.add_argument("-D", "--blob-dir")
+    k.add_argument("-C", "--config")
+    k.add_argument("-v", "--verbose", action="store_true")
+    k.add_argument("-J", "--output-json")
+    k.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    i = sub.add_parser("inspect", help="inspect a bootstrap")
+    i.add_argument("bootstrap_pos", nargs="?")
+    i.add_argument("-B", "--bootstrap")
+    i.add_argument("-D", "--blob-dir")
+    i.add_argument("-C", "--config")
+    i.add_argument("-R", "--request")
+    i.add_argument("-l", "--log-level", dest="sub_log_level")
+    return p
+
+
+def _output_json(path: str | None, bootstrap: str | None, blobs: list[str],
+                 compressor: str = "zstd") -> None:
+    if not path:
+        return
+    from nydus.builder.output import write_atomic
+
+    doc = {"version": f"{__version__}-none", "bootstrap": bootstrap, "blobs": blobs,
+           "external_bootstrap": None, "external_blobs": [], "trace": {}, "fs_version": "6",
+           "compressor": {"none": "None", "lz4_block": "Lz4Block", "zstd": "Zstd"}.get(
+               compressor, compressor)}
+    write_atomic(path, json.dumps(doc, indent=2).encode())
+
+
+def _patterns(policy: str) -> list[str] | None:
+    if policy not in ("none", "fs", "blob"):
+        raise BuildError(f"invalid --prefetch-policy {policy!r} (fs, blob, none)")
+    if policy == "none":
+        return None
+    if sys.stdin is None or sys.stdin.closed:
+        return ["/"]
+    return [line.strip() for line in sys.stdin if line.strip()]
+
+
+def cmd_create(a: argparse.Namespace) -> int:
+    from nydus.builder.build import CreateOptions, create
+    from nydus.utils.compress import Compressor
+    from nydus.utils.digest import Digester
+
+    if a.fs_version not in ("6",):
+        if a.fs_version == "5":
+            raise BuildError("--fs-version 5 is not supported: this nydus-image writes RAFS v6 "
+                             "(it reads v5)")
+        raise BuildError(f"invalid --fs-version {a.fs_version!r} (6)")
+    if a.source is None:
+        raise BuildError("missing SOURCE")
+    comp = a.compressor.lower()
+    if comp not in ("none", "lz4_block", "zstd"):
+        raise BuildError(f"invalid --compressor {a.compressor!r} (none, lz4_block, zstd)")
+    if a.digester.lower() not in ("blake3", "sha256"):
+        raise BuildError(f"invalid --digester {a.digester!r} (blake3, sha256)")
+    if parse_size(a.batch_size) != 0:
+        raise BuildError("--batch-size is not supported (only 0)")
+    if a.chunk_dict:
+        raise BuildError("--chunk-dict is not supported yet")
+    features = {f.strip() for f in a.features.split(",") if f.strip()}
+    unknown = features - {"blob-toc"}
+    if unknown:
+        raise BuildError(f"unknown --features value(s): {', '.join(sorted(unknown))}")
+    blob, blob_dir = a.blob, a.blob_dir
+    if a.backend_type or a.backend_config:
+        if (a.backend_type or "localfs") != "localfs":
+            raise BuildError(f"unsupported --backend-type {a.backend_type!r} (localfs)")
+        try:
+            cfg = json.loads(a.backend_config or "{}")
+        except json.JSONDecodeError as exc:
+            raise BuildError(f"invalid --backend-config JSON: {exc}") from exc
+        if not isinstance(cfg, dict) or not (cfg.get("dir") or cfg.get("blob_file")):
+            raise BuildError('--backend-config needs {"dir": DIR} or {"blob_file": FILE}')
+        blob_dir = blob_dir or cfg.get("dir") or None
+        blob = blob or cfg.get("blob_file") or None
+    try:
+        chunk_size = parse_size(a.chunk_size)
+    except NydusError:
+        raise BuildError(f"invalid --chunk-size {a.chunk_size!r}") from None
+    opts = CreateOptions(
+        source=a.source, source_type=a.type, bootstrap=a.bootstrap, blob=blob,
+        blob_dir=blob_dir, parent_bootstrap=a.parent_bootstrap,
+        compressor=Compressor.from_name(comp), digester=Digester.from_name(a.digester),
+        chunk_size=chunk_size, whiteout_spec=a.whiteout_spec,
+        blob_inline_meta=a.blob_inline_meta, blob_toc="blob-toc" in features,
+        repeatable=a.repeatable, prefetch_patterns=_patterns(a.prefetch_policy))
+    res = create(opts)
+    log.info("successfully built RAFS filesystem: ")
+    log.info("meta blob path: %s", res.bootstrap or "<none>")
+    log.info("data blob size: 0x%x", res.blob_size)
+    log.info("data blobs: %s", json.dumps(res.blob_ids))
+    _output_json(a.output_json, res.bootstrap, res.blob_ids, comp)
+    return 0
+
+
+def cmd_merge(a: argparse.Namespace) -> int:
+    from nydus.builder.build import MergeOptions, merge
+
+    digests = a.blob_digests.split(",") if a.blob_digests else None
+    res = merge(MergeOptions(a.sources, a.bootstrap, a.parent_bootstrap, digests,
+                             _patterns(a.prefetch_policy)))
+    log.info("merged %d bootstraps into %s, blobs: %s", len(a.sources), a.bootstrap,
+             json.dumps(res.blob_ids))
+    _output_json(a.output_json, res.bootstrap, res.blob_ids)
+    return 0
+
+
+def _open(a: argparse.Namespace):  # noqa: ANN202
+    from nydus.builder.build import load_bootstrap
+
+    path = a.bootstrap or a.bootstrap_pos
+    if not path:
+        raise BuildError("missing bootstrap (BOOTSTRAP or --bootstrap)")
+    return path, load_bootstrap(path)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from nydus.builder.check import check_bootstrap
+    from nydus.errors import FormatError
+
+    path, sb = _open(a)
+    try:
+        report = check_bootstrap(sb)
+    except FormatError as exc:
+        raise BuildError(f"bootstrap {path} is invalid: {exc}") from exc
+    log.info(report.features_line)
+    print("\n".join(report.summary_lines()))
+    _output_json(a.output_json, path, [b.blob_id for b in report.blobs])
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from nydus.builder.inspect import Inspector
+
+    _path, sb = _open(a)
+    insp = Inspector(sb)
+    if a.request:
+        print(json.dumps(insp.request(a.request)))
+        return 0
+
+    def out(s: str) -> None:
+        sys.stdout.write(s)
+        sys.stdout.flush()
+
+    insp.prompt(sys.stdin, out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    a = parser.parse_args(argv)
+    if a.version:
+        print(VERSION_TEXT)
+        return 0
+
+    def body() -> int:
+        setup_logging(getattr(a, "sub_log_level", None) or a.log_level,
+                      _log_stream(getattr(a, "sub_log_file", None) or a.log_file))
+        handler = {"create": cmd_create, "merge": cmd_merge, "check": cmd_check,
+                   "inspect": cmd_inspect}.get(a.cmd)
+        if handler is None:
+            parser.print_help()
+            return 1
+        return handler(a)
+
+    return run_main(body)
+
+
+def _log_stream(path: str | None):  # noqa: ANN202
+    if not path:
+        return None
+    return open(path, "a")  # noqa: SIM115
+
+
+if __name__ == "__main__":
+    sys.exit(main())
