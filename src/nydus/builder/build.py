@@ -227,6 +227,7 @@ class MergeOptions:
     parent_bootstrap: str | None = None
     blob_digests: list[str] | None = None
     prefetch_patterns: list[str] | None = None
+    blob_sizes: list[int] | None = None
 
 
 def merge(o: MergeOptions) -> BuildResult:
@@ -236,6 +237,9 @@ def merge(o: MergeOptions) -> BuildResult:
     if o.blob_digests is not None and len(o.blob_digests) != len(o.sources):
         raise BuildError(f"--blob-digests has {len(o.blob_digests)} values for "
                          f"{len(o.sources)} sources")
+    if o.blob_sizes is not None and len(o.blob_sizes) != len(o.sources):
+        raise BuildError(f"--blob-sizes has {len(o.blob_sizes)} values for "
+                         f"{len(o.sources)} sources")
     ids: list[str] = []
     infos: dict[str, BlobInfo] = {}
     root: Node | None = None
@@ -243,6 +247,7 @@ def merge(o: MergeOptions) -> BuildResult:
     layers: list[tuple[str | None, RafsSuper]] = []
     if o.parent_bootstrap:
         layers.append((None, load_bootstrap(o.parent_bootstrap, "parent bootstrap")))
+    sizes: dict[str, int] = {}
     for i, src in enumerate(o.sources):
         override = None
         if o.blob_digests is not None:
@@ -251,6 +256,8 @@ def merge(o: MergeOptions) -> BuildResult:
             stem = os.path.splitext(os.path.basename(src))[0].removeprefix("sha256:")
             if _HEX64.match(stem):
                 override = stem
+        if override is not None and o.blob_sizes is not None:
+            sizes[override] = o.blob_sizes[i]
         layers.append((override, load_bootstrap(src, "source bootstrap")))
     for override, sb in layers:
         if sb.version != 6:
@@ -268,7 +275,8 @@ def merge(o: MergeOptions) -> BuildResult:
                 bid = override
             if bid not in infos:
                 infos[bid] = replace(b, blob_id=bid,
-                                     features=b.features & ~BlobFeatures.INLINED_FS_META)
+                                     features=b.features & ~BlobFeatures.INLINED_FS_META,
+                                     compressed_size=sizes.get(bid, b.compressed_size))
                 ids.append(bid)
             mapping.append(ids.index(bid))
         tree = load_tree(sb, mapping)

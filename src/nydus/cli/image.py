@@ -185,8 +185,9 @@ def cmd_merge(a: argparse.Namespace) -> int:
     from nydus.builder.build import MergeOptions, merge
 
     digests = a.blob_digests.split(",") if a.blob_digests else None
+    sizes = [parse_size(s) for s in a.blob_sizes.split(",")] if a.blob_sizes else None
     res = merge(MergeOptions(a.sources, a.bootstrap, a.parent_bootstrap, digests,
-                             _patterns(a.prefetch_policy)))
+                             _patterns(a.prefetch_policy), sizes))
     log.info("merged %d bootstraps into %s, blobs: %s", len(a.sources), a.bootstrap,
              json.dumps(res.blob_ids))
     _output_json(a.output_json, res.bootstrap, res.blob_ids)
