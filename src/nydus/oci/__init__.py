@@ -1,0 +1,1 @@
+"""OCI distribution: image references, manifest/index models, media types, the registry client."""
