@@ -1,8 +1,4 @@
-"""Fixtures: real registries (plain, htpasswd Basic auth, Bearer token auth) on loopback ports.
-
-tests/oci is a package, so pytest puts tests/ on sys.path and the shared registry_fixture
-module imports by its plain name.
-"""
+"""Fixtures: real registries (plain, htpasswd Basic auth, Bearer token auth) on loopback ports."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from registry_fixture import (
+from tests.registry_fixture import (
     RunningRegistry,
     TokenServer,
     registry_available,
