@@ -11,10 +11,10 @@ import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
-if str(TESTS_DIR) not in sys.path:  # make `import helpers` work from every test package
-    sys.path.insert(0, str(TESTS_DIR))
+if str(REPO_ROOT) not in sys.path:  # `tests` is a package: make `import tests.helpers` work
+    sys.path.insert(0, str(REPO_ROOT))
 
-from helpers.env import require_kernel_fs, require_tools  # noqa: E402
+from tests.helpers.env import require_kernel_fs, require_tools  # noqa: E402
 
 
 def _venv_script(name: str) -> str | None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.erofs import MountError, fsck_erofs, loop_device, mount_erofs
-from helpers.layers import (
+from tests.helpers.erofs import MountError, fsck_erofs, loop_device, mount_erofs
+from tests.helpers.layers import (
     CHR,
     D,
     F,
@@ -40,9 +40,9 @@ from helpers.layers import (
     write_layer,
     write_three_layers,
 )
-from helpers.proc import run_measured
-from helpers.snapshot import compare_trees, snapshot_tree
-from helpers.trees import CAPABILITY, make_full_tree, make_large_tree, make_sparse_file
+from tests.helpers.proc import run_measured
+from tests.helpers.snapshot import compare_trees, snapshot_tree
+from tests.helpers.trees import CAPABILITY, make_full_tree, make_large_tree, make_sparse_file
 
 CS = 0x10000
 
