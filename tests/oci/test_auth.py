@@ -14,6 +14,7 @@ from nydus.oci.auth import (
     Credentials,
     docker_config_path,
     load_credentials,
+    merge_scopes,
     parse_www_authenticate,
     redact,
     redact_url,
@@ -128,6 +129,9 @@ def test_parse_www_authenticate():
     assert parse_www_authenticate("") == []
     assert repo_scope("a/b") == "repository:a/b:pull"
     assert repo_scope("a/b", push=True) == "repository:a/b:pull,push"
+    assert merge_scopes("repository:a:pull,push", "repository:a:pull repository:b:pull") == \
+        "repository:a:pull,push repository:b:pull"
+    assert merge_scopes("registry:catalog:*", "") == "registry:catalog:*"
 
 
 def test_redact():

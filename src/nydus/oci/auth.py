@@ -33,6 +33,7 @@ __all__ = [
     "load_credentials",
     "parse_www_authenticate",
     "repo_scope",
+    "merge_scopes",
     "redact",
     "redact_url",
     "registry_reason",
@@ -201,6 +202,19 @@ def repo_scope(repo: str, push: bool = False) -> str:
     return f"repository:{repo}:{'pull,push' if push else 'pull'}"
 
 
+def merge_scopes(*scopes: str) -> str:
+    """Space-separated scopes with the actions of each resource united, in first-seen order:
+    `repository:a:pull,push` + `repository:a:pull repository:b:pull` ->
+    `repository:a:pull,push repository:b:pull`."""
+    merged: dict[str, dict[str, None]] = {}
+    for item in " ".join(scopes).split():
+        resource, _, actions = item.rpartition(":")
+        if not resource:
+            resource, actions = item, ""
+        merged.setdefault(resource, {}).update(dict.fromkeys(a for a in actions.split(",") if a))
+    return " ".join(f"{r}:{','.join(a)}" if a else r for r, a in merged.items())
+
+
 # -- redaction -----------------------------------------------------------------------------
 
 _SECRET_PATTERNS = [
@@ -280,23 +294,34 @@ class Authenticator:
             self._challenge = challenge
             self._tokens.pop(scope, None)
         if creds is not None and creds.registry_token:
-            raise AuthError(f"authentication failed for {target}: registry token refused "
-                            f"({reason})", status=401)
+            raise self.refused(response, sent, target)
         if challenge.scheme == "basic":
             if creds is None or not creds.has_password:
                 raise AuthError(f"authentication failed for {target}: registry requires "
                                 f"credentials and none are configured ({reason})", status=401)
-            fresh = creds.basic()
-            if fresh == sent:
-                raise AuthError(f"authentication failed for {target}: credentials of user "
-                                f"{creds.username!r} refused ({reason})", status=401)
-            return fresh
+            if creds.basic() == sent:
+                raise self.refused(response, sent, target)
+            return creds.basic()
         if "realm" not in challenge.params:
             raise AuthError(f"authentication failed for {target}: Bearer challenge without "
                             "realm", status=401)
-        asked = challenge.params.get("scope", "").split()
-        wanted = " ".join(dict.fromkeys([*scope.split(), *asked]))
+        wanted = merge_scopes(scope, challenge.params.get("scope", ""))
         return "Bearer " + self._fetch_token(challenge, wanted, target, cache_key=scope)
+
+    def refused(self, response: httpx.Response, sent: str | None, target: str) -> AuthError:
+        """The error for a 401 that answered freshly obtained credentials or token."""
+        creds = self.credentials
+        if creds is not None and creds.registry_token:
+            what = "registry token refused"
+        elif sent and sent.startswith("Basic "):
+            what = f"credentials of user {creds.username if creds else ''!r} refused"
+        elif sent:
+            who = f"user {creds.username!r}" if creds and creds.has_password else "anonymous"
+            what = f"fresh token for {who} refused"
+        else:
+            what = "no credentials sent"
+        return AuthError(f"authentication failed for {target}: {what} "
+                         f"({registry_reason(response)})", status=response.status_code)
 
     def _fetch_token(self, challenge: Challenge, scope: str, target: str,
                      cache_key: str | None = None) -> str:

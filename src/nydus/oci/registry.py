@@ -32,6 +32,7 @@ from nydus.oci.auth import (
     Authenticator,
     Credentials,
     load_credentials,
+    merge_scopes,
     redact_url,
     registry_reason,
     repo_scope,
@@ -289,7 +290,7 @@ class RegistryClient:
         what = self._what(repo, "blob", check_digest(digest))
         scopes = repo_scope(repo, push=True)
         if from_repo and from_repo != repo:
-            scopes += " " + repo_scope(from_repo)
+            scopes = merge_scopes(scopes, repo_scope(from_repo))
         if self._send("HEAD", f"/v2/{repo}/blobs/{digest}", repo, what, ok=(200, 404),
                       scope=scopes, follow_redirects=True).status_code == 200:
             log.debug("%s already exists, skipping upload", what)
@@ -416,10 +417,10 @@ class RegistryClient:
             log.debug("%s %s -> %d", method, redact_url(request.url), status)
             if status == 401 and not anonymous and 401 not in ok:
                 _drain(response)
+                target = f"{self.host}/{repo}"
                 if fresh_auth:
-                    raise AuthError(f"authentication failed for {self.host}/{repo}: "
-                                    f"{registry_reason(response)}", status=401)
-                auth = self._auth.on_unauthorized(response, scope, auth, f"{self.host}/{repo}")
+                    raise self._auth.refused(response, auth, target)
+                auth = self._auth.on_unauthorized(response, scope, auth, target)
                 fresh_auth = True
                 continue
             if status in ok:
