@@ -238,6 +238,7 @@ def unpack_layer(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str])
     a ``./`` entry.  Directories missing from the tar are created with mode 0755, owner 0:0.
     """
     root = os.fsencode(dest)
+    os.makedirs(os.path.dirname(root), exist_ok=True)
     os.mkdir(root)
     os.chown(root, 0, 0)
     os.chmod(root, 0o755)

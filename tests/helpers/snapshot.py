@@ -146,6 +146,7 @@ def compare_trees(
     hardlink_types: Iterable[str] | None = None,
     ignore_fields: Iterable[str] = (),
     mode_mask: int = 0o7777,
+    check_symlink_mode: bool = False,
     limit: int = 200,
 ) -> list[str]:
     """Differences between two trees (snapshots or directories), as readable strings.
@@ -157,7 +158,9 @@ def compare_trees(
     groups of paths sharing an inode among entry types ``hardlink_types`` (default: all
     non-directories); ``"ino"`` in ``ignore_fields`` skips that.  ``ignore_fields`` names
     Entry fields to skip (e.g. ``{"mtime_ns"}``); ``mode_mask`` limits the permission bits
-    compared (e.g. ``0o1777`` to ignore setuid/setgid).
+    compared (e.g. ``0o1777`` to ignore setuid/setgid).  Symlink permission bits are skipped
+    unless ``check_symlink_mode``: Linux ignores them and creates every symlink 0777, while a
+    tar header may record anything (upstream's tar builder keeps the header's bits).
     An empty list means the trees are equal.
     """
     sa = a if isinstance(a, Mapping) else snapshot_tree(a, content=check_content)
@@ -177,11 +180,9 @@ def compare_trees(
         if ea.type != eb.type:
             diffs.append(f"{show(path)}: type {ea.type} != {eb.type}")
             continue
-        checks: list[tuple[str, object, object]] = [
-            ("mode", oct(ea.mode & mode_mask), oct(eb.mode & mode_mask)),
-            ("uid", ea.uid, eb.uid),
-            ("gid", ea.gid, eb.gid),
-        ]
+        checks: list[tuple[str, object, object]] = [("uid", ea.uid, eb.uid), ("gid", ea.gid, eb.gid)]
+        if ea.type != "lnk" or check_symlink_mode:
+            checks.insert(0, ("mode", oct(ea.mode & mode_mask), oct(eb.mode & mode_mask)))
         if ea.type != "dir":
             checks.append(("size", ea.size, eb.size))
         if not (path == b"" and ignore_root_mtime):
