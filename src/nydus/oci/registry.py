@@ -189,7 +189,7 @@ class RegistryClient:
     def blob_exists(self, repo: str, digest: str) -> bool:
         return self.stat_blob(repo, digest) is not None
 
-    def iter_blob(self, repo: str, digest: str, piece: int = READ_PIECE) -> Iterator[bytes]:
+    def iter_blob(self, repo: str, digest: str) -> Iterator[bytes]:
         """Stream a blob; resumes with Range after a dropped connection; the digest is checked
         when the stream ends (DigestMismatch then, after all pieces were yielded)."""
         what = self._what(repo, "blob", check_digest(digest))
@@ -199,13 +199,15 @@ class RegistryClient:
         hasher = hashlib.new(algorithm)
         received = failures = 0
         while True:
-            headers = {"Range": f"bytes={received}-"} if received else {}
+            headers = {"Accept-Encoding": "identity"}
+            if received:
+                headers["Range"] = f"bytes={received}-"
             response = self._send("GET", f"/v2/{repo}/blobs/{digest}", repo, what,
                                   headers=headers, ok=(200, 206), stream=True,
                                   follow_redirects=True)
             skip = received if response.status_code == 200 else 0
             try:
-                for data in response.iter_bytes(piece):
+                for data in response.iter_bytes():
                     if skip:
                         data, skip = data[skip:], max(0, skip - len(data))
                     if data:
@@ -262,7 +264,7 @@ class RegistryClient:
             raise RegistryError(f"{what}: invalid range start={start} length={length}")
         if length == 0:
             return b""
-        headers = {"Range": f"bytes={start}-{start + length - 1}"}
+        headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"}
         span = f"{what} range {start}+{length}"
         cached = self._cached_redirect(repo, digest)
         if cached is not None:
@@ -280,7 +282,7 @@ class RegistryClient:
             self._remember_redirect(repo, digest, target)
             log.debug("%s redirected to %s", what, redact_url(target))
             response = self._send("GET", target, repo, span, headers=headers, anonymous=True,
-                                  follow_redirects=True)
+                                  ok=(200, 206), follow_redirects=True)
         return _range_body(response, start, length, span)
 
     def push_blob(self, repo: str, digest: str, source: BlobSource, size: int | None = None, *,
