@@ -1,0 +1,203 @@
+"""(g) Bad input to `nydus-image create`: a non-zero exit, exactly one error line naming the cause,
+no traceback, and no output left behind -- neither new files nor changes to files that already
+sat at the output paths (design.md section 5: write to a temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.builder.conftest import run_nydus_image
+from tests.helpers.layers import D, F, H, layer_bytes
+
+# "ERROR: ...", "error: ...", "<timestamp> - ERROR - ..." (upstream log style) or
+# "nydus-image create: error: ..." (argparse)
+ERROR_LINE = re.compile(r"^(?:\S+ - )?(?:[\w.\-]+(?: [\w.\-]+)?: )?(?:ERROR|error)\b")
+NOBODY = 65534
+
+
+@dataclass
+class Case:
+    args: list[str]  # everything after "create" except the output flags
+    causes: tuple[str, ...]  # the error line must contain one of these (case-insensitive)
+    as_nobody: bool = False
+
+
+def _small_dir(base: Path) -> Path:
+    d = base / "small-src"
+    d.mkdir()
+    (d / "file").write_bytes(b"hello\n")
+    return d
+
+
+def _tar(base: Path, name: str, data: bytes) -> Path:
+    p = base / name
+    p.write_bytes(data)
+    return p
+
+
+def case_missing_source(base: Path) -> Case:
+    return Case([str(base / "does-not-exist")], ("does-not-exist", "no such", "not exist", "not found"))
+
+
+def case_source_not_a_directory(base: Path) -> Case:
+    f = base / "plain-file"
+    f.write_bytes(b"not a dir")
+    return Case([str(f), "--type", "dir-rafs"], ("plain-file", "not a directory", "directory"))
+
+
+def case_unreadable_file_in_source(base: Path) -> Case:
+    src = _small_dir(base)
+    secret = src / "secret-file"
+    secret.write_bytes(b"top secret")
+    secret.chmod(0)
+    return Case([str(src)], ("secret-file", "permission"), as_nobody=True)
+
+
+def case_unreadable_source_dir(base: Path) -> Case:
+    src = base / "closed-src"
+    src.mkdir()
+    (src / "inner").write_bytes(b"x")
+    src.chmod(0)
+    return Case([str(src)], ("closed-src", "permission"), as_nobody=True)
+
+
+def case_garbage_tar(base: Path) -> Case:
+    rng = random.Random(1)
+    t = _tar(base, "garbage.tar", rng.randbytes(10 * 1024))
+    return Case([str(t), "--type", "tar-rafs"], ("garbage.tar", "tar", "header", "invalid", "corrupt"))
+
+
+def case_truncated_tar(base: Path) -> Case:
+    rng = random.Random(2)
+    full = layer_bytes([D("d"), F("d/big", rng.randbytes(200 * 1024)), F("d/after", b"after")])
+    t = _tar(base, "truncated.tar", full[: 1024 + 100 * 1024])
+    return Case([str(t), "--type", "tar-rafs"], ("truncated", "unexpected end", "eof", "end of", "short"))
+
+
+def case_tar_dotdot(base: Path) -> Case:
+    t = _tar(base, "dotdot.tar", layer_bytes([D("a"), F("a/../../evil", b"x")]))
+    return Case([str(t), "--type", "tar-rafs"], ("..", "escap", "outside", "evil"))
+
+
+def case_tar_leading_dotdot(base: Path) -> Case:
+    t = _tar(base, "dotdot2.tar", layer_bytes([F("../evil", b"x")]))
+    return Case([str(t), "--type", "tar-rafs"], ("..", "escap", "outside", "evil"))
+
+
+def case_tar_absolute(base: Path) -> Case:
+    t = _tar(base, "absolute.tar", layer_bytes([F("/abs/escape", b"x")]))
+    return Case([str(t), "--type", "tar-rafs"], ("absolute", "/abs/escape", "escap", "outside"))
+
+
+def case_tar_hardlink_missing_target(base: Path) -> Case:
+    t = _tar(base, "hardlink.tar", layer_bytes([D("d"), H("d/hl-entry", "d/missing-target")]))
+    return Case([str(t), "--type", "tar-rafs"], ("missing-target",))
+
+
+def case_tar_name_too_long(base: Path) -> Case:
+    t = _tar(base, "longname.tar", layer_bytes([D("d"), F("d/" + "n" * 256, b"x")]))
+    return Case([str(t), "--type", "tar-rafs"], ("too long", "255", "name length", "nnnnnnnn"))
+
+
+def case_parent_not_rafs(base: Path) -> Case:
+    parent = base / "not-a-bootstrap"
+    parent.write_bytes(random.Random(3).randbytes(8192))
+    return Case(
+        [str(_small_dir(base)), "--parent-bootstrap", str(parent)],
+        ("not-a-bootstrap", "parent", "bootstrap", "rafs", "magic"),
+    )
+
+
+def case_parent_plain_erofs(base: Path) -> Case:
+    """A valid EROFS image that is not RAFS (no RAFS extended superblock)."""
+    if shutil.which("mkfs.erofs") is None:
+        pytest.skip("mkfs.erofs not installed")
+    img = base / "plain-erofs.img"
+    src = _small_dir(base)
+    subprocess.run(["mkfs.erofs", "--quiet", str(img), str(src)], check=True, capture_output=True)
+    return Case([str(src), "--parent-bootstrap", str(img)], ("plain-erofs.img", "parent", "rafs", "bootstrap"))
+
+
+def case_chunk_size_not_power_of_two(base: Path) -> Case:
+    return Case([str(_small_dir(base)), "--chunk-size", "3000"], ("chunk",))
+
+
+def case_chunk_size_too_big(base: Path) -> Case:
+    return Case([str(_small_dir(base)), "--chunk-size", "0x2000000"], ("chunk",))
+
+
+def case_chunk_size_too_small(base: Path) -> Case:
+    return Case([str(_small_dir(base)), "--chunk-size", "0x800"], ("chunk",))
+
+
+def case_bad_compressor(base: Path) -> Case:
+    return Case([str(_small_dir(base)), "--compressor", "lzma"], ("compressor", "lzma"))
+
+
+def case_fs_version_5(base: Path) -> Case:
+    return Case([str(_small_dir(base)), "--fs-version", "5"], ("version", "v5", " 5"))
+
+
+CASES: dict[str, Callable[[Path], Case]] = {
+    name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_") and callable(fn)
+}
+
+
+@pytest.fixture
+def world_dir(request):
+    """A scratch directory every user can traverse (for runs as nobody); removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="nydus-bad-input-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    for p in d.rglob("*"):  # restore permissions so rmtree can descend
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _state(out: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.iterdir())}
+
+
+@pytest.mark.parametrize("preexisting", [False, True], ids=["fresh", "preexisting"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, preexisting, nydus_image, world_dir, require_root):
+    base = world_dir / "in"
+    base.mkdir()
+    base.chmod(0o755)
+    c = CASES[case](base)
+    out = world_dir / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    boot, blob, report = out / "bootstrap", out / "blob", out / "output.json"
+    if preexisting:
+        for p, content in ((boot, b"OLD BOOTSTRAP"), (blob, b"OLD BLOB"), (report, b"{}")):
+            p.write_bytes(content)
+            os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    before = _state(out)
+    args = ["create", *c.args, "--bootstrap", str(boot), "--blob", str(blob), "--output-json", str(report)]
+    if c.as_nobody:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) not installed: cannot drop root to test unreadable input")
+        cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", nydus_image, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300)
+    else:
+        r = run_nydus_image(nydus_image, args, timeout=300)
+    shown = f"nydus-image {' '.join(args)}\nexit {r.returncode}\nstderr:\n{r.stderr}"
+    assert r.returncode != 0, shown
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, shown
+    errors = [line for line in r.stderr.splitlines() if ERROR_LINE.match(line)]
+    assert len(errors) == 1, f"expected exactly one error line\n{shown}"
+    assert any(k.lower() in errors[0].lower() for k in c.causes), f"error line does not name the cause {c.causes}\n{shown}"
+    assert _state(out) == before, f"output directory changed: {sorted(before)} -> {sorted(p.name for p in out.iterdir())}\n{shown}"
