@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -17,27 +17,28 @@ from tests.registry_fixture import (
 
 USERS = {"alice": "s3cret-Pa55word"}
 
-needs_registry = pytest.mark.skipif(not registry_available(),
-                                    reason="docker-registry or openssl not installed")
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
+
+
+def _registry(factory: pytest.TempPathFactory, name: str, **options: Any
+              ) -> Iterator[RunningRegistry]:
+    if not registry_available():
+        pytest.skip("docker-registry or openssl not installed")
+    running = start_registry(factory.mktemp(name), **options)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    if not registry_available():
-        pytest.skip("docker-registry not installed")
-    running = start_registry(tmp_path_factory.mktemp("registry"))
-    yield running
-    running.stop()
+    """A registry without auth."""
+    yield from _registry(tmp_path_factory, "registry")
 
 
 @pytest.fixture(scope="module")
 def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    if not registry_available():
-        pytest.skip("docker-registry not installed")
-    running = start_registry(tmp_path_factory.mktemp("basic-registry"), htpasswd=USERS)
-    yield running
-    running.stop()
+    """A registry with htpasswd Basic auth for USERS."""
+    yield from _registry(tmp_path_factory, "basic-registry", htpasswd=USERS)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,5 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServ
 @pytest.fixture(scope="module")
 def token_registry(tmp_path_factory: pytest.TempPathFactory,
                    token_server: TokenServer) -> Iterator[RunningRegistry]:
-    running = start_registry(tmp_path_factory.mktemp("token-registry"), token=token_server)
-    yield running
-    running.stop()
+    """A registry with Bearer token auth, tokens from `token_server` (USERS, no anonymous)."""
+    yield from _registry(tmp_path_factory, "token-registry", token=token_server)

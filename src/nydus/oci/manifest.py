@@ -225,107 +225,99 @@ class Descriptor:
         return out
 
 
-@dataclass(slots=True)
-class Manifest:
-    """An image manifest (OCI or Docker schema2: same shape, different media types)."""
-
-    config: Descriptor
-    layers: list[Descriptor]
-    media_type: str | None = mt.OCI_MANIFEST
-    artifact_type: str | None = None
-    subject: Descriptor | None = None
-    annotations: dict[str, str] = field(default_factory=dict)
-    schema_version: int = 2
-    extra: JSONDict = field(default_factory=dict)
-
-    _KEYS = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject",
-             "annotations")
-
-    @classmethod
-    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> "Manifest":
-        d = _load(data, "manifest")
-        media_type = _check_header(d, "manifest", "layers", mt.MANIFEST_TYPES)
-        layers = _get(d, "layers", list, "manifest") or []
-        subject = _get(d, "subject", dict, "manifest")
-        return cls(
-            config=Descriptor.from_json(_get(d, "config", dict, "manifest", True), "manifest config"),
-            layers=[Descriptor.from_json(x, f"manifest layer {i}") for i, x in enumerate(layers)],
-            media_type=media_type,
-            artifact_type=_get(d, "artifactType", str, "manifest"),
-            subject=Descriptor.from_json(subject, "manifest subject") if subject else None,
-            annotations=_str_map(d, "annotations", "manifest"),
-            schema_version=d["schemaVersion"],
-            extra=_extra(d, cls._KEYS),
-        )
-
-    def to_dict(self) -> JSONDict:
-        out: JSONDict = {"schemaVersion": self.schema_version}
-        _put(out, "mediaType", self.media_type)
-        _put(out, "artifactType", self.artifact_type)
-        out["config"] = self.config.to_json()
-        out["layers"] = [layer.to_json() for layer in self.layers]
-        _put(out, "subject", self.subject.to_json() if self.subject else None)
-        _put(out, "annotations", self.annotations)
-        out.update(self.extra)
-        return out
-
-    def to_json(self, indent: int | None = None) -> bytes:
-        return go_json(self.to_dict(), indent)
+_DOC_KEYS = ("schemaVersion", "mediaType", "artifactType", "subject", "annotations")
 
 
-@dataclass(slots=True)
-class Index:
-    """An image index / Docker manifest list."""
-
-    manifests: list[Descriptor]
-    media_type: str | None = mt.OCI_INDEX
-    artifact_type: str | None = None
-    subject: Descriptor | None = None
-    annotations: dict[str, str] = field(default_factory=dict)
-    schema_version: int = 2
-    extra: JSONDict = field(default_factory=dict)
-
-    _KEYS = ("schemaVersion", "mediaType", "artifactType", "manifests", "subject", "annotations")
-
-    @classmethod
-    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> "Index":
-        d = _load(data, "index")
-        media_type = _check_header(d, "index", "manifests", mt.INDEX_TYPES)
-        entries = _get(d, "manifests", list, "index") or []
-        subject = _get(d, "subject", dict, "index")
-        return cls(
-            manifests=[Descriptor.from_json(x, f"index entry {i}") for i, x in enumerate(entries)],
-            media_type=media_type,
-            artifact_type=_get(d, "artifactType", str, "index"),
-            subject=Descriptor.from_json(subject, "index subject") if subject else None,
-            annotations=_str_map(d, "annotations", "index"),
-            schema_version=d["schemaVersion"],
-            extra=_extra(d, cls._KEYS),
-        )
-
-    def to_dict(self) -> JSONDict:
-        out: JSONDict = {"schemaVersion": self.schema_version}
-        _put(out, "mediaType", self.media_type)
-        _put(out, "artifactType", self.artifact_type)
-        out["manifests"] = [entry.to_json() for entry in self.manifests]
-        _put(out, "subject", self.subject.to_json() if self.subject else None)
-        _put(out, "annotations", self.annotations)
-        out.update(self.extra)
-        return out
-
-    def to_json(self, indent: int | None = None) -> bytes:
-        return go_json(self.to_dict(), indent)
-
-
-def _check_header(d: JSONDict, what: str, list_key: str, allowed: frozenset[str]) -> str | None:
+def _doc_fields(d: JSONDict, what: str, allowed: frozenset[str], body_keys: tuple[str, ...]
+                ) -> dict[str, Any]:
+    """The fields manifests and indexes share, validated, as constructor arguments."""
     if d.get("schemaVersion") != 2:
         raise InvalidManifest(f"{what}: schemaVersion {d.get('schemaVersion')!r}, expected 2")
     media_type = _get(d, "mediaType", str, what)
     if media_type is not None and media_type not in allowed:
         raise InvalidManifest(f"{what}: unexpected mediaType {media_type!r}")
-    if list_key not in d:
-        raise InvalidManifest(f"{what}: missing {list_key!r}")
-    return media_type
+    if body_keys[-1] not in d:
+        raise InvalidManifest(f"{what}: missing {body_keys[-1]!r}")
+    subject = _get(d, "subject", dict, what)
+    return {
+        "media_type": media_type,
+        "artifact_type": _get(d, "artifactType", str, what),
+        "subject": Descriptor.from_json(subject, f"{what} subject") if subject else None,
+        "annotations": _str_map(d, "annotations", what),
+        "extra": _extra(d, _DOC_KEYS + body_keys),
+    }
+
+
+@dataclass(slots=True, kw_only=True)
+class _Document:
+    """Fields and serialisation shared by Manifest and Index (keyword-only), in Go's order."""
+
+    media_type: str | None = None
+    artifact_type: str | None = None
+    subject: Descriptor | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    schema_version: int = 2
+    extra: JSONDict = field(default_factory=dict)
+
+    def _body(self) -> JSONDict:
+        raise NotImplementedError
+
+    def to_dict(self) -> JSONDict:
+        out: JSONDict = {"schemaVersion": self.schema_version}
+        _put(out, "mediaType", self.media_type)
+        _put(out, "artifactType", self.artifact_type)
+        out.update(self._body())
+        _put(out, "subject", self.subject.to_json() if self.subject else None)
+        _put(out, "annotations", self.annotations)
+        out.update(self.extra)
+        return out
+
+    def to_json(self, indent: int | None = None) -> bytes:
+        return go_json(self.to_dict(), indent)
+
+
+@dataclass(slots=True)
+class Manifest(_Document):
+    """An image manifest (OCI or Docker schema2: same shape, different media types)."""
+
+    config: Descriptor
+    layers: list[Descriptor]
+    media_type: str | None = field(default=mt.OCI_MANIFEST, kw_only=True)
+
+    @classmethod
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> "Manifest":
+        d = _load(data, "manifest")
+        common = _doc_fields(d, "manifest", mt.MANIFEST_TYPES, ("config", "layers"))
+        layers = _get(d, "layers", list, "manifest") or []
+        return cls(
+            config=Descriptor.from_json(_get(d, "config", dict, "manifest", True), "manifest config"),
+            layers=[Descriptor.from_json(x, f"manifest layer {i}") for i, x in enumerate(layers)],
+            **common,
+        )
+
+    def _body(self) -> JSONDict:
+        return {"config": self.config.to_json(), "layers": [x.to_json() for x in self.layers]}
+
+
+@dataclass(slots=True)
+class Index(_Document):
+    """An image index / Docker manifest list."""
+
+    manifests: list[Descriptor]
+    media_type: str | None = field(default=mt.OCI_INDEX, kw_only=True)
+
+    @classmethod
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> "Index":
+        d = _load(data, "index")
+        common = _doc_fields(d, "index", mt.INDEX_TYPES, ("manifests",))
+        entries = _get(d, "manifests", list, "index") or []
+        return cls(
+            manifests=[Descriptor.from_json(x, f"index entry {i}") for i, x in enumerate(entries)],
+            **common,
+        )
+
+    def _body(self) -> JSONDict:
+        return {"manifests": [entry.to_json() for entry in self.manifests]}
 
 
 def parse_manifest(data: bytes | str | Mapping[str, Any], media_type: str | None = None
