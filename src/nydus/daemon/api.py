@@ -1,0 +1,236 @@
+"""nydusd's HTTP API on a unix socket (interfaces.md §4.4).
+
+A small threaded HTTP/1.1 server: one thread per connection, keep-alive, and idle
+connections are never closed (nydus-snapshotter treats a hang-up as daemon death).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from nydus.errors import NydusError
+
+if TYPE_CHECKING:
+    from nydus.daemon.service import NydusDaemon
+
+__all__ = ["ApiError", "ApiServer"]
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(NydusError):
+    """An API failure with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Query = dict[str, str]
+Handler = Callable[[Query, Any], Any]
+
+
+class _Response:
+    def __init__(self, status: int, body: Any = None) -> None:
+        self.status = status
+        self.body = body
+
+
+NO_CONTENT = _Response(HTTPStatus.NO_CONTENT)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    api: "ApiServer"
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Nydus API"
+    timeout = None  # keep idle connections open for as long as the client wants
+    server: _Server
+
+    def version_string(self) -> str:
+        return "Nydus API"
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api: " + format, *args)
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        try:
+            resp = self.server.api.dispatch(self.command, url.path, query, raw)
+        except ApiError as exc:
+            resp = _Response(exc.status, {"code": "UNDEFINED", "message": str(exc)})
+        except NydusError as exc:
+            resp = _Response(HTTPStatus.INTERNAL_SERVER_ERROR,
+                             {"code": "UNDEFINED", "message": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the API must survive handler bugs
+            log.exception("api: %s %s failed", self.command, self.path)
+            resp = _Response(HTTPStatus.INTERNAL_SERVER_ERROR,
+                             {"code": "UNDEFINED", "message": f"internal error: {exc}"})
+        self._send(resp)
+
+    def _send(self, resp: _Response) -> None:
+        body = b"" if resp.body is None else json.dumps(resp.body).encode()
+        self.send_response(resp.status)
+        self.send_header("Content-Type", "application/json")
+        if resp.status != HTTPStatus.NO_CONTENT:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _handle
+
+
+class ApiServer:
+    """Routes API requests to a `NydusDaemon`."""
+
+    def __init__(self, daemon: "NydusDaemon", path: str) -> None:
+        self.daemon = daemon
+        self.path = os.path.abspath(path)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        d = daemon
+        self.routes: dict[str, dict[str, Handler]] = {
+            "/api/v1/daemon": {"GET": lambda q, b: d.daemon_info(),
+                               "PUT": lambda q, b: self._set_log_level(b)},
+            "/api/v1/daemon/events": {"GET": lambda q, b: d.events()},
+            "/api/v1/daemon/backend": {"GET": lambda q, b: d.backend_info(self._need(q, "mountpoint"))},
+            "/api/v1/daemon/start": {"PUT": lambda q, b: self._start()},
+            "/api/v1/daemon/exit": {"PUT": lambda q, b: self._exit()},
+            "/api/v1/daemon/fuse/sendfd": {"PUT": self._unsupported},
+            "/api/v1/daemon/fuse/takeover": {"PUT": self._unsupported},
+            "/api/v1/mount": {"POST": self._unsupported, "PUT": self._unsupported,
+                              "DELETE": self._unsupported},
+            "/api/v1/metrics": {"GET": lambda q, b: d.fs_metrics(q.get("id"))},
+            "/api/v1/metrics/files": {"GET": lambda q, b: d.files_metrics(
+                q.get("id"), q.get("latest") == "true")},
+            "/api/v1/metrics/pattern": {"GET": lambda q, b: d.pattern_metrics(q.get("id"))},
+            "/api/v1/metrics/backend": {"GET": lambda q, b: d.backend_metrics(q.get("id"))},
+            "/api/v1/metrics/blobcache": {"GET": lambda q, b: d.blobcache_metrics(q.get("id"))},
+            "/api/v1/metrics/inflight": {"GET": lambda q, b: self._inflight()},
+            "/api/v1/config": {"GET": lambda q, b: d.runtime_config(q.get("id")),
+                               "PUT": lambda q, b: self._put_config(q, b)},
+            "/api/v2/daemon": {"GET": lambda q, b: d.daemon_info(with_backends=False),
+                               "PUT": lambda q, b: self._set_log_level(b)},
+            "/api/v2/blobs": {"GET": self._unsupported, "PUT": self._unsupported,
+                              "DELETE": self._unsupported},
+        }
+
+    # ---- routing -----------------------------------------------------------------------
+    def dispatch(self, method: str, path: str, query: Query, raw: bytes) -> _Response:
+        methods = self.routes.get(path.rstrip("/") or path)
+        if methods is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no route for {path}")
+        handler = methods.get(method)
+        if handler is None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"method {method} is not supported on {path}")
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}") \
+                    from None
+        out = handler(query, body)
+        if isinstance(out, _Response):
+            return out
+        return _Response(HTTPStatus.OK, out)
+
+    @staticmethod
+    def _need(query: Query, key: str) -> str:
+        v = query.get(key)
+        if not v:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {key!r} is required")
+        return v
+
+    def _unsupported(self, query: Query, body: Any) -> _Response:
+        raise ApiError(HTTPStatus.NOT_IMPLEMENTED, "not supported by this nydusd")
+
+    def _set_log_level(self, body: Any) -> _Response:
+        if not isinstance(body, dict) or not isinstance(body.get("log_level"), str):
+            raise ApiError(HTTPStatus.BAD_REQUEST, 'expected {"log_level": "<level>"}')
+        try:
+            self.daemon.set_log_level(body["log_level"])
+        except NydusError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        return NO_CONTENT
+
+    def _start(self) -> _Response:
+        self.daemon.api_start()
+        return NO_CONTENT
+
+    def _exit(self) -> _Response:
+        self.daemon.request_exit()
+        return NO_CONTENT
+
+    def _inflight(self) -> _Response:
+        items = self.daemon.inflight()
+        return _Response(HTTPStatus.OK, items) if items else NO_CONTENT
+
+    def _put_config(self, query: Query, body: Any) -> _Response:
+        if not isinstance(body, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "expected a JSON object")
+        try:
+            self.daemon.update_runtime_config(query.get("id"), body)
+        except NydusError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        return NO_CONTENT
+
+    # ---- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the socket (replacing a stale one) and serve in a background thread."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise NydusError(f"cannot remove old API socket {self.path}: {exc.strerror}") \
+                from exc
+        parent = os.path.dirname(self.path)
+        if parent and not os.path.isdir(parent):
+            raise NydusError(f"API socket directory {parent} does not exist")
+        try:
+            server = _Server(self.path, _RequestHandler)
+        except OSError as exc:
+            raise NydusError(f"cannot listen on API socket {self.path}: {exc.strerror}") \
+                from exc
+        server.api = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="nydusd-api",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+        log.info("api server listening on %s", self.path)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        try:
+            server.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        server.server_close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

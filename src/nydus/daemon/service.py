@@ -1,0 +1,430 @@
+"""The nydusd service: load a RAFS image, mount it with FUSE, answer the API, shut down.
+
+`run_daemon(options)` is the whole life cycle; `NydusDaemon` holds the mounts and metrics
+the API reports.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import mmap
+import os
+import platform
+import signal
+import stat
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nydus
+from nydus.config import NydusdConfig
+from nydus.daemon.api import ApiError, ApiServer
+from nydus.daemon.state import DaemonState, StateMachine
+from nydus.errors import ConfigError, FormatError, NydusError
+from nydus.format.constants import super_flags_names
+from nydus.format.rafs import RafsSuper, open_bootstrap
+from nydus.fs import FsOptions, RafsFs
+from nydus.storage import ChunkDevice, create_backend
+from nydus.storage.backend import BlobBackend
+
+__all__ = ["DaemonOptions", "NydusDaemon", "RafsMount", "load_bootstrap", "run_daemon",
+           "LOG_LEVELS"]
+
+log = logging.getLogger(__name__)
+
+TRACE = 5
+#: nydusd log level names -> logging levels
+LOG_LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO,
+              "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    mountpoint: str
+    bootstrap: str
+    config: NydusdConfig
+    apisock: str | None = None
+    threads: int = 4
+    id: str | None = None
+    supervisor: str | None = None
+    prefetch_files: tuple[str, ...] = ()
+    virtual_mountpoint: str = "/"
+    config_text: str = ""
+
+
+@dataclass
+class RafsMount:
+    """One RAFS instance mounted at a virtual mountpoint of the daemon."""
+
+    mountpoint: str
+    bootstrap: str
+    sb: RafsSuper
+    fs: RafsFs
+    device: ChunkDevice
+    backend: BlobBackend
+    config: NydusdConfig
+    mounted_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    buffer: Any = None
+
+    def close(self) -> None:
+        self.device.close()
+        self.backend.close()
+        if isinstance(self.buffer, mmap.mmap):
+            try:
+                self.buffer.close()
+            except BufferError:
+                pass  # parsed records still reference it; the process is exiting anyway
+
+
+def load_bootstrap(path: str) -> tuple[RafsSuper, Any]:
+    """mmap and parse a bootstrap file; FormatError/ConfigError naming the file otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot open bootstrap {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"bootstrap {path} is not a regular file")
+        if st.st_size == 0:
+            raise FormatError(f"bootstrap {path} is empty, not a RAFS bootstrap")
+        buf = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    try:
+        return open_bootstrap(buf), buf
+    except FormatError as exc:
+        buf.close()
+        raise FormatError(f"failed to load bootstrap {path}: {exc}") from None
+    except struct.error as exc:  # truncated records
+        buf.close()
+        raise FormatError(f"failed to load bootstrap {path}: truncated ({exc})") from None
+
+
+def _git_commit() -> str:
+    src = os.path.dirname(os.path.abspath(nydus.__file__))
+    try:
+        out = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=2)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def _build_time() -> str:
+    try:
+        ts = os.stat(nydus.__file__).st_mtime
+    except OSError:
+        return "unknown"
+    return _dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+class NydusDaemon:
+    """State, mounts and metrics of one nydusd process."""
+
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.id = options.id
+        self.supervisor = options.supervisor
+        self.state = StateMachine()
+        self.mounts: dict[str, RafsMount] = {}
+        self.api: ApiServer | None = None
+        self.runtime: dict[str, dict[str, str]] = {}
+        self._version: dict[str, str] | None = None
+        self._lock = threading.Lock()
+
+    # ---- mounting ----------------------------------------------------------------------
+    def mount_rafs(self, mountpoint: str, bootstrap: str, config: NydusdConfig) -> RafsMount:
+        sb, buf = load_bootstrap(bootstrap)
+        try:
+            log.info("rafs superblock features: %s", " ".join(super_flags_names(sb.flags)))
+            if config.rafs.mode == "cached" and sb.version == 6:
+                raise ConfigError("mode \"cached\" is not supported for RAFS v6 images; use "
+                                  "\"direct\"")
+            if config.cache.type == "fscache":
+                raise ConfigError("cache type fscache needs `nydusd singleton`; use blobcache "
+                                  "for FUSE mounts")
+            backend = create_backend(config.backend)
+            log.info("backend config: %s", config.describe_backend())
+            cache_dir = None
+            if config.cache.enabled:
+                cache_dir = os.path.abspath(config.cache.work_dir)
+                try:
+                    os.makedirs(cache_dir, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError(f"cannot create cache work_dir {cache_dir}: "
+                                      f"{exc.strerror}") from exc
+                if config.cache.compressed:
+                    log.warning("cache.compressed is not supported; caching uncompressed data "
+                                "in .blob.data files")
+            device = ChunkDevice(sb, backend, cache_dir=cache_dir,
+                                 validate=config.rafs.validate,
+                                 cache_validate=config.cache.validate,
+                                 batch_size=config.rafs.batch_size)
+            try:
+                device.load()
+            except NydusError:
+                device.close()
+                backend.close()
+                raise
+            log.info("rafs imported")
+            fs = RafsFs(sb, device, FsOptions(
+                enable_xattr=config.rafs.enable_xattr, iostats_files=config.rafs.iostats_files,
+                access_pattern=config.rafs.access_pattern,
+                latest_read_files=config.rafs.latest_read_files, id=mountpoint))
+            log.info("rafs mounted: mode=%s digest_validate=%s iostats_files=%s",
+                     config.rafs.mode, str(config.rafs.validate).lower(),
+                     str(config.rafs.iostats_files).lower())
+        except BaseException:
+            try:
+                buf.close()
+            except BufferError:
+                pass
+            raise
+        m = RafsMount(mountpoint, os.path.abspath(bootstrap), sb, fs, device, backend, config,
+                      buffer=buf)
+        with self._lock:
+            self.mounts[mountpoint] = m
+        log.info("vfs mounted")
+        return m
+
+    def close_mounts(self) -> None:
+        with self._lock:
+            mounts, self.mounts = list(self.mounts.values()), {}
+        for m in mounts:
+            m.close()
+
+    # ---- prefetch ----------------------------------------------------------------------
+    def start_prefetch(self, m: RafsMount, files: tuple[str, ...]) -> threading.Thread | None:
+        pf = m.config.rafs.prefetch
+        inos: list[int] = []
+        for path in files:
+            try:
+                inos.append(m.fs.resolve(path))
+            except NydusError as exc:
+                log.warning("prefetch: %s: %s", path, exc)
+        if pf.enable:
+            inos.extend(m.sb.prefetch_inos())
+            if not inos and pf.prefetch_all:
+                inos.append(m.sb.root_ino)
+        if not inos:
+            return None
+        if not m.device.caches:
+            log.info("prefetch skipped: it needs a blob cache")
+            return None
+        t = threading.Thread(target=self._prefetch, args=(m, inos), name="nydusd-prefetch",
+                             daemon=True)
+        t.start()
+        return t
+
+    def _prefetch(self, m: RafsMount, inos: list[int]) -> None:
+        metrics = m.device.cache_metrics
+        metrics.prefetch_started(1)
+        total = 0
+        seen: set[int] = set()
+        stack = list(inos)
+        try:
+            while stack:
+                ino = stack.pop()
+                if ino in seen:
+                    continue
+                seen.add(ino)
+                a = m.sb.attr(ino)
+                if a.is_dir:
+                    stack.extend(e.ino for e in m.sb.readdir(ino))
+                elif a.is_reg and a.size:
+                    total += m.device.prefetch(m.fs.chunks(ino))
+        except NydusError as exc:
+            log.warning("prefetch stopped: %s", exc)
+        finally:
+            metrics.prefetch_finished()
+        log.info("prefetch finished: %d bytes", total)
+
+    # ---- API views -----------------------------------------------------------------------
+    def version(self) -> dict[str, str]:
+        if self._version is None:
+            self._version = {
+                "package_ver": nydus.__version__,
+                "git_commit": _git_commit(),
+                "build_time": _build_time(),
+                "profile": "release",
+                "rustc": f"{platform.python_implementation()} {platform.python_version()}",
+            }
+        return self._version
+
+    def daemon_info(self, with_backends: bool = True) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "version": self.version(),
+            "id": self.id,
+            "supervisor": self.supervisor,
+            "state": self.state.state.value,
+        }
+        if with_backends:
+            info["backend_collection"] = {
+                mp: {
+                    "backend_type": "Rafs",
+                    "mountpoint": mp,
+                    "mounted_time": m.mounted_time.isoformat(timespec="microseconds")
+                    .replace("+00:00", "Z"),
+                    "config": m.config.redacted().to_v2_dict(),
+                }
+                for mp, m in sorted(self.mounts.items())
+            }
+        return info
+
+    def events(self) -> dict[str, Any]:
+        return {"max_errors": 0, "total_errors": 0, "max_size": 0, "total_size": 0,
+                "errors": []}
+
+    def _mount(self, id: str | None, by_device_id: bool = False) -> RafsMount:
+        with self._lock:
+            mounts = dict(self.mounts)
+        if id is None or id == "":
+            if len(mounts) == 1:
+                return next(iter(mounts.values()))
+            raise ApiError(404 if not mounts else 400,
+                           "no instance mounted" if not mounts else
+                           "several instances are mounted: give ?id=")
+        if id in mounts:
+            return mounts[id]
+        if by_device_id:
+            for m in mounts.values():
+                if m.config.id == id:
+                    return m
+        raise ApiError(404, f"no instance with id {id!r}")
+
+    def backend_info(self, mountpoint: str) -> dict[str, Any]:
+        m = self._mount(mountpoint)
+        sb = m.sb
+        return {
+            "version": sb.version,
+            "flags": sb.flags,
+            "features": super_flags_names(sb.flags),
+            "chunk_size": sb.chunk_size,
+            "compressor": sb.compressor.label,
+            "digester": sb.digester.label,
+            "inodes_count": sb.inode_count,
+            "root_inode": sb.root_ino,
+            "bootstrap": m.bootstrap,
+            "blobs": [{"blob_id": b.blob_id, "blob_index": b.blob_index,
+                       "chunk_count": b.chunk_count, "compressed_size": b.compressed_size,
+                       "uncompressed_size": b.uncompressed_size, "features": b.features}
+                      for b in sb.blobs],
+        }
+
+    def fs_metrics(self, id: str | None) -> dict[str, Any]:
+        return self._mount(id).fs.metrics.snapshot()
+
+    def files_metrics(self, id: str | None, latest: bool) -> Any:
+        m = self._mount(id)
+        if latest:
+            if not m.fs.metrics.latest_read_files_enabled:
+                raise ApiError(400, "latest_read_files is not enabled")
+            return m.fs.metrics.take_latest_read_files()
+        if not m.fs.metrics.files_enabled:
+            raise ApiError(400, "iostats_files is not enabled")
+        return m.fs.metrics.files_snapshot()
+
+    def pattern_metrics(self, id: str | None) -> Any:
+        m = self._mount(id)
+        if not m.fs.metrics.access_pattern_enabled:
+            raise ApiError(400, "access_pattern is not enabled")
+        return []
+
+    def backend_metrics(self, id: str | None) -> dict[str, Any]:
+        return self._mount(id, by_device_id=True).backend.metrics.snapshot()
+
+    def blobcache_metrics(self, id: str | None) -> dict[str, Any]:
+        m = self._mount(id, by_device_id=True)
+        snap = m.device.cache_snapshot()
+        snap["id"] = m.config.id
+        return snap
+
+    def inflight(self) -> list[dict[str, int]]:
+        with self._lock:
+            mounts = list(self.mounts.values())
+        out: list[dict[str, int]] = []
+        for m in mounts:
+            out.extend(m.fs.metrics.inflight())
+        return out
+
+    def runtime_config(self, id: str | None) -> dict[str, str]:
+        return dict(self.runtime.get(id or "/", {}))
+
+    def update_runtime_config(self, id: str | None, body: dict[str, Any]) -> None:
+        allowed = {"registry_auth", "proxy_url", "dragonfly_scheduler_endpoint"}
+        for k, v in body.items():
+            if k not in allowed:
+                raise NydusError(f"unknown runtime config key {k!r}")
+            if not isinstance(v, str):
+                raise NydusError(f"runtime config {k} must be a string")
+        self.runtime.setdefault(id or "/", {}).update(body)
+        log.info("runtime config updated: %s", ", ".join(sorted(body)))
+
+    def set_log_level(self, level: str) -> None:
+        lv = LOG_LEVELS.get(level.lower())
+        if lv is None:
+            raise ConfigError(f"unknown log level {level!r} (trace, debug, info, warn, error)")
+        logging.getLogger().setLevel(lv)
+        log.info("log level set to %s", level.lower())
+
+    def api_start(self) -> None:
+        if self.state.state is not DaemonState.RUNNING:
+            raise ApiError(503, f"daemon is {self.state.state.value}")
+
+    def request_exit(self) -> None:
+        log.info("exit requested through the API")
+        threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+
+
+def run_daemon(options: DaemonOptions) -> int:
+    """The nydusd life cycle; raises NydusError for bad input before anything is mounted."""
+    from nydus.fuse import FuseSession
+
+    if options.virtual_mountpoint != "/":
+        raise ConfigError("--virtual-mountpoint other than / is not supported")
+    mountpoint = os.path.abspath(options.mountpoint)
+    if not os.path.exists(mountpoint):
+        raise ConfigError(f"mountpoint {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise ConfigError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        log.warning("%s is already a mountpoint; mounting on top of it", mountpoint)
+    prefetch_files = list(options.prefetch_files)
+    daemon = NydusDaemon(options)
+    m = daemon.mount_rafs(options.virtual_mountpoint, options.bootstrap, options.config)
+    session = FuseSession(m.fs, mountpoint, threads=options.threads)
+    try:
+        if options.apisock:
+            daemon.api = ApiServer(daemon, options.apisock)
+            daemon.api.start()
+        daemon.state.to(DaemonState.READY)
+        session.mount()
+    except BaseException:
+        if daemon.api is not None:
+            daemon.api.stop()
+        daemon.close_mounts()
+        raise
+
+    def started() -> None:
+        daemon.state.to(DaemonState.RUNNING)
+        log.info("starting fuse daemon")
+        daemon.start_prefetch(m, tuple(prefetch_files))
+
+    try:
+        session.serve(started)
+    finally:
+        t0 = time.monotonic()
+        session.close()
+        daemon.state.to(DaemonState.STOPPED)
+        if daemon.api is not None:
+            daemon.api.stop()
+        daemon.close_mounts()
+        log.info("nydusd stopped (%.1f ms to unmount)", (time.monotonic() - t0) * 1000)
+    return 0
