@@ -12,7 +12,14 @@ import pytest
 from nydus.errors import DigestMismatch
 from nydus.oci import mediatypes as mt
 from nydus.oci.errors import RegistryError, RegistryNotFound
-from nydus.oci.manifest import Descriptor, Index, Manifest, Platform, parse_manifest, select_manifest
+from nydus.oci.manifest import (
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    parse_manifest,
+    select_manifest,
+)
 from nydus.oci.registry import RegistryClient
 
 from .conftest import needs_skopeo

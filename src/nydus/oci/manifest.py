@@ -118,7 +118,8 @@ class Platform:
         parts = text.strip().split("/")
         if len(parts) not in (2, 3) or not all(parts):
             raise InvalidReference(f"invalid platform {text!r}: expected os/arch[/variant]")
-        return cls(parts[0].lower(), parts[1].lower(), parts[2].lower() if len(parts) == 3 else None)
+        variant = parts[2].lower() if len(parts) == 3 else None
+        return cls(parts[0].lower(), parts[1].lower(), variant)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], what: str = "platform") -> "Platform":
@@ -150,7 +151,8 @@ class Platform:
         variant = variant or _ARCH_DEFAULT_VARIANT.get(arch)
         if arch == "amd64" and variant == "v1":
             variant = None
-        return Platform(self.os.lower(), arch, variant, self.os_version, self.os_features, self.extra)
+        return Platform(self.os.lower(), arch, variant, self.os_version, self.os_features,
+                        self.extra)
 
     def matches(self, other: "Platform") -> bool:
         """Whether `other` (an index entry's platform) satisfies this wanted platform.
@@ -290,7 +292,8 @@ class Manifest(_Document):
         common = _doc_fields(d, "manifest", mt.MANIFEST_TYPES, ("config", "layers"))
         layers = _get(d, "layers", list, "manifest") or []
         return cls(
-            config=Descriptor.from_json(_get(d, "config", dict, "manifest", True), "manifest config"),
+            config=Descriptor.from_json(_get(d, "config", dict, "manifest", required=True),
+                                        "manifest config"),
             layers=[Descriptor.from_json(x, f"manifest layer {i}") for i, x in enumerate(layers)],
             **common,
         )

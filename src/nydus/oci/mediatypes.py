@@ -1,4 +1,7 @@
-"""Media types, annotation keys and markers of OCI, Docker schema2 and Nydus images (spec §1.1, §1.2)."""
+"""Media types, annotation keys and markers of OCI, Docker schema2 and Nydus images.
+
+See spec/interfaces.md §1.1 (media types) and §1.2 (annotations).
+"""
 
 from __future__ import annotations
 

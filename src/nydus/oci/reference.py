@@ -41,7 +41,7 @@ _NAME_MAX = 255
 
 
 def check_digest(digest: str, what: str = "digest") -> str:
-    """Return `digest` if it is `algorithm:hex` (sha256 etc. with exact lowercase hex), else raise."""
+    """Return `digest` if it is `algorithm:hex` (sha256 etc.: exact lowercase hex), else raise."""
     problem = _digest_problem(digest)
     if problem:
         raise InvalidReference(f"invalid {what} {digest!r}: {problem}")

@@ -51,7 +51,7 @@ DEFAULT_CHUNK_SIZE = 64 << 20  # blobs larger than this are uploaded with chunke
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TLS_HINTS = ("ssl", "wrong version number", "tls", "certificate")
 
-BlobSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+BlobSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", BinaryIO]
 PushResult = Literal["exists", "mounted", "uploaded"]
 Body = Union[bytes, Callable[[], Iterable[bytes]], None]
 
@@ -516,7 +516,8 @@ class _Source:
                         self._file.seek(offset + done)  # type: ignore[union-attr]
                         data = self._file.read(n)  # type: ignore[union-attr]
                 if not data:
-                    raise RegistryError(f"blob source ended at {offset + done} of {offset + length}")
+                    raise RegistryError(
+                        f"blob source ended at {offset + done} of {offset + length} bytes")
                 done += len(data)
                 yield data
         return pieces
@@ -532,11 +533,11 @@ def _drain(response: httpx.Response) -> None:
 
 
 def _media_type(response: httpx.Response, data: bytes) -> str:
-    value = response.headers.get("content-type", "").split(";", 1)[0].strip()
+    value: str = response.headers.get("content-type", "").split(";", 1)[0].strip()
     if value and value not in ("application/json", "text/plain", "application/octet-stream"):
         return value
     try:
-        found = json.loads(data).get("mediaType") if data else None
+        found: object = json.loads(data).get("mediaType") if data else None
     except (ValueError, AttributeError):
         found = None
     return found if isinstance(found, str) and found else value
