@@ -70,7 +70,7 @@ class BlobWriter:
     digester: Digester
     chunk_size: int
     dedup: dict[bytes, Chunk] = field(default_factory=dict)
-    workers: int = max(2, os.cpu_count() or 2)
+    workers: int = max(2, 2 * (os.cpu_count() or 1))
     _out: BinaryIO | None = None
     _pos: int = 0
     _upos: int = 0
