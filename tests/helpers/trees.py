@@ -333,7 +333,7 @@ def make_large_tree(
 
     Shape: ~100 files per directory two levels deep; 0.5 % of the files are large and hold 70 %
     of the bytes, the rest are small (exponential sizes).  Content is 40 % incompressible random
-    bytes and 60 % low-entropy text-like bytes (4 bits per byte), so compressors have work to do.
+    bytes and 60 % text-like bytes (slices of a pool of words), so compressors have work to do.
     Returns ``{"files": n, "dirs": n, "bytes": n}``.
     """
     root = Path(path)
@@ -341,15 +341,26 @@ def make_large_tree(
         shutil.rmtree(root)
     root.mkdir(parents=True)
     rng = random.Random(seed)
-    alphabet = b"etaoinshrdlu \n.,"
-    table = bytes(alphabet[i % 16] for i in range(256))
+    # text-like data: an ~8 MB pool of words from a 2,000-word vocabulary (bigger than the window
+    # of zstd -3, so tar|zstd gets no unrealistic cross-file matches); compressible files are
+    # random 4 KiB slices of it (LZ matches for lz4 and zstd, but no accidental chunk dedup)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    vocab = ["".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(2000)]
+    pool = " ".join(rng.choices(vocab, k=1_200_000)).encode()
+    slice_len = 4096
 
     def content(n: int) -> bytes:
         if n == 0:
             return b""
         if rng.random() < 0.4:
             return rng.randbytes(n)
-        return rng.randbytes(n).translate(table)
+        parts = []
+        got = 0
+        while got < n:
+            off = rng.randrange(len(pool) - slice_len)
+            parts.append(pool[off : off + slice_len])
+            got += slice_len
+        return b"".join(parts)[:n]
 
     n_large = max(1, nfiles // 200)
     n_small = max(0, nfiles - n_large)
