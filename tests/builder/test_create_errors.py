@@ -19,6 +19,7 @@ import pytest
 
 from tests.builder.conftest import run_nydus_image
 from tests.helpers.layers import D, F, H, layer_bytes
+from tests.helpers.trees import make_large_tree
 
 # "ERROR: ...", "error: ...", "<timestamp> - ERROR - ..." (upstream log style) or
 # "nydus-image create: error: ..." (argparse)
@@ -31,6 +32,8 @@ class Case:
     args: list[str]  # everything after "create" except the output flags
     causes: tuple[str, ...]  # the error line must contain one of these (case-insensitive)
     as_nobody: bool = False
+    blob: str | None = None  # --blob path instead of OUT/blob
+    bootstrap: str | None = None  # --bootstrap path instead of OUT/bootstrap
 
 
 def _small_dir(base: Path) -> Path:
@@ -129,6 +132,22 @@ def case_parent_plain_erofs(base: Path) -> Case:
     return Case([str(src), "--parent-bootstrap", str(img)], ("plain-erofs.img", "parent", "rafs", "bootstrap"))
 
 
+def _many_files(base: Path) -> Path:
+    """A few MB in 200 files: enough for the builder's parallel chunk workers to be busy."""
+    src = base / "many-src"
+    make_large_tree(src, total_bytes=4_000_000, nfiles=200, seed=4)
+    return src
+
+
+def case_blob_dir_missing(base: Path) -> Case:
+    """The --blob path lies in a directory that does not exist: the error names that path."""
+    return Case([str(_many_files(base))], ("no-such-blob-dir",), blob=str(base / "no-such-blob-dir" / "blob"))
+
+
+def case_bootstrap_dir_missing(base: Path) -> Case:
+    return Case([str(_many_files(base))], ("no-such-boot-dir",), bootstrap=str(base / "no-such-boot-dir" / "boot"))
+
+
 def case_chunk_size_not_power_of_two(base: Path) -> Case:
     return Case([str(_small_dir(base)), "--chunk-size", "3000"], ("chunk",))
 
@@ -186,7 +205,8 @@ def test_bad_input(case, preexisting, nydus_image, world_dir, require_root):
             p.write_bytes(content)
             os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     before = _state(out)
-    args = ["create", *c.args, "--bootstrap", str(boot), "--blob", str(blob), "--output-json", str(report)]
+    args = ["create", *c.args, "--bootstrap", c.bootstrap or str(boot), "--blob", c.blob or str(blob),
+            "--output-json", str(report)]
     if c.as_nobody:
         if shutil.which("setpriv") is None:
             pytest.skip("setpriv (util-linux) not installed: cannot drop root to test unreadable input")
@@ -200,4 +220,7 @@ def test_bad_input(case, preexisting, nydus_image, world_dir, require_root):
     errors = [line for line in r.stderr.splitlines() if ERROR_LINE.match(line)]
     assert len(errors) == 1, f"expected exactly one error line\n{shown}"
     assert any(k.lower() in errors[0].lower() for k in c.causes), f"error line does not name the cause {c.causes}\n{shown}"
+    for override in (c.blob, c.bootstrap):
+        if override:
+            assert not os.path.exists(os.path.dirname(override)), f"{override}: created\n{shown}"
     assert _state(out) == before, f"output directory changed: {sorted(before)} -> {sorted(p.name for p in out.iterdir())}\n{shown}"
