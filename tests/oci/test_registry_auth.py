@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -200,3 +201,31 @@ def test_skopeo_reads_image_pushed_with_token_auth(token_registry):
                              f"docker://{token_registry.host}/tok/skopeo:v1"))
     assert info["Digest"] == image.manifest_digest
     assert info["Layers"] == image.layer_digests
+
+
+def test_for_reference_takes_credentials_from_docker_config(basic_registry, tmp_path,
+                                                           monkeypatch):
+    auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    (tmp_path / "config.json").write_text(
+        json.dumps({"auths": {f"http://{basic_registry.host}": {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    ref = f"{basic_registry.host}/basic/ref:v1"
+    with RegistryClient.for_reference(ref, insecure=True) as client:
+        assert client.head_manifest("basic/ref", "v1") is None
+    with RegistryClient.for_reference(ref, insecure=True, docker_config=False) as client:
+        with pytest.raises(AuthError, match="registry requires credentials"):
+            client.head_manifest("basic/ref", "v1")
+
+
+def test_concurrent_range_reads_share_one_client(token_registry, token_server):
+    blob = os.urandom(64 * 1024)
+    digest = sha256(blob)
+    with client_for(token_registry, Credentials("alice", PASSWORD)) as client:
+        client.push_blob("tok/threads", digest, blob)
+        token_server.requests.clear()
+        spans = [(i * 997 % 60_000, 1 + i * 131 % 4096) for i in range(64)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(lambda s: client.get_blob_range("tok/threads", digest, *s),
+                                spans))
+    assert got == [blob[start:start + n] for start, n in spans]
+    assert len(token_server.requests) == 1  # threads wait for the one fetch of their scope

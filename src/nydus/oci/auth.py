@@ -261,6 +261,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, monotonic expiry)
+        self._fetching: dict[str, threading.Lock] = {}  # scope -> held while fetching
         self._get_only: bool = False  # token server refused the OAuth2 POST
 
     def header(self, scope: str) -> str | None:
@@ -270,15 +271,24 @@ class Authenticator:
             return "Bearer " + creds.registry_token
         with self._lock:
             challenge = self._challenge
-            cached = self._tokens.get(scope)
+            fetching = self._fetching.setdefault(scope, threading.Lock())
         if challenge is None:
             return None
         if challenge.scheme == "basic":
             return creds.basic() if creds is not None and creds.has_password else None
+        with fetching:  # one fetch per scope; threads arriving meanwhile reuse its token
+            token = self._valid_token(scope)
+            if token is None:
+                log.debug("token for %s on %s missing or expiring, fetching", scope, self.host)
+                token = self._fetch_token(challenge, scope, self.host)
+        return "Bearer " + token
+
+    def _valid_token(self, scope: str) -> str | None:
+        with self._lock:
+            cached = self._tokens.get(scope)
         if cached is not None and time.monotonic() < cached[1] - TOKEN_REFRESH_MARGIN:
-            return "Bearer " + cached[0]
-        log.debug("token for %s on %s missing or expiring, fetching", scope, self.host)
-        return "Bearer " + self._fetch_token(challenge, scope, self.host)
+            return cached[0]
+        return None
 
     def on_unauthorized(self, response: httpx.Response, scope: str, sent: str | None,
                         target: str) -> str:

@@ -408,9 +408,10 @@ class RegistryClient:
                 if self._fall_back_to_http(exc, url):
                     continue
                 attempt += 1
-                if attempt >= limit or isinstance(exc, httpx.UnsupportedProtocol):
+                transient = not isinstance(exc, httpx.UnsupportedProtocol)
+                if attempt >= limit or not transient:
                     raise RegistryError(f"{what}: {method} failed: {type(exc).__name__}: {exc}",
-                                        retryable=True) from exc
+                                        retryable=transient) from exc
                 log.warning("%s: %s %s failed (%s), retry %d/%d", what, method,
                             redact_url(request.url), type(exc).__name__, attempt, limit - 1)
                 self._sleep(attempt - 1, None)
@@ -453,9 +454,10 @@ class RegistryClient:
     def _send_plain(self, request: httpx.Request) -> httpx.Response:
         """Send a token-server request with the same transient-failure retries."""
         what = f"token server {request.url.host}"
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("authorization", "content-type")}
         return self._send(request.method, str(request.url), "", what, anonymous=True,
-                          headers=dict(request.headers), body=request.content,
-                          ok=range(200, 500))
+                          headers=headers, body=request.content, ok=range(200, 500))
 
     def _fall_back_to_http(self, exc: httpx.TransportError, url: str) -> bool:
         if not (self.skip_verify and self.scheme == "https" and "://" not in url
