@@ -52,6 +52,7 @@ class FakeServer:
         self.state = state or State()
         self.redirect_to: FakeServer | None = None
         self.ignore_range = False  # answer 200 with the whole blob, like some blob stores
+        self.redirect_host = "127.0.0.1"  # host named in redirect Locations
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
@@ -131,8 +132,10 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             if match and match.group(3) in state.blobs:
                 if server.redirect_to is not None and self.command == "GET":
                     hexd = match.group(3).split(":")[1]
-                    return self.reply(307, headers={"Location": f"http://{server.redirect_to.host}"
-                                      f"/storage/{hexd}?sig={state.signature}"})
+                    port = server.redirect_to.httpd.server_address[1]
+                    location = (f"http://{server.redirect_host}:{port}/storage/{hexd}"
+                                f"?sig={state.signature}")
+                    return self.reply(307, headers={"Location": location})
                 return self.send_blob(state.blobs[match.group(3)], action)
             return self.reply(404)
 

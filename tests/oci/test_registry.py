@@ -148,7 +148,9 @@ def test_chunked_upload_from_path_and_file(client, tmp_path):
 
     file = io.BytesIO(blob)
     assert client.push_blob("chunked/file", digest, file, chunk_size=100_000) == "uploaded"
-    assert client.read_blob("chunked/file", digest) == blob
+    out = io.BytesIO()
+    assert client.get_blob("chunked/file", digest, out) == len(blob)
+    assert out.getvalue() == blob
     assert client.push_blob("chunked/mono", digest, io.BytesIO(blob), chunk_size=0) == "uploaded"
     assert client.read_blob("chunked/mono", digest) == blob
 

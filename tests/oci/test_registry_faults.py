@@ -133,6 +133,21 @@ def test_refused_redirect_target_is_an_auth_error(fake):
         storage.stop()
 
 
+def test_redirect_target_host_can_be_forced(fake):
+    storage = FakeServer(fake.state)
+    fake.redirect_to, fake.redirect_host = storage, "blobs.invalid"
+    digest = fake.add_blob(BLOB)
+    try:
+        with client_for(fake, retries=0) as client:
+            with pytest.raises(RegistryError, match="GET failed: ConnectError"):
+                client.get_blob_range("r", digest, 0, 4)
+        with client_for(fake, blob_redirected_host="127.0.0.1") as client:
+            assert client.get_blob_range("r", digest, 0, 4) == BLOB[:4]
+    finally:
+        storage.stop()
+    assert [s.path.split("/")[1] for s in fake.seen()] == ["v2", "v2", "storage"]
+
+
 def test_upload_starts_again_after_server_error(fake):
     blob = os.urandom(5000)
     fake.fail("PUT", "/v2/r/blobs/uploads/", 500)

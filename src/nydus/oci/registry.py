@@ -84,11 +84,15 @@ class RegistryClient:
         max_backoff: float = 8.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         redirect_ttl: float = 300.0,
+        blob_url_scheme: str = "",
+        blob_redirected_host: str = "",
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """`insecure`: plain HTTP. `skip_verify`: no TLS verification, and a switch to plain
         HTTP when the server does not speak TLS (nydusd's behaviour). `retries`: extra attempts
-        after a transient failure. `transport`: a test seam (httpx transport)."""
+        after a transient failure. `blob_url_scheme` / `blob_redirected_host`: forced on the
+        redirect targets of range reads (nydusd's registry options of the same names).
+        `transport`: a test seam (httpx transport)."""
         self.host = api_host(host)
         self.scheme = "http" if insecure else "https"
         self.skip_verify = skip_verify
@@ -97,6 +101,8 @@ class RegistryClient:
         self.max_backoff = max_backoff
         self.chunk_size = chunk_size
         self.redirect_ttl = redirect_ttl
+        self.blob_url_scheme = blob_url_scheme
+        self.blob_redirected_host = blob_redirected_host
         self._http = httpx.Client(
             verify=not skip_verify,
             timeout=httpx.Timeout(timeout),
@@ -278,7 +284,7 @@ class RegistryClient:
         response = self._send("GET", f"/v2/{repo}/blobs/{digest}", repo, span, headers=headers,
                               ok=(200, 206, *_REDIRECTS))
         if response.status_code in _REDIRECTS:
-            target = str(response.url.join(response.headers.get("location", "")))
+            target = self._redirect_target(response)
             self._remember_redirect(repo, digest, target)
             log.debug("%s redirected to %s", what, redact_url(target))
             response = self._send("GET", target, repo, span, headers=headers, anonymous=True,
@@ -358,6 +364,14 @@ class RegistryClient:
             self._redirects.move_to_end((repo, digest))
             while len(self._redirects) > 4096:
                 self._redirects.popitem(last=False)
+
+    def _redirect_target(self, response: httpx.Response) -> str:
+        url = response.url.join(response.headers.get("location", ""))
+        if self.blob_url_scheme:
+            url = url.copy_with(scheme=self.blob_url_scheme)
+        if self.blob_redirected_host:
+            url = url.copy_with(host=self.blob_redirected_host)
+        return str(url)
 
     def _forget_redirect(self, repo: str, digest: str) -> None:
         with self._lock:
