@@ -49,3 +49,32 @@ def extract_inline_bootstrap(blob_path: str) -> bytes:
     except FormatError as exc:
         raise BuildError(f"blob {blob_path}: {exc}") from exc
     raise BuildError(f"blob {blob_path} has no inline bootstrap (image.boot)")
+
+
+def blob_meta_cache(blob_path: str) -> bytes | None:
+    """nydusd's `<blob id>.blob.meta` cache file for a blob-toc blob: the uncompressed CI
+    array padded to 4 KiB, then the 4096-byte CI header; None for a blob without chunks."""
+    try:
+        with open(blob_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            tail_len = min(size, 4096) // 128 * 128 if size >= 4096 else size
+            f.seek(size - tail_len)
+            try:
+                entries = {e.name: e for e in parse_toc(f.read(tail_len))}
+            except FormatError:
+                return None
+            meta, header = entries.get("blob.meta"), entries.get("blob.meta.header")
+            if meta is None or header is None:
+                return None
+            f.seek(meta.compressed_offset)
+            comp = Compressor(COMPRESSOR_OF_TOC_FLAG.get(meta.flags, 0))
+            ci = comp.decompress(f.read(meta.compressed_size), meta.uncompressed_size)
+            f.seek(header.compressed_offset)
+            head = f.read(header.compressed_size)
+    except OSError as exc:
+        raise BuildError(f"blob {blob_path}: {exc.strerror}") from exc
+    except FormatError as exc:
+        raise BuildError(f"blob {blob_path}: {exc}") from exc
+    if len(head) != 4096:
+        raise BuildError(f"blob {blob_path}: truncated blob meta header")
+    return ci + b"\0" * (-len(ci) % 4096) + head

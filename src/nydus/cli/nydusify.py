@@ -1,13 +1,160 @@
-"""`nydusify`: not implemented yet (see the project's issues)."""
+"""`nydusify`: convert OCI images to Nydus images in a registry, and check them."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
 
+from nydus.cli.common import parse_size, run_main
+from nydus.cli.image import Parser
+from nydus.errors import NydusError
 
-def main() -> int:
-    print("nydusify: not yet implemented in this version of nydus-py", file=sys.stderr)
-    return 1
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def _flag(name: str) -> bool:
+    return (os.environ.get(name) or "").lower() in ("1", "true", "yes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(prog="nydusify", description="Convert OCI images to Nydus images")
+    p.add_argument("-D", "--debug", action="store_true", default=_flag("DEBUG_LOG_LEVEL"))
+    p.add_argument("-l", "--log-level", default=_env("LOG_LEVEL", "info"))
+    p.add_argument("--log-file", default=_env("LOG_FILE"))
+    sub = p.add_subparsers(dest="cmd", parser_class=Parser)
+    c = sub.add_parser("convert", help="convert an OCI image to a Nydus image")
+    c.add_argument("--source", default=_env("SOURCE"))
+    c.add_argument("--target", default=_env("TARGET"))
+    c.add_argument("--target-suffix", default=_env("TARGET_SUFFIX"))
+    c.add_argument("--source-insecure", action="store_true", default=_flag("SOURCE_INSECURE"))
+    c.add_argument("--target-insecure", action="store_true", default=_flag("TARGET_INSECURE"))
+    c.add_argument("--plain-http", action="store_true")
+    c.add_argument("--work-dir", default=_env("WORK_DIR", "./tmp"))
+    c.add_argument("--nydus-image", default=_env("NYDUS_IMAGE"),
+                   help="accepted; the builder runs in-process")
+    c.add_argument("--fs-version", default=_env("FS_VERSION", "6"))
+    c.add_argument("--compressor", default=_env("COMPRESSOR", "zstd"))
+    c.add_argument("--fs-chunk-size", "--chunk-size", dest="chunk_size",
+                   default=_env("FS_CHUNK_SIZE", "0x100000"))
+    c.add_argument("--platform", default=None)
+    c.add_argument("--all-platforms", action="store_true")
+    c.add_argument("--merge-platform", "--multi-platform", action="store_true",
+                   default=_flag("MERGE_PLATFORM"))
+    c.add_argument("--prefetch-patterns", action="store_true", default=_flag("PREFETCH_PATTERNS"))
+    c.add_argument("--prefetch-dir", default=_env("PREFETCH_DIR"))
+    c.add_argument("--oci", action="store_true", default=_flag("OCI"))
+    c.add_argument("--docker-v2-format", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--backend-type", default=_env("BACKEND_TYPE"))
+    c.add_argument("--backend-config", default=_env("BACKEND_CONFIG"))
+    c.add_argument("--backend-config-file", default=_env("BACKEND_CONFIG_FILE"))
+    c.add_argument("--output-json", default=_env("OUTPUT_JSON"))
+    c.add_argument("--batch-size", default="0")
+    c.add_argument("--push-retry-count", default="3")
+    c.add_argument("--push-retry-delay", default="5s")
+    k = sub.add_parser("check", help="check a converted Nydus image")
+    k.add_argument("--source")
+    k.add_argument("--target", required=True)
+    k.add_argument("--source-insecure", action="store_true")
+    k.add_argument("--target-insecure", action="store_true")
+    k.add_argument("--platform")
+    k.add_argument("--work-dir", default="./output")
+    k.add_argument("--nydus-image")
+    k.add_argument("--nydusd")
+    k.add_argument("--multi-platform", action="store_true")
+    return p
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from nydus.converter.convert import ConvertOptions, convert
+
+    if not a.source:
+        raise NydusError("--source is required")
+    target = a.target
+    if not target:
+        if not a.target_suffix:
+            raise NydusError("one of --target or --target-suffix is required")
+        if "@" in a.source:
+            raise NydusError("--target-suffix cannot be used with a digested source")
+        target = a.source + a.target_suffix if ":" in a.source.rsplit("/", 1)[-1] \
+            else a.source + ":latest" + a.target_suffix
+    if a.fs_version == "5":
+        raise NydusError("--fs-version 5 is not supported: nydusify here converts to RAFS v6")
+    if a.fs_version != "6":
+        raise NydusError(f"invalid --fs-version {a.fs_version!r} (6)")
+    if a.compressor not in ("none", "lz4_block", "zstd"):
+        raise NydusError(f"invalid --compressor {a.compressor!r} (none, lz4_block, zstd)")
+    if parse_size(a.batch_size) != 0:
+        raise NydusError("--batch-size is not supported (only 0)")
+    if a.platform and a.all_platforms:
+        raise NydusError("--platform and --all-platforms conflict")
+    if a.prefetch_patterns and a.prefetch_dir:
+        raise NydusError("--prefetch-patterns and --prefetch-dir conflict")
+    patterns = None
+    if a.prefetch_patterns:
+        patterns = [ln.strip() for ln in sys.stdin if ln.strip()] or ["/"]
+    elif a.prefetch_dir:
+        patterns = [a.prefetch_dir]
+    backend_config = None
+    if a.backend_type:
+        if a.backend_type != "localfs":
+            raise NydusError(f"unsupported --backend-type {a.backend_type!r} (localfs)")
+        if bool(a.backend_config) == bool(a.backend_config_file):
+            raise NydusError("--backend-type needs exactly one of --backend-config or "
+                             "--backend-config-file")
+        try:
+            text = a.backend_config
+            if a.backend_config_file:
+                with open(a.backend_config_file) as f:
+                    text = f.read()
+            backend_config = json.loads(text)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NydusError(f"invalid backend config: {exc}") from exc
+    chunk_size = parse_size(a.chunk_size)
+    import time
+
+    t0 = time.monotonic()
+    results = convert(ConvertOptions(
+        source=a.source, target=target, work_dir=a.work_dir,
+        source_insecure=a.source_insecure or a.plain_http,
+        target_insecure=a.target_insecure or a.plain_http, compressor=a.compressor,
+        chunk_size=chunk_size, platforms=a.platform.split(",") if a.platform else [],
+        all_platforms=a.all_platforms, merge_platform=a.merge_platform, oci=a.oci,
+        prefetch_patterns=patterns, backend_type=a.backend_type, backend_config=backend_config))
+    if a.output_json:
+        with open(a.output_json, "w") as f:
+            json.dump({"ConversionElapsed": int((time.monotonic() - t0) * 1e9),
+                       "Manifests": [r.digest for r in results]}, f)
+    return 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from nydus.converter.check import CheckOptions, check
+
+    check(CheckOptions(source=a.source, target=a.target, source_insecure=a.source_insecure,
+                       target_insecure=a.target_insecure, platform=a.platform,
+                       work_dir=a.work_dir, multi_platform=a.multi_platform))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    a = parser.parse_args(argv)
+
+    def body() -> int:
+        from nydus.converter import logs
+
+        logs.setup("debug" if a.debug else a.log_level)
+        handler = {"convert": cmd_convert, "check": cmd_check}.get(a.cmd)
+        if handler is None:
+            parser.print_help()
+            return 1
+        return handler(a)
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

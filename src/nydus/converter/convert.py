@@ -1,0 +1,373 @@
+"""`nydusify convert`: pull an OCI image, build every layer into a Nydus blob (tar-rafs,
+inline meta, ToC; layers in parallel, no parent), merge the per-layer bootstraps, and
+push blob layers, the bootstrap layer, config and manifest (and index) as upstream does
+(interfaces.md §1, §2.1)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nydus import __version__
+from nydus.builder.build import CreateOptions, MergeOptions, create, merge
+from nydus.builder.inline import blob_meta_cache, extract_inline_bootstrap
+from nydus.converter.bootstrap_layer import make_bootstrap_layer
+from nydus.errors import NydusError
+from nydus.oci import mediatypes as mt
+from nydus.oci.manifest import Descriptor, Index, Manifest, Platform, go_json, parse_manifest
+from nydus.oci.reference import Reference
+from nydus.oci.registry import RegistryClient
+from nydus.utils.compress import Compressor
+
+log = logging.getLogger("nydus.converter")
+
+EMPTY_LAYER_DIGEST = "sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1"
+EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+
+class ConvertError(NydusError):
+    pass
+
+
+@dataclass
+class ConvertOptions:
+    source: str
+    target: str
+    work_dir: str = "./tmp"
+    source_insecure: bool = False
+    target_insecure: bool = False
+    compressor: str = "zstd"
+    chunk_size: int = 0x100000
+    platforms: list[str] = field(default_factory=list)  # empty: host platform
+    all_platforms: bool = False
+    merge_platform: bool = False
+    oci: bool = False
+    prefetch_patterns: list[str] | None = None
+    backend_type: str | None = None  # localfs: blobs to a directory, not the registry
+    backend_config: dict[str, Any] | None = None
+    parallel: int = 4
+
+
+@dataclass
+class ConvertedManifest:
+    platform: Platform | None
+    source_desc: Descriptor
+    manifest: Manifest
+    data: bytes
+    digest: str
+    bootstrap: str
+
+
+def _client(ref: Reference, insecure: bool) -> RegistryClient:
+    return RegistryClient.for_reference(ref, skip_verify=insecure)
+
+
+def _ref_dir(ref: Reference) -> str:
+    name = f"{ref.host}/{ref.repo}"
+    tag = ref.tag or (ref.digest or "latest").replace(":", "_")
+    return f"{name}:{tag}"
+
+
+def convert(o: ConvertOptions) -> list[ConvertedManifest]:
+    src_ref, dst_ref = Reference.parse(o.source), Reference.parse(o.target)
+    Compressor.from_name(o.compressor)
+    src = _client(src_ref, o.source_insecure)
+    dst = src if (dst_ref.host == src_ref.host and o.target_insecure == o.source_insecure) \
+        else _client(dst_ref, o.target_insecure)
+    try:
+        top = src.get_manifest(src_ref.repo, src_ref.ref)
+        doc = parse_manifest(top.data, top.media_type)
+        wanted = [Platform.parse(p) for p in o.platforms] if o.platforms else []
+        if not wanted:
+            from nydus.oci.manifest import host_platform
+
+            wanted = [host_platform()]
+        entries: list[tuple[Descriptor, Platform | None]] = []
+        if isinstance(doc, Index):
+            for d in doc.manifests:
+                if d.platform is None or not mt.is_manifest(d.media_type):
+                    continue
+                if o.all_platforms or any(d.platform.matches(w) for w in wanted):
+                    if not o.all_platforms and any(d.platform.matches(e[1]) for e in entries
+                                                   if e[1] is not None):
+                        continue
+                    entries.append((d, d.platform))
+            if not entries:
+                raise ConvertError(f"source image {o.source} has no manifest for platform "
+                                   f"{', '.join(f'{w.os}/{w.architecture}' for w in wanted)}")
+        else:
+            entries.append((Descriptor(top.media_type, top.digest, len(top.data)), None))
+        results = []
+        for desc, plat in entries:
+            pname = (f"{plat.os}/{plat.architecture}" if plat else
+                     ",".join(f"{w.os}/{w.architecture}" for w in wanted))
+            log.info("Pulling image %s with platform %s", o.source, pname)
+            sub = "" if len(entries) == 1 else f"{plat.os}-{plat.architecture}" if plat else ""
+            results.append(_convert_one(o, src, dst, src_ref, dst_ref, desc, plat, sub))
+        _push_top(o, dst, dst_ref, doc, results)
+        log.info("Success convert image %s to %s", o.source, o.target)
+        return results
+    finally:
+        src.close()
+        if dst is not src:
+            dst.close()
+
+
+def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
+                 src_ref: Reference, dst_ref: Reference, desc: Descriptor,
+                 plat: Platform | None, sub: str) -> ConvertedManifest:
+    fetched = src.get_manifest(src_ref.repo, desc.digest)
+    manifest = Manifest.from_json(fetched.data)
+    config = json.loads(src.read_blob(src_ref.repo, manifest.config.digest))
+    src_dir = os.path.join(o.work_dir, _ref_dir(src_ref))
+    dst_dir = os.path.join(o.work_dir, _ref_dir(dst_ref), sub)
+    blob_dir = os.path.join(dst_dir, "blobs")
+    boot_dir = os.path.join(dst_dir, "layers")
+    for d in (src_dir, blob_dir, boot_dir):
+        os.makedirs(d, exist_ok=True)
+
+    def one_layer(layer: Descriptor) -> tuple[str, int, str]:
+        path = os.path.join(src_dir, layer.digest)
+        if not _have(path, layer.digest):
+            log.info("Pulling layer %s", layer.digest)
+            _download(src, src_ref.repo, layer, path)
+        log.info("Unpacking layer %s", layer.digest)
+        log.info("Building layer %s", layer.digest)
+        tmp_blob = os.path.join(blob_dir, f".building-{layer.digest[7:]}")
+        with _layer_stream(path, layer.media_type) as source_path:
+            res = create(CreateOptions(
+                source=source_path, source_type="tar-rafs", blob=tmp_blob,
+                blob_inline_meta=True, blob_toc=True, whiteout_spec="none",
+                compressor=Compressor.from_name(o.compressor), chunk_size=o.chunk_size,
+                prefetch_patterns=o.prefetch_patterns or ["/"]))
+        digest, size = _file_digest(tmp_blob)
+        hexid = digest[7:]
+        final = os.path.join(blob_dir, hexid)
+        os.replace(tmp_blob, final)
+        boot = extract_inline_bootstrap(final)
+        boot_path = os.path.join(boot_dir, hexid)
+        with open(boot_path, "wb") as f:
+            f.write(boot)
+        del res
+        return digest, size, boot_path
+
+    layers = [x for x in manifest.layers]
+    with ThreadPoolExecutor(max(1, min(o.parallel, len(layers) or 1))) as pool:
+        built = list(pool.map(one_layer, layers))
+    # merge: bootstrap (all layers) and bootstrap-parent (all but the top one)
+    boot_path = os.path.join(dst_dir, "bootstrap")
+    sources = [b[2] for b in built]
+    sizes = [b[1] for b in built]
+    if sources:
+        merge(MergeOptions(sources, boot_path, blob_sizes=sizes,
+                           prefetch_patterns=o.prefetch_patterns))
+        if len(sources) > 1:
+            merge(MergeOptions(sources[:-1], os.path.join(dst_dir, "bootstrap-parent"),
+                               blob_sizes=sizes[:-1]))
+    else:
+        raise ConvertError(f"source image {o.source} has no layers")
+    with open(boot_path, "rb") as f:
+        bootstrap = f.read()
+    # push blob layers
+    blob_descs = []
+    seen: set[str] = set()
+    metas: list[tuple[str, bytes]] = []
+    for digest, size, _ in built:
+        blob_descs.append(Descriptor(mt.NYDUS_BLOB, digest, size,
+                                     annotations={mt.NYDUS_BLOB_ANNOTATION: "true"}))
+        if digest in seen:
+            continue
+        seen.add(digest)
+        meta = blob_meta_cache(os.path.join(blob_dir, digest[7:]))
+        if meta is not None:
+            metas.append((digest[7:], meta))
+    push_blobs = _blob_pusher(o, dst, dst_ref, blob_dir)
+    with ThreadPoolExecutor(max(1, min(o.parallel, len(seen)))) as pool:
+        list(pool.map(push_blobs, sorted(seen, key=[b[0] for b in built].index)))
+    docker = mt.is_docker(fetched.media_type) and not o.oci
+    layer = make_bootstrap_layer(bootstrap, metas)
+    log.info("Pushing bootstrap layer %s", layer.digest)
+    dst.push_blob(dst_ref.repo, layer.digest, layer.gz, len(layer.gz))
+    boot_desc = Descriptor(mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP, layer.digest,
+                           len(layer.gz), annotations={mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
+                                                       mt.NYDUS_FS_VERSION_ANNOTATION: "6"})
+    external = o.backend_type is not None
+    new_config = copy.deepcopy(config)
+    rootfs = new_config.setdefault("rootfs", {"type": "layers"})
+    rootfs["diff_ids"] = ([] if external else [d.digest for d in blob_descs]) + [layer.diff_id]
+    history = [] if external else list(new_config.get("history") or [])
+    history.append({"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"})
+    new_config["history"] = history
+    config_bytes = go_json(new_config)
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    dst.push_blob(dst_ref.repo, config_digest, config_bytes, len(config_bytes))
+    config_type = mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG
+    nydus = Manifest(
+        config=Descriptor(config_type, config_digest, len(config_bytes)),
+        layers=([] if external else blob_descs) + [boot_desc],
+        media_type=mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST,
+        annotations={
+            mt.NYDUS_SOURCE_DIGEST_ANNOTATION: desc.digest,
+            mt.NYDUS_SOURCE_REFERENCE_ANNOTATION: src_ref.normalized(),
+            mt.NYDUS_FS_VERSION_ANNOTATION: "6",
+            mt.NYDUS_BUILDER_VERSION_ANNOTATION: f"v{__version__}",
+        })
+    data = nydus.to_json(indent=2)
+    return ConvertedManifest(plat or _config_platform(config), desc, nydus, data,
+                             "sha256:" + hashlib.sha256(data).hexdigest(), boot_path)
+
+
+def _config_platform(config: dict[str, Any]) -> Platform | None:
+    if config.get("os") and config.get("architecture"):
+        return Platform(config["os"], config["architecture"], config.get("variant") or None)
+    return None
+
+
+def _blob_pusher(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference, blob_dir: str
+                 ) -> Callable[[str], None]:
+    def push(digest: str) -> None:
+        path = os.path.join(blob_dir, digest[7:])
+        if o.backend_type == "localfs":
+            target_dir = (o.backend_config or {}).get("dir")
+            if not target_dir:
+                raise ConvertError('--backend-type localfs needs a config {"dir": DIR}')
+            os.makedirs(target_dir, exist_ok=True)
+            log.info("Pushing blob layer %s to %s", digest, target_dir)
+            import shutil
+
+            shutil.copyfile(path, os.path.join(target_dir, digest[7:]))
+            return
+        log.info("Pushing blob layer %s", digest)
+        dst.push_blob(dst_ref.repo, digest, path, os.path.getsize(path))
+    return push
+
+
+def _push_top(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference,
+              source_doc: Manifest | Index, results: list[ConvertedManifest]) -> None:
+    repo, tag = dst_ref.repo, dst_ref.ref
+    if o.merge_platform:
+        log.info("Pushing nydus manifest")
+        entries = []
+        for r in results:
+            dst.put_manifest(repo, r.digest, r.data, r.manifest.media_type or mt.OCI_MANIFEST)
+        # merged index: (source manifests are referenced as they are) then Nydus manifests
+        for r in results:
+            entries.append(Descriptor(r.source_desc.media_type, r.source_desc.digest,
+                                      r.source_desc.size, platform=r.platform))
+        for r in results:
+            nydus = copy.deepcopy(r.manifest)
+            nydus.config.media_type = mt.NYDUS_CONFIG
+            data = nydus.to_json(indent=2)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            dst.put_manifest(repo, digest, data, nydus.media_type or mt.OCI_MANIFEST)
+            entries.append(Descriptor(nydus.media_type or mt.OCI_MANIFEST, digest, len(data),
+                                      platform=r.platform,
+                                      artifact_type=mt.NYDUS_MANIFEST_ARTIFACT))
+        index = Index(manifests=entries, media_type=None)
+        log.info("Pushing manifest index")
+        dst.put_manifest(repo, tag, index.to_json(indent=2), mt.OCI_INDEX)
+        return
+    if len(results) == 1:
+        r = results[0]
+        log.info("Pushing nydus manifest")
+        dst.put_manifest(repo, tag, r.data, r.manifest.media_type or mt.OCI_MANIFEST)
+        return
+    docker_list = isinstance(source_doc, Index) and mt.is_docker(source_doc.media_type) and not o.oci
+    for r in results:
+        log.info("Pushing nydus manifest %s", r.digest)
+        dst.put_manifest(repo, r.digest, r.data, r.manifest.media_type or mt.OCI_MANIFEST)
+    index = Index(manifests=[Descriptor(r.manifest.media_type or mt.OCI_MANIFEST, r.digest,
+                                        len(r.data), platform=r.platform) for r in results],
+                  media_type=mt.DOCKER_MANIFEST_LIST if docker_list else mt.OCI_INDEX)
+    log.info("Pushing manifest index")
+    dst.put_manifest(repo, tag, index.to_json(indent=2), index.media_type or mt.OCI_INDEX)
+
+
+def _have(path: str, digest: str) -> bool:
+    return os.path.exists(path) and _file_digest(path)[0] == digest
+
+
+def _file_digest(path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+            size += len(b)
+    return "sha256:" + h.hexdigest(), size
+
+
+class _Progress:
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.total >= 16 << 20 and now - self.last >= 2:
+            self.last = now
+            log.info("Pulling layer %s: %d%% (%d/%d MB)", self.what,
+                     100 * self.done // max(1, self.total), self.done >> 20, self.total >> 20)
+
+
+def _download(src: RegistryClient, repo: str, layer: Descriptor, path: str) -> None:
+    tmp = path + ".part"
+    progress = _Progress(layer.digest, layer.size)
+    try:
+        with open(tmp, "wb") as f:
+            for piece in src.iter_blob(repo, layer.digest):
+                f.write(piece)
+                progress.update(len(piece))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _layer_stream:  # noqa: N801 - context manager
+    """A path the tar builder can read: the layer itself, or a FIFO fed by a zstd
+    decompressor thread for `+zstd` layers (tarfile reads gzip natively)."""
+
+    def __init__(self, path: str, media_type: str) -> None:
+        self.path, self.media_type = path, media_type
+        self.fifo: str | None = None
+        self.thread = None
+
+    def __enter__(self) -> str:
+        if not self.media_type.endswith("+zstd"):
+            return self.path
+        import tempfile
+        import threading
+
+        import zstandard
+
+        d = tempfile.mkdtemp(prefix="nydusify-")
+        self.fifo = os.path.join(d, "layer.tar")
+        os.mkfifo(self.fifo)
+
+        def feed() -> None:
+            with open(self.path, "rb") as fin, open(self.fifo, "wb") as fout:  # type: ignore[arg-type]
+                zstandard.ZstdDecompressor().copy_stream(fin, fout)
+
+        self.thread = threading.Thread(target=feed, daemon=True)
+        self.thread.start()
+        return self.fifo
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fifo:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(self.fifo), ignore_errors=True)
+
