@@ -5,6 +5,7 @@
 * :mod:`erofs`     - loop devices, kernel EROFS mounts, ``fsck.erofs``
 * :mod:`layers`    - OCI layer tars and the overlayfs reference view of a layer stack
 * :mod:`proc`      - running a command and measuring the child's peak RSS
+* :mod:`env`       - skipping when a tool or kernel filesystem is missing
 
 None of these imports the ``nydus`` package: they are oracles and fixtures, not code
 under test.
