@@ -183,9 +183,9 @@ def _load_builtin() -> None:
     from nydus.storage.localfs import LocalFsBackend
 
     _FACTORIES.setdefault("localfs", LocalFsBackend.from_config)
-    # The registry backend is issue 4: nydus.oci provides the client; wiring it is one
-    # `register_backend("registry", factory)` call (the factory gets the BackendConfig).
-    _FACTORIES.setdefault("registry", _not_yet("registry", "the registry backend is issue 4"))
+    from nydus.storage.registry import RegistryBackend
+
+    _FACTORIES.setdefault("registry", RegistryBackend.from_config)
     for t in ("oss", "s3", "http-proxy", "localdisk"):
         _FACTORIES.setdefault(t, _not_yet(t, "not implemented"))
 
