@@ -35,6 +35,9 @@ def setup_logging(level: str = "info", stream=None) -> None:  # noqa: ANN001
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
+    # httpx logs every request (with full URLs) at INFO: keep that for debugging only
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG if lvl <= logging.DEBUG else logging.WARNING)
 
 
 def run_main(fn: Callable[[], int | None]) -> int:
