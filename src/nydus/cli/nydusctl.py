@@ -1,0 +1,156 @@
+"""`nydusctl`: a small client of the nydusd API (interfaces.md §5).
+
+    nydusctl --sock SOCK [--raw] info | set log-level LEVEL
+                                | metrics backend | metrics cache | metrics fsstats
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn, Sequence
+
+import httpx
+
+from nydus.cli.common import run_main, setup_logging
+from nydus.errors import ConfigError, NydusError
+
+__all__ = ["main"]
+
+BLOCK_BUCKETS = ("<1K", "1K~", "4K~", "16K~", "64K~", "128K~", "512K~", "1M~")
+FS_LAT = ("<=200us", "<=1ms", "<=20ms", "<=50ms", "<=500ms", "<=1s", "<=2s", ">2s")
+FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr",
+        "opendir", "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nydusctl", description="Query and control a running nydusd.")
+    p.add_argument("-S", "--sock", required=True, help="nydusd API socket")
+    p.add_argument("-r", "--raw", action="store_true", help="print the JSON as received")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub.add_parser("info", help="daemon information")
+    s = sub.add_parser("set", help="change a daemon setting")
+    s.add_argument("key", choices=("log-level",))
+    s.add_argument("value")
+    m = sub.add_parser("metrics", help="metrics")
+    m.add_argument("kind", choices=("backend", "cache", "fsstats"))
+    m.add_argument("-I", "--interval", type=float, help="(not supported; prints once)")
+    return p
+
+
+class Client:
+    """Synchronous client of a nydusd API socket."""
+
+    def __init__(self, sock: str) -> None:
+        self.sock = sock
+        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=sock),
+                                  base_url="http://localhost", timeout=10.0)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            r = self._http.request(method, f"/api/{path}",
+                                   content=None if body is None else json.dumps(body))
+        except httpx.HTTPError as exc:
+            raise NydusError(f"cannot reach nydusd at {self.sock}: {exc}") from exc
+        if r.status_code == 204:
+            return None
+        try:
+            data = r.json()
+        except ValueError:
+            data = r.text
+        if r.status_code >= 400:
+            msg = data.get("message") if isinstance(data, dict) else data
+            raise NydusError(f"nydusd answered {r.status_code}: {msg}")
+        return data
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _print_info(d: dict[str, Any]) -> None:
+    v = d.get("version", {})
+    print(f"Version:  \t{v.get('package_ver')}")
+    print(f"Status:   \t{d.get('state')}")
+    print(f"Profile:  \t{v.get('profile')}")
+    print(f"Commit:   \t{v.get('git_commit')}")
+    for mp, inst in (d.get("backend_collection") or {}).items():
+        cfg = inst.get("config") or {}
+        rafs = cfg.get("rafs") or {}
+        pf = rafs.get("prefetch") or {}
+        print(f"Instance Mountpoint:\t{mp}")
+        print(f"  Type:        \t{inst.get('backend_type')}")
+        print(f"  Mounted Time:\t{inst.get('mounted_time')}")
+        print(f"  Mode:        \t{rafs.get('mode')}")
+        print(f"  Prefetch:    \t{pf.get('enable')}")
+        print(f"  Merging Size:\t{pf.get('batch_size')}")
+
+
+def _print_backend(d: dict[str, Any]) -> None:
+    count = d.get("read_count") or 0
+    amount = d.get("read_amount_total") or 0
+    lat = d.get("read_cumulative_latency_millis_total") or 0
+    print(f"Backend Type:      \t{d.get('backend_type')}")
+    print(f"Read Count:        \t{count}")
+    print(f"Read Errors:       \t{d.get('read_errors')}")
+    print(f"Read Amount:       \t{amount} bytes")
+    print(f"Avg IO Size:       \t{amount // count if count else 0} bytes")
+    print(f"Avg Read Latency:  \t{lat / count if count else 0:.2f} ms")
+    for name, n in zip(BLOCK_BUCKETS, d.get("read_count_block_size_dist") or []):
+        print(f"  {name:>6}: {n}")
+
+
+def _print_cache(d: dict[str, Any]) -> None:
+    for key in ("partial_hits", "whole_hits", "total", "entries_count", "prefetch_data_amount",
+                "prefetch_requests_count", "prefetch_workers", "prefetch_unmerged_chunks",
+                "prefetch_cumulative_time_millis", "data_all_ready", "store_path"):
+        print(f"{key:32}\t{d.get(key)}")
+
+
+def _print_fsstats(d: dict[str, Any]) -> None:
+    print(f"Data Read:   \t{d.get('data_read')} bytes")
+    print(f"Open Files:  \t{d.get('nr_opens')}")
+    for name, hits, errs in zip(FOPS, d.get("fop_hits") or [], d.get("fop_errors") or []):
+        print(f"  {name:13} hits {hits:<10} errors {errs}")
+    print("Read latency:")
+    for name, n in zip(FS_LAT, d.get("read_latency_dist") or []):
+        print(f"  {name:>8}: {n}")
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    client = Client(args.sock)
+    try:
+        if args.cmd == "info":
+            data = client.call("GET", "v1/daemon")
+            printer = _print_info
+        elif args.cmd == "set":
+            client.call("PUT", "v1/daemon", {"log_level": args.value})
+            return 0
+        else:
+            path = {"backend": "v1/metrics/backend", "cache": "v1/metrics/blobcache",
+                    "fsstats": "v1/metrics"}[args.kind]
+            data = client.call("GET", path)
+            printer = {"backend": _print_backend, "cache": _print_cache,
+                       "fsstats": _print_fsstats}[args.kind]
+        if args.raw:
+            print(json.dumps(data))
+        else:
+            printer(data)
+        return 0
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging("info")
+    return run_main(lambda: _run(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
