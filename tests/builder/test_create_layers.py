@@ -157,3 +157,47 @@ def test_upstream_all_entry_type_tar(create, tmp_path):
     rc, out = fsck_erofs(built.bootstrap, device=built.blob)
     assert rc == 0, out
     assert hashlib.sha256(built.blob.read_bytes()).hexdigest() == built.blobs[0]
+
+
+def test_whiteout_spec_none_keeps_whiteouts(create, tmp_path):
+    """--whiteout-spec none (what nydusify uses per layer, spec 10.1): `.wh.` entries are kept as
+    ordinary files and nothing is removed from the parent."""
+    tars = write_three_layers(tmp_path / "tars", chunk_size=CS)
+    first = create(tars[0], tmp_path / "out", "--type", "tar-rafs", "--whiteout-spec", "none", name="l1")
+    second = create(tars[1], tmp_path / "out", "--type", "tar-rafs", "--whiteout-spec", "none",
+                    "--parent-bootstrap", first.bootstrap, name="l2")
+    with mount_erofs(second.bootstrap, [], tmp_path / "mnt") as mp:
+        assert os.path.isfile(mp / "etc/.wh.hosts") and os.path.isfile(mp / "etc/hosts")
+        assert os.path.isfile(mp / "var/cache/.wh..wh..opq")
+        assert sorted(os.listdir(mp / "var/cache")) == [".wh..wh..opq", "a", "b", "new", "sub"]
+
+
+def test_layer_without_data_writes_no_blob(create, tmp_path):
+    """A layer holding no file data (dirs, empty files, symlinks, whiteouts) writes no blob; on a
+    parent its blob table is the parent's (spec 10.2)."""
+    from tests.helpers.layers import D as Dir
+    from tests.helpers.layers import F as File
+    from tests.helpers.layers import L as Link
+    from tests.helpers.layers import whiteout as wh
+
+    base = write_layer(tmp_path / "base.tar", [Dir("d"), File("d/data", b"some data\n"), File("d/gone", b"x")])
+    meta_only = write_layer(
+        tmp_path / "meta.tar", [Dir("d"), File("d/empty"), Link("d/link", "data"), wh("d/gone"), Dir("e")]
+    )
+    blob_dir = tmp_path / "blobs"
+    b1 = create(base, tmp_path / "out", "--type", "tar-rafs", blob_dir=blob_dir, name="l1")
+    b2 = create(meta_only, tmp_path / "out", "--type", "tar-rafs", "--parent-bootstrap", b1.bootstrap,
+                blob_dir=blob_dir, name="l2")
+    assert b2.blobs == b1.blobs and sorted(p.name for p in blob_dir.iterdir()) == b1.blobs
+    alone = create(meta_only, tmp_path / "alone", "--type", "tar-rafs")
+    assert alone.blobs == [] and alone.blob is None
+    assert not (tmp_path / "alone" / "bootstrap.blob").exists()
+    rc, out = fsck_erofs(alone.bootstrap)
+    assert rc == 0, out
+    with overlay_view([base, meta_only], tmp_path / "ref") as ref, mount_erofs(
+        b2.bootstrap, b2.blob_paths(blob_dir), tmp_path / "mnt"
+    ) as mp:
+        diffs = compare_trees(ref, mp, hardlink_types=("reg",))
+        assert diffs == [], "\n".join(diffs)
+    with mount_erofs(alone.bootstrap, [], tmp_path / "mnt2") as mp:
+        assert sorted(os.listdir(mp / "d")) == ["empty", "link"]
