@@ -1,0 +1,106 @@
+"""The blob cache across daemon restarts: data already read is never fetched again."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+
+import pytest
+
+from tests.daemon.conftest import copy_tree, force_unmount, localfs_config
+from tests.golden import V6_BLOB_ID, golden_path
+
+V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
+
+
+def _read_all(mnt) -> dict[str, str]:
+    out = {}
+    for dirpath, _dirs, files in os.walk(mnt):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as fh:
+                    out[os.path.relpath(p, mnt)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_v6_restart_fetches_nothing(nydusd, tmp_path, stop_signal):
+    blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
+    cache = tmp_path / "cache"
+    cfg = localfs_config(blobs, validate=True, cache_dir=cache)
+    boot = golden_path("upstream", "v6", "bootstrap")
+    d1 = nydusd(boot, cfg, name="first")
+    first = _read_all(d1.mountpoint)
+    b1 = d1.get("/api/v1/metrics/backend").json()
+    assert b1["read_amount_total"] == 4128 + 1024 + 64 + 7802
+    d1.stop(stop_signal)
+    force_unmount(d1.mountpoint)
+    # cache files as upstream names them (interfaces.md §4.2, rafs-format §6.10)
+    data = cache / f"{V6_BLOB_ID}.blob.data"
+    assert data.stat().st_size == 36864  # the blob's uncompressed view
+    chunk_map = (cache / f"{V6_BLOB_ID}.blob.data.chunk_map").read_bytes()
+    assert len(chunk_map) == 4096 + 1
+    assert chunk_map[:16] == bytes.fromhex("50414d42" "01000000" "50414d43" "50414d4d")
+    assert chunk_map[4096] == 0b1100_0000  # chunks 0 and 1 ready
+    meta = (cache / f"{V6_BLOB_ID}.blob.meta").read_bytes()
+    assert len(meta) == 4096 + 4096  # CI (32 bytes) padded to 4 KiB + the header
+    raw = (blobs / V6_BLOB_ID).read_bytes()
+    assert meta[:32] == raw[8314:8346] and meta[4096:] == raw[8346:12442]
+    assert (cache / f"{V6_BLOB_ID}.blob.digest").read_bytes() == raw[12954:13018]
+    # the uncompressed view holds lib.rs at 0 and sync_io.rs at 20480
+    view = data.read_bytes()
+    assert hashlib.sha256(view[:16931]).hexdigest() == first["lib.rs"]
+    assert hashlib.sha256(view[20480:20480 + 13400]).hexdigest() == first["sync_io.rs"]
+
+    d2 = nydusd(boot, cfg, name="second")
+    assert _read_all(d2.mountpoint) == first
+    b2 = d2.get("/api/v1/metrics/backend").json()
+    assert b2["read_amount_total"] == 0 and b2["read_count"] == 0
+    c2 = d2.get("/api/v1/metrics/blobcache").json()
+    assert c2["whole_hits"] >= 2 and c2["partial_hits"] == 0
+    assert c2["data_all_ready"] is True
+
+
+def test_v5_partial_cache_then_rest(nydusd, tmp_path):
+    """Read a few files, restart: only the chunks not read before come from the backend."""
+    blobs = golden_path("upstream", "v5", "blobs")
+    cache = tmp_path / "cache"
+    cfg = localfs_config(blobs, validate=True, cache_dir=cache)
+    boot = golden_path("upstream", "v5", "sha256-nocompress-repeatable")
+    d1 = nydusd(boot, cfg, name="first")
+    hole = d1.mountpoint / "normal-file-test/holefiles/head-hole-1"
+    first_bytes = hole.read_bytes()
+    b1 = d1.get("/api/v1/metrics/backend").json()["read_amount_total"]
+    assert 0 < b1 < 3508766
+    d1.stop()
+    d2 = nydusd(boot, cfg, name="second")
+    assert (d2.mountpoint / "normal-file-test/holefiles/head-hole-1").read_bytes() == first_bytes
+    assert d2.get("/api/v1/metrics/backend").json()["read_amount_total"] == 0
+    everything = _read_all(d2.mountpoint)
+    assert len(everything) == 23
+    b2 = d2.get("/api/v1/metrics/backend").json()["read_amount_total"]
+    # together the two runs fetched each byte of the 3,508,766-byte blob exactly once
+    assert b1 + b2 == 3508766
+    assert d2.get("/api/v1/metrics/blobcache").json()["data_all_ready"] is True
+    assert (cache / f"{V5_BLOB}.blob.data").read_bytes() == (blobs / V5_BLOB).read_bytes()
+
+
+def test_corrupted_cache_file_is_refetched_with_cache_validate(nydusd, tmp_path):
+    blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
+    cache = tmp_path / "cache"
+    cfg = localfs_config(blobs, validate=True, cache_dir=cache)
+    boot = golden_path("upstream", "v6", "bootstrap")
+    d1 = nydusd(boot, cfg, name="first")
+    good = (d1.mountpoint / "lib.rs").read_bytes()
+    d1.stop()
+    data = cache / f"{V6_BLOB_ID}.blob.data"
+    view = bytearray(data.read_bytes())
+    view[10] ^= 0xFF
+    data.write_bytes(bytes(view))
+    cfg["device"]["cache"]["validate"] = True
+    d2 = nydusd(boot, cfg, name="second")
+    assert (d2.mountpoint / "lib.rs").read_bytes() == good
+    assert d2.get("/api/v1/metrics/backend").json()["read_amount_total"] == 4828
+    assert "cached data fails its digest" in d2.log()
