@@ -156,6 +156,9 @@ def create(o: CreateOptions) -> BuildResult:
         if res is not None:
             assert blob_out is not None
             blob_out.commit(blob_path)
+        elif blob_out is not None and blob_out.stream:
+            blob_out.open()  # a FIFO reader waits for its writer: give it an empty stream
+            blob_out.commit()
         try:
             if boot_out is not None:
                 boot_out.commit()
