@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from nydus.builder.tree import Chunk
+from nydus.errors import BuildError
 from nydus.format.blobmeta import (
     TOC_FLAG_OF_COMPRESSOR,
     TOC_NONE,
@@ -33,6 +34,10 @@ from nydus.utils.digest import Digester
 log = logging.getLogger(__name__)
 
 Opener = Callable[[], BinaryIO]
+
+
+class BlobOutputError(BuildError):
+    """Writing the blob failed (kept apart from errors reading the source)."""
 
 
 @dataclass(slots=True)
@@ -127,7 +132,10 @@ class BlobWriter:
             return
         if self._out is None:
             self._out = self.opener()
-        self._out.write(data)
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            raise BlobOutputError(f"cannot write the blob: {exc.strerror}") from exc
         if hashed:
             self._hash.update(data)
         self._pos += len(data)

@@ -69,7 +69,7 @@ def load_bootstrap(path: str, what: str = "bootstrap") -> RafsSuper:
     try:
         return open_bootstrap(data)
     except FormatError as exc:
-        raise BuildError(f"{what} {path} is not a RAFS bootstrap: {exc}") from exc
+        raise BuildError(f"{what} {path}: {exc}") from exc
 
 
 def _check_options(o: CreateOptions) -> str:
@@ -88,6 +88,10 @@ def _check_options(o: CreateOptions) -> str:
         raise BuildError("--blob-inline-meta needs --blob or --blob-dir")
     if o.blob_dir and not os.path.isdir(o.blob_dir):
         raise BuildError(f"blob directory {o.blob_dir} does not exist")
+    for what, out in (("bootstrap", o.bootstrap), ("blob", o.blob)):
+        parent = os.path.dirname(os.path.abspath(out)) if out else None
+        if parent and not os.path.isdir(parent):
+            raise BuildError(f"cannot write {what} {out}: directory {parent} does not exist")
     if not os.path.exists(o.source):
         raise BuildError(f"source {o.source} does not exist")
     if not os.access(o.source, os.R_OK):

@@ -8,6 +8,8 @@ import stat
 import tempfile
 from typing import BinaryIO
 
+from nydus.errors import BuildError
+
 
 def is_stream(path: str) -> bool:
     try:
@@ -28,15 +30,24 @@ class AtomicFile:
 
     def open(self) -> BinaryIO:
         if self.fh is None:
-            if self.stream:
-                self.fh = open(self.target, "wb")  # noqa: SIM115
-            else:
-                d = os.path.dirname(os.path.abspath(self.target))
-                fd, self.tmp = tempfile.mkstemp(prefix=".nydus-tmp-", dir=d)
-                self.fh = os.fdopen(fd, "wb")
+            try:
+                if self.stream:
+                    self.fh = open(self.target, "wb")  # noqa: SIM115
+                else:
+                    d = os.path.dirname(os.path.abspath(self.target))
+                    fd, self.tmp = tempfile.mkstemp(prefix=".nydus-tmp-", dir=d)
+                    self.fh = os.fdopen(fd, "wb")
+            except OSError as exc:
+                raise BuildError(f"cannot write {self.target}: {exc.strerror}") from exc
         return self.fh
 
     def commit(self, final: str | None = None) -> None:
+        try:
+            self._commit(final)
+        except OSError as exc:
+            raise BuildError(f"cannot write {final or self.target}: {exc.strerror}") from exc
+
+    def _commit(self, final: str | None) -> None:
         if self.fh is not None:
             self.fh.flush()
             if not self.stream:
