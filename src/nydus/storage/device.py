@@ -316,12 +316,21 @@ class ChunkDevice:
         return data
 
     # ---- prefetch and state ------------------------------------------------------------
-    def prefetch(self, refs: Sequence[ChunkRef]) -> int:
-        """Fetch (into the cache) every chunk of `refs`; return the bytes obtained."""
+    def prefetch(self, refs: Iterable[ChunkRef]) -> int:
+        """Fetch into the cache every chunk of `refs` not there yet; return the bytes fetched."""
+        todo: list[ChunkRef] = []
+        seen: set[Key] = set()
+        for ref in refs:
+            key = (ref.blob_index, ref.ci_index)
+            if key in seen:
+                continue
+            seen.add(key)
+            if not self._cache_ready(key, self.meta(ref.blob_index).chunk(ref)):
+                todo.append(ref)
         total = 0
         batch: list[ChunkRef] = []
         batch_bytes = 0
-        for ref in refs:
+        for ref in todo:
             batch.append(ref)
             batch_bytes += ref.uncompressed_size or self.chunk_size
             if batch_bytes >= self.batch_size:
