@@ -141,3 +141,22 @@ def test_v5_legacy_layout_is_refused(tmp_path):
     assert "legacy pre-release inode layout" in errors[0]
     assert "Traceback" not in r.stderr
     assert findmnt(mnt) == ""
+
+
+def test_mount_is_read_only_and_statfs(nydusd):
+    import errno as _errno
+
+    d = nydusd(golden_path("upstream", "v6", "bootstrap"),
+               localfs_config(golden_path("upstream", "v6", "blobs")))
+    mnt = d.mountpoint
+    for action in (lambda: open(mnt / "lib.rs", "r+b"), lambda: open(mnt / "new", "wb"),
+                   lambda: os.mkdir(mnt / "dir"), lambda: os.chmod(mnt / "lib.rs", 0o600),
+                   lambda: os.unlink(mnt / "lib.rs"),
+                   lambda: os.setxattr(mnt / "lib.rs", "user.x", b"1")):
+        with pytest.raises(OSError) as exc:
+            action()
+        assert exc.value.errno == _errno.EROFS
+    st = os.statvfs(mnt)
+    assert st.f_bsize == 4096 and st.f_blocks == 9 and st.f_files == 3
+    assert st.f_namemax == 255
+    assert os.listxattr(mnt / "lib.rs") == []  # enable_xattr defaults to false
