@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,6 +58,73 @@ def _work(digester: Digester, compressor: Compressor, data: bytes) -> tuple[byte
     return digest, stored, compressed
 
 
+def _work_path(digester: Digester, compressor: Compressor, path: bytes, offset: int,
+               size: int) -> tuple[bytes, bytes, bool]:
+    """Read one chunk of a file (in the worker, so reads overlap) and process it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, size, offset)
+            while len(data) < size:
+                more = os.pread(fd, size - len(data), offset + len(data))
+                if not more:
+                    raise BuildError(f"{os.fsdecode(path)} shrank while it was read")
+                data += more
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise BuildError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
+    return _work(digester, compressor, data)
+
+
+class _OutputThread:
+    """Hashes (blob id) and writes the blob in order on its own thread, so the main
+    thread keeps feeding the chunk workers."""
+
+    def __init__(self, out: BinaryIO, hasher: "hashlib._Hash") -> None:
+        self.out, self.hasher = out, hasher
+        self.queue: queue.Queue[tuple[bytes, bool] | None] = queue.Queue(maxsize=64)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    data, hashed = item
+                    if hashed:
+                        self.hasher.update(data)
+                    self.out.write(data)
+            except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+    def put(self, data: bytes, hashed: bool) -> None:
+        self._check()
+        self.queue.put((data, hashed))
+
+    def sync(self) -> None:
+        self.queue.join()
+        self._check()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            exc = self.error
+            if isinstance(exc, OSError):
+                raise BlobOutputError(f"cannot write the blob: {exc.strerror}") from exc
+            raise exc
+
+
 @dataclass(slots=True)
 class _Pending:
     future: "Future[tuple[bytes, bytes, bool]]"
@@ -77,6 +146,7 @@ class BlobWriter:
     dedup: dict[bytes, Chunk] = field(default_factory=dict)
     workers: int = max(2, 2 * (os.cpu_count() or 1))
     _out: BinaryIO | None = None
+    _writer: _OutputThread | None = None
     _pos: int = 0
     _upos: int = 0
     _hash: "hashlib._Hash" = field(default_factory=hashlib.sha256)
@@ -103,9 +173,24 @@ class BlobWriter:
                 self._drain_one()
         return target
 
+    def add_path(self, path: bytes, size: int) -> list[Chunk | None]:
+        """Queue a file by path: the workers read its chunks themselves."""
+        n = (size + self.chunk_size - 1) // self.chunk_size
+        target: list[Chunk | None] = [None] * n
+        for i in range(n):
+            off = i * self.chunk_size
+            want = min(self.chunk_size, size - off)
+            fut = self._pool.submit(_work_path, self.digester, self.compressor, path, off, want)
+            self._pending.append(_Pending(fut, want, target, i))
+            while len(self._pending) > self._window:
+                self._drain_one()
+        return target
+
     def flush(self) -> None:
         while self._pending:
             self._drain_one()
+        if self._writer is not None:
+            self._writer.sync()
 
     def _drain_one(self) -> None:
         p = self._pending.popleft()
@@ -130,15 +215,15 @@ class BlobWriter:
     def _write(self, data: bytes, hashed: bool = True) -> None:
         if not data:
             return
-        if self._out is None:
+        if self._writer is None:
             self._out = self.opener()
-        try:
-            self._out.write(data)
-        except OSError as exc:
-            raise BlobOutputError(f"cannot write the blob: {exc.strerror}") from exc
-        if hashed:
-            self._hash.update(data)
+            self._writer = _OutputThread(self._out, self._hash)
+        self._writer.put(data, hashed)
         self._pos += len(data)
+
+    def _sync(self) -> None:
+        if self._writer is not None:
+            self._writer.sync()
 
     @property
     def chunk_count(self) -> int:
@@ -173,6 +258,7 @@ class BlobWriter:
         data_digest = None
         if tar and count:
             self._write(tar_header("image.blob", data_size))
+            self._sync()
             data_digest = self._hash.copy().digest()
         ci_raw = b"".join(m.pack_v1() for m in self._metas)
         ci_offset = ci_stored_size = 0
@@ -232,8 +318,14 @@ class BlobWriter:
             trailer = entries + tar_header(TOC_NAME, len(entries))
             toc_size, toc_digest = len(trailer), hashlib.sha256(trailer).digest()
             self._write(trailer)
+        if self._writer is not None:
+            self._writer.sync()
+            self._writer.close()
         if self._out is not None:
-            self._out.flush()
+            try:
+                self._out.flush()
+            except OSError as exc:
+                raise BlobOutputError(f"cannot write the blob: {exc.strerror}") from exc
         blob_id = self._hash.hexdigest()
         final = info(self._pos, toc_size, toc_digest)
         return BlobResult(blob_id, final, self._pos, count)
@@ -243,6 +335,9 @@ class BlobWriter:
             p.future.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._writer is not None:
+            self._writer.error = self._writer.error or RuntimeError("aborted")
+            self._writer.close()
 
 
 def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:

@@ -111,8 +111,6 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
 def _add_file(writer: BlobWriter | None, path: bytes, data: InodeData) -> None:
     if data.size == 0 or writer is None:
         return
-    try:
-        with open(path, "rb", buffering=0) as f:
-            data.chunks = writer.add_file(f.read, data.size)  # type: ignore[assignment]
-    except OSError as exc:
-        raise BuildError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
+    if not os.access(path, os.R_OK):
+        raise BuildError(f"cannot read {os.fsdecode(path)}: Permission denied")
+    data.chunks = writer.add_path(path, data.size)  # type: ignore[assignment]
