@@ -210,6 +210,10 @@ CASES: dict[str, Callable[[Context], list[Row]]] = {
     # later: "nydusd-read": case_nydusd_read, "nydusify-convert": case_nydusify_convert, ...
 }
 
+from benchmarks.nydusd_cases import register as _register_nydusd_cases  # noqa: E402
+
+_register_nydusd_cases(CASES, Row, cached_tree)
+
 
 # -- output ----------------------------------------------------------------------------------------
 

@@ -166,6 +166,18 @@ class ProxyConfig:
                    o.str("dragonfly_scheduler_endpoint"))
 
 
+def _http_fields(o: _Obj) -> dict[str, Any]:
+    """Fields every HTTP-based backend shares (TLS, timeouts, retries, proxy)."""
+    return {
+        "skip_verify": o.bool("skip_verify"),
+        "ca_cert_files": o.str_list("ca_cert_files"),
+        "timeout": o.int("timeout", 5, hi=U32_MAX),
+        "connect_timeout": o.int("connect_timeout", 5, hi=U32_MAX),
+        "retry_limit": o.int("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
+        "proxy": ProxyConfig.parse(o.obj("proxy")),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     host: str = ""
@@ -187,13 +199,8 @@ class RegistryConfig:
         return cls(
             host=o.str("host"), repo=o.str("repo"), scheme=o.str("scheme", "https"),
             auth=o.opt_str("auth"), registry_token=o.opt_str("registry_token"),
-            skip_verify=o.bool("skip_verify"), ca_cert_files=o.str_list("ca_cert_files"),
-            timeout=o.int("timeout", 5, hi=U32_MAX),
-            connect_timeout=o.int("connect_timeout", 5, hi=U32_MAX),
-            retry_limit=o.int("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
             blob_url_scheme=o.str("blob_url_scheme"),
-            blob_redirected_host=o.str("blob_redirected_host"),
-            proxy=ProxyConfig.parse(o.obj("proxy")))
+            blob_redirected_host=o.str("blob_redirected_host"), **_http_fields(o))
 
     @property
     def use_http(self) -> bool:
@@ -258,12 +265,10 @@ class OssConfig:
 
     @classmethod
     def parse(cls, o: _Obj) -> "OssConfig":
-        return cls(o.str("endpoint"), o.str("bucket_name"), o.str("scheme", "https"),
-                   o.str("object_prefix"), o.str("access_key_id"), o.str("access_key_secret"),
-                   o.bool("skip_verify"), o.str_list("ca_cert_files"),
-                   o.int("timeout", 5, hi=U32_MAX), o.int("connect_timeout", 5, hi=U32_MAX),
-                   o.int("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
-                   ProxyConfig.parse(o.obj("proxy")))
+        return cls(endpoint=o.str("endpoint"), bucket_name=o.str("bucket_name"),
+                   scheme=o.str("scheme", "https"), object_prefix=o.str("object_prefix"),
+                   access_key_id=o.str("access_key_id"),
+                   access_key_secret=o.str("access_key_secret"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         if not self.endpoint or not self.bucket_name:
@@ -289,13 +294,10 @@ class S3Config:
 
     @classmethod
     def parse(cls, o: _Obj) -> "S3Config":
-        return cls(o.str("region"), o.str("bucket_name"), o.str("endpoint"),
-                   o.str("scheme", "https"), o.str("object_prefix"), o.str("access_key_id"),
-                   o.str("access_key_secret"), o.bool("skip_verify"),
-                   o.str_list("ca_cert_files"), o.int("timeout", 5, hi=U32_MAX),
-                   o.int("connect_timeout", 5, hi=U32_MAX),
-                   o.int("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
-                   ProxyConfig.parse(o.obj("proxy")))
+        return cls(region=o.str("region"), bucket_name=o.str("bucket_name"),
+                   endpoint=o.str("endpoint"), scheme=o.str("scheme", "https"),
+                   object_prefix=o.str("object_prefix"), access_key_id=o.str("access_key_id"),
+                   access_key_secret=o.str("access_key_secret"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         if not self.region or not self.bucket_name:
@@ -316,11 +318,7 @@ class HttpProxyConfig:
 
     @classmethod
     def parse(cls, o: _Obj) -> "HttpProxyConfig":
-        return cls(o.str("addr"), o.str("path"), o.bool("skip_verify"),
-                   o.str_list("ca_cert_files"), o.int("timeout", 5, hi=U32_MAX),
-                   o.int("connect_timeout", 5, hi=U32_MAX),
-                   o.int("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
-                   ProxyConfig.parse(o.obj("proxy")))
+        return cls(addr=o.str("addr"), path=o.str("path"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         a = self.addr
