@@ -104,3 +104,52 @@ def test_corrupted_cache_file_is_refetched_with_cache_validate(nydusd, tmp_path)
     assert (d2.mountpoint / "lib.rs").read_bytes() == good
     assert d2.get("/api/v1/metrics/backend").json()["read_amount_total"] == 4828
     assert "cached data fails its digest" in d2.log()
+
+
+def _wait_all_ready(d, timeout: float = 30.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = d.get("/api/v1/metrics/blobcache").json()
+        if snap["data_all_ready"] and snap["prefetch_end_time_secs"]:
+            return snap
+        time.sleep(0.05)
+    raise AssertionError(f"prefetch did not finish: {snap}\n{d.log()}")
+
+
+def test_prefetch_files_fill_the_cache_without_reads(nydusd, tmp_path):
+    blobs = golden_path("upstream", "v5", "blobs")
+    cache = tmp_path / "cache"
+    plist = tmp_path / "prefetch.txt"
+    plist.write_text("/normal-file-test/holefiles/head-hole-1\n/missing/file\n")
+    boot = golden_path("upstream", "v5", "blake3-lz4_block-non_repeatable")
+    d = nydusd(boot, localfs_config(blobs, cache_dir=cache), "--prefetch-files", str(plist))
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        snap = d.get("/api/v1/metrics/blobcache").json()
+        if snap["prefetch_end_time_secs"]:
+            break
+        time.sleep(0.05)
+    # head-hole-1 is chunk 13 (twice) and chunk 14: 1 MiB + 7 bytes
+    assert snap["prefetch_data_amount"] == 1048576 + 7
+    assert snap["prefetch_unmerged_chunks"] == 2
+    assert "prefetch: /missing/file" in d.log()
+    before = d.get("/api/v1/metrics/backend").json()["read_amount_total"]
+    assert (d.mountpoint / "normal-file-test/holefiles/head-hole-1").stat().st_size == 2097159
+    (d.mountpoint / "normal-file-test/holefiles/head-hole-1").read_bytes()
+    assert d.get("/api/v1/metrics/backend").json()["read_amount_total"] == before
+
+
+def test_fs_prefetch_all(nydusd, tmp_path):
+    """fs_prefetch {enable, prefetch_all} with no prefetch table: the whole image is fetched."""
+    blobs = golden_path("upstream", "v5", "blobs")
+    cfg = localfs_config(blobs, cache_dir=tmp_path / "cache",
+                         fs_prefetch={"enable": True, "threads_count": 2})
+    d = nydusd(golden_path("upstream", "v5", "sha256-nocompress-repeatable"), cfg)
+    snap = _wait_all_ready(d)
+    assert snap["prefetch_data_amount"] == 3508766
+    assert d.get("/api/v1/metrics/backend").json()["read_amount_total"] == 3508766
+    assert (tmp_path / "cache" / f"{V5_BLOB}.blob.data").read_bytes() == (blobs / V5_BLOB).read_bytes()

@@ -157,3 +157,15 @@ def test_metrics_counts():
 def test_fserror_is_nydus_error():
     e = FsError(errno.EROFS, "read-only")
     assert isinstance(e, NydusError) and e.errno == errno.EROFS
+
+
+def test_inflight_lists_running_operations():
+    from nydus.fs.metrics import FsMetrics
+
+    m = FsMetrics()
+    with m.op("read", 133):
+        items = m.inflight()
+        assert len(items) == 1
+        assert items[0]["inode"] == 133 and items[0]["opcode"] == 15  # FUSE_READ
+        assert items[0]["unique"] >= 1 and items[0]["timestamp_secs"] > 0
+    assert m.inflight() == []

@@ -64,7 +64,7 @@ def _ino(sb, path: bytes) -> int:
 def test_one_fetch_per_chunk_under_concurrency():
     sb, blobs = _v5()
     be = SlowBackend(blobs, delay=0.2)
-    dev = ChunkDevice(sb, be, validate=True, memory_cache=0)
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, memory_cache=0)
     ino = _ino(sb, b"/normal-file-test/holefiles/head-hole-1")
     size = sb.attr(ino).size
     chunks = sb.chunks(ino)
@@ -93,7 +93,7 @@ def test_one_fetch_per_chunk_under_concurrency():
 def test_adjacent_chunks_are_merged_into_one_backend_read():
     sb, blobs = _v5()
     be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, validate=True, batch_size=4 << 20)
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, batch_size=4 << 20)
     # the layer.tar of the busybox fixture spans chunks 6 and 7, adjacent in the blob
     ino = _ino(sb, b"/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar")
     a = sb.attr(ino)
@@ -105,7 +105,7 @@ def test_adjacent_chunks_are_merged_into_one_backend_read():
                          chunks[0].compressed_size + chunks[1].compressed_size)]
     # the merged read is capped by the batch size (amplify_io): 1 MiB splits them again
     be2 = SlowBackend(blobs)
-    dev2 = ChunkDevice(sb, be2, batch_size=1 << 20)
+    dev2 = ChunkDevice(sb, be2, readahead_chunks=0, batch_size=1 << 20)
     assert dev2.read(chunks, a.size, 0, a.size) == data
     assert len(be2.calls) == 2
 
@@ -114,7 +114,7 @@ def test_digest_mismatch_raises_and_is_not_cached(tmp_path):
     sb, blobs = _v5()
     be = SlowBackend(blobs)
     be.flip = 5  # inside chunk 0 (/hardlink-test/foo)
-    dev = ChunkDevice(sb, be, validate=True, cache_dir=str(tmp_path))
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
     dev.load()
     ino = _ino(sb, b"/hardlink-test/foo")
     chunks = sb.chunks(ino)
@@ -136,7 +136,7 @@ def test_without_validation_corruption_passes_through():
     sb, blobs = _v5()
     be = SlowBackend(blobs)
     be.flip = 5
-    dev = ChunkDevice(sb, be, validate=False)
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=False)
     data = dev.read(sb.chunks(_ino(sb, b"/hardlink-test/foo")), 944, 0, 944)
     assert data[5] == (blobs / V5_BLOB).read_bytes()[5] ^ 0xFF
 
@@ -145,7 +145,7 @@ def test_corrupt_compressed_chunk_is_storage_error():
     sb, blobs = _v6()
     be = SlowBackend(blobs)
     be.flip = 100
-    dev = ChunkDevice(sb, be, validate=True)
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True)
     ino = _ino(sb, b"/lib.rs")
     with pytest.raises(StorageError, match=f"blob {V6_BLOB_ID} chunk 0"):
         dev.read(sb.chunks(ino), 16931, 0, 4096)
@@ -157,7 +157,7 @@ def test_corrupt_compressed_chunk_is_storage_error():
 def test_v6_meta_loading_and_cache_files(tmp_path):
     sb, blobs = _v6()
     be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, validate=True, cache_dir=str(tmp_path))
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
     dev.load()
     # CI array + header, ToC, digest array: the three reads of the blob meta path
     assert be.calls == [(V6_BLOB_ID, 8314, 32 + 4096), (V6_BLOB_ID, 14554 - 1024, 1024),
@@ -172,7 +172,7 @@ def test_v6_meta_loading_and_cache_files(tmp_path):
     dev.close()
     # a second device on the same cache dir reads no metadata from the backend
     be2 = SlowBackend(blobs)
-    dev2 = ChunkDevice(sb, be2, validate=True, cache_dir=str(tmp_path))
+    dev2 = ChunkDevice(sb, be2, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
     dev2.load()
     assert be2.calls == []
     assert dev2.meta(0).chunks == meta.chunks
@@ -189,7 +189,7 @@ def test_v6_digests_from_chunk_table_when_blob_has_none(tmp_path):
     sb.blobs[0] = replace(blob, features=blob.features & ~BlobFeatures.INLINED_CHUNK_DIGEST)
     try:
         be = SlowBackend(blobs)
-        dev = ChunkDevice(sb, be, validate=True)
+        dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True)
         dev.load()
         assert len(be.calls) == 1  # only the CI array
         assert dev.meta(0).chunks[1].digest.hex().startswith("812465bc")
@@ -204,7 +204,7 @@ def test_ci_header_mismatch_is_format_error(tmp_path):
     blob = sb.blobs[0]
     sb.blobs[0] = replace(blob, ci_offset=blob.ci_offset + 16)
     try:
-        dev = ChunkDevice(sb, SlowBackend(blobs))
+        dev = ChunkDevice(sb, SlowBackend(blobs), readahead_chunks=0)
         with pytest.raises(FormatError, match="CI header|bad magic"):
             dev.load()
     finally:
@@ -275,7 +275,7 @@ def test_backend_registry():
 def test_prefetch_fills_the_cache(tmp_path):
     sb, blobs = _v5()
     be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, cache_dir=str(tmp_path))
+    dev = ChunkDevice(sb, be, readahead_chunks=0, cache_dir=str(tmp_path))
     dev.load()
     refs = [c for p, i in walk(sb) if sb.attr(i).is_reg for c in sb.chunks(i)]
     total = dev.prefetch(refs)
@@ -285,3 +285,36 @@ def test_prefetch_fills_the_cache(tmp_path):
     assert snap["prefetch_data_amount"] == 3508766
     assert (tmp_path / f"{V5_BLOB}.blob.data").read_bytes() == (blobs / V5_BLOB).read_bytes()
     assert os.path.exists(tmp_path / f"{V5_BLOB}.blob.data.chunk_map")
+
+
+def test_sequential_reads_fetch_the_next_chunks_in_the_background():
+    sb, blobs = _v5()
+    be = SlowBackend(blobs)
+    dev = ChunkDevice(sb, be, readahead_chunks=2)
+    ino = _ino(sb, b"/normal-file-test/holefiles/head-hole-1")
+    chunks = sb.chunks(ino)  # chunk 13, 13, 14
+    dev.read(chunks, 2097159, 0, 4096)
+    deadline = time.monotonic() + 10
+    while len(be.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    offsets = sorted(off for _b, off, _s in be.calls)
+    assert offsets == sorted({c.compressed_offset for c in chunks})
+    calls = len(be.calls)
+    assert dev.read(chunks, 2097159, 2 << 20, 7) == (blobs / V5_BLOB).read_bytes()[
+        chunks[2].compressed_offset:chunks[2].compressed_offset + 7]
+    assert len(be.calls) == calls  # already fetched ahead
+    dev.close()
+
+
+def test_random_reads_do_not_read_ahead():
+    sb, blobs = _v5()
+    be = SlowBackend(blobs)
+    dev = ChunkDevice(sb, be, readahead_chunks=2, memory_cache=0)
+    ino = _ino(sb, b"/normal-file-test/holefiles/head-hole-3")
+    chunks = sb.chunks(ino)
+    assert [c.ci_index for c in chunks] == [13, 13, 16]
+    size = sb.attr(ino).size
+    dev.read(chunks, size, 1 << 20, 10)  # chunk 1 without chunk 0 before it: no read-ahead
+    time.sleep(0.2)
+    assert len(be.calls) == 1
+    dev.close()

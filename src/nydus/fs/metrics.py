@@ -76,7 +76,6 @@ class FsMetrics:
     @contextmanager
     def op(self, name: str, ino: int = 0) -> Iterator[None]:
         """Account one operation: hit, error (a NydusError escaping), latency, in-flight."""
-        idx = _FOP_INDEX[name]
         unique = next(self._unique)
         t0 = time.monotonic()
         self._inflight[unique] = (ino, FUSE_OPCODES.get(name, 0), int(time.time()))
@@ -88,22 +87,26 @@ class FsMetrics:
             raise
         finally:
             self._inflight.pop(unique, None)
-            us = int((time.monotonic() - t0) * 1_000_000)
-            with self._lock:
-                self.fop_hits[idx] += 1
-                self.fop_cumulative_latency_total[idx] += us
+            self.record_op(name, ino, int((time.monotonic() - t0) * 1_000_000), failed)
+
+    def record_op(self, name: str, ino: int, us: int, failed: bool = False) -> None:
+        """Account one finished operation that took `us` microseconds."""
+        idx = _FOP_INDEX[name]
+        with self._lock:
+            self.fop_hits[idx] += 1
+            self.fop_cumulative_latency_total[idx] += us
+            if failed:
+                self.fop_errors[idx] += 1
+            if name == "read":
+                self.read_latency_dist[_bucket(us, _LAT_US, True)] += 1
+            if self.files_enabled and ino:
+                fs = self._files.get(ino)
+                if fs is None:
+                    fs = self._files[ino] = _FileStats()
+                fs.total_fops += 1
+                fs.fop_hits[idx] += 1
                 if failed:
-                    self.fop_errors[idx] += 1
-                if name == "read":
-                    self.read_latency_dist[_bucket(us, _LAT_US, True)] += 1
-                if self.files_enabled and ino:
-                    fs = self._files.get(ino)
-                    if fs is None:
-                        fs = self._files[ino] = _FileStats()
-                    fs.total_fops += 1
-                    fs.fop_hits[idx] += 1
-                    if failed:
-                        fs.fop_errors[idx] += 1
+                    fs.fop_errors[idx] += 1
 
     def count(self, name: str, ino: int = 0, n: int = 1) -> None:
         """Count an operation that has no work of its own (forget, access...)."""

@@ -163,6 +163,11 @@ class RafsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=ino, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        # data already decompressed in memory is answered inline; anything that may
+        # fetch, decompress or touch the disk goes to a worker thread
+        data = self.fs.read_cached(fh, off, size)
+        if data is not None:
+            return data
         return await self._in_thread(self.fs.read, fh, off, size)
 
     async def release(self, fh: int) -> None:

@@ -155,6 +155,25 @@ class BlobCache:
                                f"{self.data_path}")
         return data
 
+    def read_range(self, desc: ChunkDesc, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` inside a ready chunk."""
+        try:
+            data = os.pread(self._fd, size, desc.uncompressed_offset + offset)
+        except OSError as exc:
+            raise StorageError(f"blob cache: reading {self.data_path} failed: {exc}") from exc
+        if len(data) != size:
+            raise StorageError(f"blob cache: short read of chunk {desc.index} from "
+                               f"{self.data_path}")
+        return data
+
+    def will_need(self, desc: ChunkDesc) -> None:
+        """Hint the kernel to start reading a chunk of the cache file (sequential reads)."""
+        try:
+            os.posix_fadvise(self._fd, desc.uncompressed_offset, desc.uncompressed_size,
+                             os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
     def store(self, desc: ChunkDesc, data: bytes) -> None:
         try:
             os.pwrite(self._fd, data, desc.uncompressed_offset)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 from nydus.errors import DigestMismatch, FormatError, NydusError, StorageError
@@ -65,7 +65,8 @@ class ChunkDevice:
 
     def __init__(self, sb: RafsSuper, backend: BlobBackend, *, cache_dir: str | None = None,
                  validate: bool = False, cache_validate: bool = False,
-                 batch_size: int = MIB, memory_cache: int = 32 * MIB) -> None:
+                 batch_size: int = MIB, memory_cache: int = 32 * MIB,
+                 readahead_chunks: int = 2) -> None:
         self.sb = sb
         self.backend = backend
         self.cache_dir = cache_dir
@@ -81,6 +82,10 @@ class ChunkDevice:
         self._inflight_lock = threading.Lock()
         self._lru = _Lru(memory_cache)
         self.fetches = 0  # number of backend data reads (for tests and metrics)
+        #: chunks fetched ahead, in the background, when a file is read sequentially
+        self.readahead_chunks = readahead_chunks
+        self._ra_pool: ThreadPoolExecutor | None = None
+        self._ra_lock = threading.Lock()
 
     # ---- set-up ------------------------------------------------------------------
     def load(self) -> None:
@@ -116,6 +121,10 @@ class ChunkDevice:
             return m
 
     def close(self) -> None:
+        with self._ra_lock:
+            pool, self._ra_pool = self._ra_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         for c in self.caches.values():
             c.close()
         self.caches.clear()
@@ -130,22 +139,125 @@ class ChunkDevice:
         first, last = offset // cs, (end - 1) // cs
         if last >= len(chunks):
             raise FormatError(f"file of {file_size} bytes has only {len(chunks)} chunks")
-        wanted = [chunks[i] for i in range(first, last + 1)]
-        datas = self.get_chunks(wanted)
-        out = bytearray()
-        for i, ref in zip(range(first, last + 1), wanted):
-            data = datas[(ref.blob_index, ref.ci_index)]
+        spans: list[tuple[ChunkRef, int, int, bytes | None]] = []
+        missing: list[ChunkRef] = []
+        for i in range(first, last + 1):
+            ref = chunks[i]
             base = i * cs
-            lo = max(offset, base) - base
-            hi = min(end, base + cs) - base
-            if hi > len(data):
-                raise StorageError(f"blob {self.sb.blobs[ref.blob_index].blob_id} chunk "
-                                   f"{ref.ci_index}: {len(data)} bytes, file needs {hi}")
-            out += data[lo:hi]
-        return bytes(out)
+            lo, hi = max(offset, base) - base, min(end, base + cs) - base
+            piece = self._cached_range(ref, lo, hi)
+            if piece is None:
+                missing.append(ref)
+            spans.append((ref, lo, hi, piece))
+        self.cache_metrics.record_request(len(spans), len(spans) - len(missing))
+        self._maybe_read_ahead(chunks, first, last)
+        datas = self.get_chunks(missing) if missing else {}
+        pieces = []
+        for ref, lo, hi, piece in spans:
+            if piece is None:
+                data = datas[(ref.blob_index, ref.ci_index)]
+                if hi > len(data):
+                    raise StorageError(f"blob {self.sb.blobs[ref.blob_index].blob_id} chunk "
+                                       f"{ref.ci_index}: {len(data)} bytes, file needs {hi}")
+                piece = data[lo:hi]
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def get_chunks(self, refs: Iterable[ChunkRef], prefetch: bool = False) -> dict[Key, bytes]:
-        """Decompressed, verified data of each distinct chunk in `refs`."""
+    def read_memory(self, chunks: Sequence[ChunkRef], file_size: int, offset: int,
+                    size: int) -> bytes | None:
+        """Like `read`, but only from decompressed chunks held in memory; None if any is
+        not there. Never blocks on I/O, so callers may use it on an event loop."""
+        end = min(offset + size, file_size)
+        if offset >= end:
+            return None
+        cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        if last >= len(chunks):
+            return None
+        pieces = []
+        for i in range(first, last + 1):
+            ref = chunks[i]
+            data = self._lru.get((ref.blob_index, ref.ci_index))
+            base = i * cs
+            lo, hi = max(offset, base) - base, min(end, base + cs) - base
+            if data is None or hi > len(data):
+                return None
+            pieces.append(data[lo:hi])
+        self.cache_metrics.record_request(len(pieces), len(pieces))
+        self._maybe_read_ahead(chunks, first, last)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _maybe_read_ahead(self, chunks: Sequence[ChunkRef], first: int, last: int) -> None:
+        """Keep the next chunks of a file being read sequentially on their way."""
+        if self.readahead_chunks and last + 1 < len(chunks) and \
+                (first == 0 or self._available(chunks[first - 1])):
+            self._read_ahead(chunks[last + 1:last + 1 + self.readahead_chunks])
+
+    def _available(self, ref: ChunkRef) -> bool:
+        """Whether a chunk is in memory, in the cache file or being fetched."""
+        key = (ref.blob_index, ref.ci_index)
+        if key in self._inflight or self._lru.get(key) is not None:
+            return True
+        cache = self.caches.get(ref.blob_index)
+        return cache is not None and cache.is_ready(self.meta(ref.blob_index).chunk(ref))
+
+    def _read_ahead(self, refs: Sequence[ChunkRef]) -> None:
+        """Fetch the chunks following a sequential read in the background (or, when they
+        are in the cache file already, ask the kernel to start reading them)."""
+        todo = []
+        for r in refs:
+            key = (r.blob_index, r.ci_index)
+            if key in self._inflight or self._lru.get(key) is not None:
+                continue
+            cache = self.caches.get(r.blob_index)
+            if cache is not None:
+                desc = self.meta(r.blob_index).chunk(r)
+                if cache.is_ready(desc):
+                    cache.will_need(desc)
+                    continue
+            todo.append(r)
+        if not todo:
+            return
+        with self._ra_lock:
+            if self._ra_pool is None:
+                self._ra_pool = ThreadPoolExecutor(max_workers=2,
+                                                   thread_name_prefix="nydusd-readahead")
+            pool = self._ra_pool
+        try:
+            pool.submit(self._read_ahead_job, todo)
+        except RuntimeError:  # shut down
+            pass
+
+    def _read_ahead_job(self, refs: list[ChunkRef]) -> None:
+        try:
+            self.get_chunks(refs, kind="readahead")
+        except NydusError as exc:
+            log.debug("read-ahead failed: %s", exc)
+
+    def _cached_range(self, ref: ChunkRef, lo: int, hi: int) -> bytes | None:
+        """Bytes [lo, hi) of a chunk straight from memory or the cache file, if it is there.
+
+        With `cache_validate` whole chunks must be checked, so the cache file is read
+        through `get_chunks` instead.
+        """
+        key = (ref.blob_index, ref.ci_index)
+        data = self._lru.get(key)
+        if data is not None:
+            return data[lo:hi] if hi <= len(data) else None
+        cache = self.caches.get(ref.blob_index)
+        if cache is None or self.cache_validate:
+            return None
+        desc = self.meta(ref.blob_index).chunk(ref)
+        if hi > desc.uncompressed_size or not cache.is_ready(desc):
+            return None
+        return cache.read_range(desc, lo, hi - lo)
+
+    def get_chunks(self, refs: Iterable[ChunkRef], kind: str = "read") -> dict[Key, bytes]:
+        """Decompressed, verified data of each distinct chunk in `refs`.
+
+        `kind` is "read", "prefetch" (accounted in the prefetch metrics) or "readahead".
+        """
+        prefetch = kind == "prefetch"
         results: dict[Key, bytes] = {}
         owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]] = []
         waits: list[tuple[Key, Future[bytes]]] = []
@@ -155,7 +267,6 @@ class ChunkDevice:
             if key not in descs:
                 meta = self.meta(ref.blob_index)
                 descs[key] = (meta, meta.chunk(ref))
-        hits = 0
         for key, (meta, desc) in descs.items():
             data = self._lru.get(key)
             if data is None:
@@ -181,9 +292,6 @@ class ChunkDevice:
                     results[key] = data
                     continue
             results[key] = data
-            hits += 1
-        if not prefetch:
-            self.cache_metrics.record_request(len(descs), hits)
         if owned:
             self._fetch_owned(owned, prefetch)
         for key, _m, _d, fut in owned:
@@ -334,10 +442,10 @@ class ChunkDevice:
             batch.append(ref)
             batch_bytes += ref.uncompressed_size or self.chunk_size
             if batch_bytes >= self.batch_size:
-                total += sum(len(d) for d in self.get_chunks(batch, prefetch=True).values())
+                total += sum(len(d) for d in self.get_chunks(batch, kind="prefetch").values())
                 batch, batch_bytes = [], 0
         if batch:
-            total += sum(len(d) for d in self.get_chunks(batch, prefetch=True).values())
+            total += sum(len(d) for d in self.get_chunks(batch, kind="prefetch").values())
         return total
 
     def cache_snapshot(self) -> dict[str, object]:
