@@ -82,7 +82,7 @@ class _Obj:
             return None
         return _Obj(self.data[key], self.path(key))
 
-    def str(self, key: str, default: str = "", required: bool = False) -> str:
+    def text(self, key: str, default: str = "", required: bool = False) -> str:
         if not self.has(key):
             if required:
                 raise ConfigError(f"config: {self.path(key)} is required")
@@ -92,10 +92,10 @@ class _Obj:
             raise ConfigError(f"config: {self.path(key)} must be a string, got {_kind(v)}")
         return v
 
-    def opt_str(self, key: str) -> str | None:
-        return self.str(key) if self.has(key) else None
+    def opt_text(self, key: str) -> str | None:
+        return self.text(key) if self.has(key) else None
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         if not self.has(key):
             return default
         v = self.data[key]
@@ -103,7 +103,7 @@ class _Obj:
             raise ConfigError(f"config: {self.path(key)} must be true or false, got {_kind(v)}")
         return v
 
-    def int(self, key: str, default: int, lo: int = 0, hi: int = 0xFFFF_FFFF_FFFF_FFFF,
+    def num(self, key: str, default: int, lo: int = 0, hi: int = 0xFFFF_FFFF_FFFF_FFFF,
             what: str = "") -> int:
         if not self.has(key):
             return default
@@ -115,7 +115,7 @@ class _Obj:
                               f"({what or f'{lo}..{hi}'})")
         return v
 
-    def str_list(self, key: str) -> tuple[str, ...]:
+    def text_list(self, key: str) -> tuple[str, ...]:
         if not self.has(key):
             return ()
         v = self.data[key]
@@ -160,20 +160,20 @@ class ProxyConfig:
     def parse(cls, o: _Obj | None) -> "ProxyConfig":
         if o is None:
             return cls()
-        return cls(o.str("url"), o.str("ping_url"), o.bool("fallback", True),
-                   o.int("check_interval", 5, hi=U32_MAX),
-                   o.int("check_pause_elapsed", 300, hi=U32_MAX), o.bool("use_http"),
-                   o.str("dragonfly_scheduler_endpoint"))
+        return cls(o.text("url"), o.text("ping_url"), o.flag("fallback", True),
+                   o.num("check_interval", 5, hi=U32_MAX),
+                   o.num("check_pause_elapsed", 300, hi=U32_MAX), o.flag("use_http"),
+                   o.text("dragonfly_scheduler_endpoint"))
 
 
 def _http_fields(o: _Obj) -> dict[str, Any]:
     """Fields every HTTP-based backend shares (TLS, timeouts, retries, proxy)."""
     return {
-        "skip_verify": o.bool("skip_verify"),
-        "ca_cert_files": o.str_list("ca_cert_files"),
-        "timeout": o.int("timeout", 5, hi=U32_MAX),
-        "connect_timeout": o.int("connect_timeout", 5, hi=U32_MAX),
-        "retry_limit": o.int("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
+        "skip_verify": o.flag("skip_verify"),
+        "ca_cert_files": o.text_list("ca_cert_files"),
+        "timeout": o.num("timeout", 5, hi=U32_MAX),
+        "connect_timeout": o.num("connect_timeout", 5, hi=U32_MAX),
+        "retry_limit": o.num("retry_limit", 0, hi=255, what="an 8-bit unsigned value, 0..255"),
         "proxy": ProxyConfig.parse(o.obj("proxy")),
     }
 
@@ -197,10 +197,10 @@ class RegistryConfig:
     @classmethod
     def parse(cls, o: _Obj) -> "RegistryConfig":
         return cls(
-            host=o.str("host"), repo=o.str("repo"), scheme=o.str("scheme", "https"),
-            auth=o.opt_str("auth"), registry_token=o.opt_str("registry_token"),
-            blob_url_scheme=o.str("blob_url_scheme"),
-            blob_redirected_host=o.str("blob_redirected_host"), **_http_fields(o))
+            host=o.text("host"), repo=o.text("repo"), scheme=o.text("scheme", "https"),
+            auth=o.opt_text("auth"), registry_token=o.opt_text("registry_token"),
+            blob_url_scheme=o.text("blob_url_scheme"),
+            blob_redirected_host=o.text("blob_redirected_host"), **_http_fields(o))
 
     @property
     def use_http(self) -> bool:
@@ -241,7 +241,7 @@ class LocalFsConfig:
 
     @classmethod
     def parse(cls, o: _Obj) -> "LocalFsConfig":
-        return cls(o.str("blob_file"), o.str("dir"), o.str_list("alt_dirs"))
+        return cls(o.text("blob_file"), o.text("dir"), o.text_list("alt_dirs"))
 
     def validate(self, where: str) -> None:
         if not self.blob_file and not self.dir:
@@ -265,10 +265,10 @@ class OssConfig:
 
     @classmethod
     def parse(cls, o: _Obj) -> "OssConfig":
-        return cls(endpoint=o.str("endpoint"), bucket_name=o.str("bucket_name"),
-                   scheme=o.str("scheme", "https"), object_prefix=o.str("object_prefix"),
-                   access_key_id=o.str("access_key_id"),
-                   access_key_secret=o.str("access_key_secret"), **_http_fields(o))
+        return cls(endpoint=o.text("endpoint"), bucket_name=o.text("bucket_name"),
+                   scheme=o.text("scheme", "https"), object_prefix=o.text("object_prefix"),
+                   access_key_id=o.text("access_key_id"),
+                   access_key_secret=o.text("access_key_secret"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         if not self.endpoint or not self.bucket_name:
@@ -294,10 +294,10 @@ class S3Config:
 
     @classmethod
     def parse(cls, o: _Obj) -> "S3Config":
-        return cls(region=o.str("region"), bucket_name=o.str("bucket_name"),
-                   endpoint=o.str("endpoint"), scheme=o.str("scheme", "https"),
-                   object_prefix=o.str("object_prefix"), access_key_id=o.str("access_key_id"),
-                   access_key_secret=o.str("access_key_secret"), **_http_fields(o))
+        return cls(region=o.text("region"), bucket_name=o.text("bucket_name"),
+                   endpoint=o.text("endpoint"), scheme=o.text("scheme", "https"),
+                   object_prefix=o.text("object_prefix"), access_key_id=o.text("access_key_id"),
+                   access_key_secret=o.text("access_key_secret"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         if not self.region or not self.bucket_name:
@@ -318,7 +318,7 @@ class HttpProxyConfig:
 
     @classmethod
     def parse(cls, o: _Obj) -> "HttpProxyConfig":
-        return cls(addr=o.str("addr"), path=o.str("path"), **_http_fields(o))
+        return cls(addr=o.text("addr"), path=o.text("path"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         a = self.addr
@@ -334,7 +334,7 @@ class LocalDiskConfig:
 
     @classmethod
     def parse(cls, o: _Obj) -> "LocalDiskConfig":
-        return cls(o.str("device_path"), o.bool("disable_gpt"))
+        return cls(o.text("device_path"), o.flag("disable_gpt"))
 
     def validate(self, where: str) -> None:
         if not self.device_path:
@@ -546,20 +546,20 @@ def _prefetch_v1(o: _Obj | None) -> PrefetchConfig:
     if o is None:  # absent object: prefetch off, all fields zero
         return PrefetchConfig(False, 0, 0, 0, False, False)
     return PrefetchConfig(
-        enable=o.bool("enable"), threads=o.int("threads_count", 8, hi=U32_MAX),
-        batch_size=o.int("merging_size", MIB), bandwidth_limit=o.int("bandwidth_rate", 0,
+        enable=o.flag("enable"), threads=o.num("threads_count", 8, hi=U32_MAX),
+        batch_size=o.num("merging_size", MIB), bandwidth_limit=o.num("bandwidth_rate", 0,
                                                                       hi=U32_MAX),
-        prefetch_all=o.bool("prefetch_all", True), stream_prefetch=o.bool("stream_prefetch"))
+        prefetch_all=o.flag("prefetch_all", True), stream_prefetch=o.flag("stream_prefetch"))
 
 
 def _prefetch_v2(o: _Obj | None) -> PrefetchConfig:
     if o is None:
         return PrefetchConfig()
     return PrefetchConfig(
-        enable=o.bool("enable"), threads=o.int("threads", 8, hi=U32_MAX),
-        batch_size=o.int("batch_size", MIB), bandwidth_limit=o.int("bandwidth_limit", 0,
+        enable=o.flag("enable"), threads=o.num("threads", 8, hi=U32_MAX),
+        batch_size=o.num("batch_size", MIB), bandwidth_limit=o.num("bandwidth_limit", 0,
                                                                     hi=U32_MAX),
-        prefetch_all=o.bool("prefetch_all", False), stream_prefetch=o.bool("stream_prefetch"))
+        prefetch_all=o.flag("prefetch_all", False), stream_prefetch=o.flag("stream_prefetch"))
 
 
 def _external(o: _Obj, key: str) -> tuple[Mapping[str, Any], ...]:
@@ -578,47 +578,47 @@ def from_v1(doc: Any) -> NydusdConfig:
     assert device is not None
     backend = device.obj("backend", required=True)
     assert backend is not None
-    btype = backend.str("type", required=True)
+    btype = backend.text("type", required=True)
     bconf = backend.obj("config", required=True)
     settings = _backend_settings(btype, bconf)
     fs_prefetch = _prefetch_v1(top.obj("fs_prefetch"))
     cache = CacheConfig()
     c = device.obj("cache")
     if c is not None:
-        ctype = c.str("type")
+        ctype = c.text("type")
         cconf = c.obj("config")
         if ctype in FILE_CACHE_TYPES and cconf is None:
             raise ConfigError(f"config: device.cache.config is required for cache type "
                               f"{ctype!r} (use {{}} for the defaults)")
         cc = cconf if cconf is not None else _Obj({}, "device.cache.config")
         cache = CacheConfig(
-            type=ctype, compressed=c.bool("compressed"), validate=c.bool("validate"),
-            work_dir=cc.str("work_dir", "."), has_config=cconf is not None or
+            type=ctype, compressed=c.flag("compressed"), validate=c.flag("validate"),
+            work_dir=cc.text("work_dir", "."), has_config=cconf is not None or
             ctype not in FILE_CACHE_TYPES,
-            disable_indexed_map=cc.bool("disable_indexed_map"),
-            enable_encryption=cc.bool("enable_encryption"),
-            enable_convergent_encryption=cc.bool("enable_convergent_encryption"),
-            encryption_key=cc.str("encryption_key"),
+            disable_indexed_map=cc.flag("disable_indexed_map"),
+            enable_encryption=cc.flag("enable_encryption"),
+            enable_convergent_encryption=cc.flag("enable_convergent_encryption"),
+            encryption_key=cc.text("encryption_key"),
             prefetch=fs_prefetch)
     rafs = RafsOptions(
-        mode=top.str("mode", required=True), batch_size=top.int("amplify_io", MIB),
-        validate=top.bool("digest_validate"), enable_xattr=top.bool("enable_xattr"),
-        iostats_files=top.bool("iostats_files"), access_pattern=top.bool("access_pattern"),
-        latest_read_files=top.bool("latest_read_files"), prefetch=fs_prefetch)
+        mode=top.text("mode", required=True), batch_size=top.num("amplify_io", MIB),
+        validate=top.flag("digest_validate"), enable_xattr=top.flag("enable_xattr"),
+        iostats_files=top.flag("iostats_files"), access_pattern=top.flag("access_pattern"),
+        latest_read_files=top.flag("latest_read_files"), prefetch=fs_prefetch)
     return NydusdConfig(backend=BackendConfig(btype, settings), cache=cache, rafs=rafs,
-                        id=device.str("id"), source_version=1,
+                        id=device.text("id"), source_version=1,
                         external_backends=_external(device, "external_backends"))
 
 
 def from_v2(doc: Any) -> NydusdConfig:
     """Build the configuration from a parsed v2 document (JSON or TOML)."""
     top = _Obj(doc, "")
-    version = top.int("version", 0)
+    version = top.num("version", 0)
     if version != 2:
         raise ConfigError(f"config: version must be 2, got {version}")
     backend = top.obj("backend", required=True)
     assert backend is not None
-    btype = backend.str("type", required=True)
+    btype = backend.text("type", required=True)
     sub = backend.obj(btype)
     if sub is None and btype == "http-proxy":
         sub = backend.obj("http_proxy")
@@ -628,30 +628,30 @@ def from_v2(doc: Any) -> NydusdConfig:
     cache = CacheConfig()
     c = top.obj("cache")
     if c is not None:
-        ctype = c.str("type")
+        ctype = c.text("type")
         section = "fscache" if ctype == "fscache" else "filecache"
         cc = c.obj(section)
         cache = CacheConfig(
-            type=ctype, compressed=c.bool("compressed"), validate=c.bool("validate"),
-            work_dir=cc.str("work_dir", ".") if cc else ".",
+            type=ctype, compressed=c.flag("compressed"), validate=c.flag("validate"),
+            work_dir=cc.text("work_dir", ".") if cc else ".",
             has_config=cc is not None or ctype not in FILE_CACHE_TYPES,
-            disable_indexed_map=cc.bool("disable_indexed_map") if cc else False,
-            enable_encryption=cc.bool("enable_encryption") if cc else False,
-            enable_convergent_encryption=cc.bool("enable_convergent_encryption") if cc else
+            disable_indexed_map=cc.flag("disable_indexed_map") if cc else False,
+            enable_encryption=cc.flag("enable_encryption") if cc else False,
+            enable_convergent_encryption=cc.flag("enable_convergent_encryption") if cc else
             False,
-            encryption_key=cc.str("encryption_key") if cc else "",
+            encryption_key=cc.text("encryption_key") if cc else "",
             prefetch=_prefetch_v2(c.obj("prefetch")))
     rafs = RafsOptions()
     r = top.obj("rafs")
     if r is not None:
         rafs = RafsOptions(
-            mode=r.str("mode", "direct"), batch_size=r.int("batch_size", MIB),
-            validate=r.bool("validate"), enable_xattr=r.bool("enable_xattr"),
-            iostats_files=r.bool("iostats_files"), access_pattern=r.bool("access_pattern"),
-            latest_read_files=r.bool("latest_read_files"),
+            mode=r.text("mode", "direct"), batch_size=r.num("batch_size", MIB),
+            validate=r.flag("validate"), enable_xattr=r.flag("enable_xattr"),
+            iostats_files=r.flag("iostats_files"), access_pattern=r.flag("access_pattern"),
+            latest_read_files=r.flag("latest_read_files"),
             prefetch=_prefetch_v2(r.obj("prefetch")))
     return NydusdConfig(backend=BackendConfig(btype, settings), cache=cache, rafs=rafs,
-                        id=top.str("id"), source_version=2,
+                        id=top.text("id"), source_version=2,
                         external_backends=_external(top, "external_backends"))
 
 

@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import nydus
 from nydus.config import NydusdConfig
@@ -96,7 +96,8 @@ def load_bootstrap(path: str) -> tuple[RafsSuper, Any]:
     finally:
         os.close(fd)
     try:
-        return open_bootstrap(buf), buf
+        # an mmap reads like bytes (slices are bytes, struct unpacks from it)
+        return open_bootstrap(cast(bytes, buf)), buf
     except FormatError as exc:
         buf.close()
         raise FormatError(f"failed to load bootstrap {path}: {exc}") from None

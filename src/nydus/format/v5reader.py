@@ -70,7 +70,7 @@ class RafsV5Super:
         self.root_ino = 1
         self.inode_count = sb.inodes_count
         n = sb.inode_table_entries
-        self._table = struct.unpack_from(f"<{n}I", buf, sb.inode_table_offset)
+        self._table: tuple[int, ...] = struct.unpack_from(f"<{n}I", buf, sb.inode_table_offset)
         entries: list[V5BlobEntry] = []
         if sb.blob_table_size:
             entries = unpack_v5_blob_table(

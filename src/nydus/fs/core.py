@@ -184,7 +184,7 @@ class RafsFs:
         items are returned (all when None).
         """
         with self.metrics.op("readdirplus" if plus else "readdir", ino):
-            out = []
+            out: list[DirItem] = []
             for item in self.iter_dir(ino, offset):
                 if limit is not None and len(out) >= limit:
                     break
@@ -248,7 +248,7 @@ class RafsFs:
             a = self.sb.attr(ino)
             if not a.is_reg or offset < 0 or offset >= a.size:
                 return None
-            data = read_memory(self.chunks(ino), a.size, offset, size)
+            data: bytes | None = read_memory(self.chunks(ino), a.size, offset, size)
         except NydusError:
             return None  # let `read` report it
         if data is not None:

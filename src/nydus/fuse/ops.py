@@ -144,10 +144,11 @@ class RafsOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
         return self._call(self.fs.listxattr, self._ino(inode))
 
-    async def access(self, inode: int, mode: int, ctx: Any = None) -> None:
+    async def access(self, inode: int, mode: int, ctx: Any = None) -> bool:
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
         self._call(self.fs.access, self._ino(inode), mode)
+        return True
 
     async def forget(self, inode_list: Any) -> None:
         n = len(inode_list)
