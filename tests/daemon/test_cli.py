@@ -95,6 +95,10 @@ def _bad_cases(tmp_path):
     registry = tmp_path / "registry.json"
     registry.write_text(json.dumps({"device": {"backend": {"type": "registry", "config": {
         "host": "127.0.0.1:1", "repo": "ubuntu", "scheme": "http"}}}, "mode": "direct"}))
+    emptydir = tmp_path / "emptyblobs"
+    emptydir.mkdir()
+    noblob = tmp_path / "noblob.json"
+    noblob.write_text(json.dumps(localfs_config(emptydir)))
     afile = tmp_path / "afile"
     afile.write_text("x")
     base = ["--mountpoint", str(mnt), "--bootstrap", v6]
@@ -106,6 +110,7 @@ def _bad_cases(tmp_path):
         "empty-bootstrap": (["--config", str(good), "--mountpoint", str(mnt), "--bootstrap",
                              str(empty)], "empty"),
         "missing-blob-dir": (["--config", str(nodir), *base], "no-such-dir"),
+        "missing-blob-file": (["--config", str(noblob), *base], "cannot open blob be7d77ee"),
         "missing-blob-dir-D": (["-D", str(tmp_path / "no-such-dir"), *base], "no-such-dir"),
         "mountpoint-is-a-file": (["--config", str(good), "--mountpoint", str(afile),
                                   "--bootstrap", v6], "not a directory"),

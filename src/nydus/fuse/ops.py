@@ -166,7 +166,7 @@ class RafsOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # data already decompressed in memory is answered inline; anything that may
         # fetch, decompress or touch the disk goes to a worker thread
-        data = self.fs.read_cached(fh, off, size)
+        data = self._call(self.fs.read_cached, fh, off, size)
         if data is not None:
             return data
         return await self._in_thread(self.fs.read, fh, off, size)
