@@ -214,6 +214,10 @@ from benchmarks.nydusd_cases import register as _register_nydusd_cases  # noqa: 
 
 _register_nydusd_cases(CASES, Row, cached_tree)
 
+from benchmarks import convert_cases as _convert_cases  # noqa: E402
+
+_convert_cases.register(CASES, Row)  # nydusify-convert, nydusify-lazy
+
 
 # -- output ----------------------------------------------------------------------------------------
 
