@@ -179,20 +179,26 @@ def _http_fields(o: _Obj) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class RegistryConfig:
-    host: str = ""
-    repo: str = ""
-    scheme: str = "https"
-    auth: str | None = None
-    registry_token: str | None = None
+class HttpCommon:
+    """Settings every HTTP-based backend shares: TLS, timeouts, retries, proxy."""
+
     skip_verify: bool = False
     ca_cert_files: tuple[str, ...] = ()
     timeout: int = 5
     connect_timeout: int = 5
     retry_limit: int = 0
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig(HttpCommon):
+    host: str = ""
+    repo: str = ""
+    scheme: str = "https"
+    auth: str | None = None
+    registry_token: str | None = None
     blob_url_scheme: str = ""
     blob_redirected_host: str = ""
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     @classmethod
     def parse(cls, o: _Obj) -> "RegistryConfig":
@@ -249,19 +255,13 @@ class LocalFsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class OssConfig:
+class OssConfig(HttpCommon):
     endpoint: str = ""
     bucket_name: str = ""
     scheme: str = "https"
     object_prefix: str = ""
     access_key_id: str = ""
     access_key_secret: str = ""
-    skip_verify: bool = False
-    ca_cert_files: tuple[str, ...] = ()
-    timeout: int = 5
-    connect_timeout: int = 5
-    retry_limit: int = 0
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     @classmethod
     def parse(cls, o: _Obj) -> "OssConfig":
@@ -277,7 +277,7 @@ class OssConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class S3Config:
+class S3Config(HttpCommon):
     region: str = ""
     bucket_name: str = ""
     endpoint: str = ""
@@ -285,12 +285,6 @@ class S3Config:
     object_prefix: str = ""
     access_key_id: str = ""
     access_key_secret: str = ""
-    skip_verify: bool = False
-    ca_cert_files: tuple[str, ...] = ()
-    timeout: int = 5
-    connect_timeout: int = 5
-    retry_limit: int = 0
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     @classmethod
     def parse(cls, o: _Obj) -> "S3Config":
@@ -306,15 +300,9 @@ class S3Config:
 
 
 @dataclass(frozen=True, slots=True)
-class HttpProxyConfig:
+class HttpProxyConfig(HttpCommon):
     addr: str = ""
     path: str = ""
-    skip_verify: bool = False
-    ca_cert_files: tuple[str, ...] = ()
-    timeout: int = 5
-    connect_timeout: int = 5
-    retry_limit: int = 0
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     @classmethod
     def parse(cls, o: _Obj) -> "HttpProxyConfig":
