@@ -125,10 +125,10 @@ def nydusify(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
 
 
 def convert(source: str, target: str, work_dir: Path, *extra: str,
-            env: dict[str, str] | None = None) -> Run:
+            env: dict[str, str] | None = None, timeout: float = 300) -> Run:
     return nydusify("convert", "--source", source, "--target", target, "--source-insecure",
                     "--target-insecure", "--work-dir", str(work_dir), *extra, env=env,
-                    cwd=work_dir.parent)
+                    cwd=work_dir.parent, timeout=timeout)
 
 
 def registry_config(host: str, repo: str, *, auth: str | None = None, retry_limit: int = 0,

@@ -61,7 +61,9 @@ def test_convert_and_check_with_docker_config_credentials(private, auth_registry
 @pytest.mark.parametrize("creds", ["bad", "none"])
 def test_wrong_or_missing_credentials_fail_with_one_clear_line(private, tmp_path, creds):
     env = {"DOCKER_CONFIG": str(private["bad"])} if creds == "bad" else {}
-    run = convert(private["source"], f"{private['target']}-{creds}", tmp_path / "tmp", env=env)
+    # no retry storm: a refused login ends the run (a hang would hit the timeout)
+    run = convert(private["source"], f"{private['target']}-{creds}", tmp_path / "tmp", env=env,
+                  timeout=60)
     assert run.returncode == 1
     errors = [ln for ln in run.lines if not ln.startswith(("INFO", "WARN"))]
     assert len(errors) == 1, run.stderr

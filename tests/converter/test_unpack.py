@@ -115,3 +115,10 @@ def test_truncated_layer_is_one_clear_error(tmp_path):
     data = layer_bytes([F("big", os.urandom(100_000))])[:50_000]
     with pytest.raises(UnpackError, match="layer 0: corrupt or truncated tar"):
         _unpack([data], tmp_path / "root")
+
+
+def test_whiteout_after_the_same_layers_directory_clears_only_lower_entries(tmp_path):
+    lower = layer_bytes([D("opt"), F("opt/old", b"lower"), D("opt/sub"), F("opt/sub/deep", b"d")])
+    upper = layer_bytes([D("opt"), F("opt/new", b"upper"), whiteout("opt")])
+    _unpack([lower, upper], tmp_path / "root")
+    assert os.listdir(tmp_path / "root/opt") == ["new"]

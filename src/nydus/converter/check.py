@@ -40,6 +40,7 @@ from typing import Any
 
 from nydus.builder.check import CheckReport, check_bootstrap
 from nydus.converter.bootstrap_layer import read_bootstrap_layer
+from nydus.converter.convert import _file_digest
 from nydus.converter.unpack import IterReader, Unpacker, open_layer_stream
 from nydus.errors import FormatError, NydusError
 from nydus.format.rafs import open_bootstrap
@@ -581,19 +582,6 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def _digest(path: bytes) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            buf = f.read(1 << 20)
-            if not buf:
-                break
-            h.update(buf)
-            n += len(buf)
-    return h.hexdigest(), n
-
-
 def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
                   skip_target_only: set[bytes] | frozenset[bytes] = frozenset(),
                   keep: int = 100, threads: int = 8) -> FsReport:
@@ -642,7 +630,8 @@ def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str]
         if kind == stat.S_IFREG:
             report.files += 1
             if ss.st_size == ts.st_size:
-                contents.append((rel, pool.submit(_digest, s_path), pool.submit(_digest, t_path)))
+                contents.append((rel, pool.submit(_file_digest, os.fsdecode(s_path)),
+                                 pool.submit(_file_digest, os.fsdecode(t_path))))
         elif kind == stat.S_IFDIR:
             report.dirs += 1
             walk(rel)
@@ -680,5 +669,5 @@ def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str]
                 continue
             report.bytes += n
             if da != db:
-                diff(f"{_show(rel)}: content sha256 {da} != {db}")
+                diff(f"{_show(rel)}: content {da} != {db}")
     return report

@@ -4,7 +4,8 @@ This is the reference tree `nydusify check` compares a converted image with. Lay
 streamed (never seeked) through `tarfile`, bottom layer first:
 
 * `.wh.NAME` removes `NAME` of the lower layers; `DIR/.wh..wh..opq` removes everything the
-  lower layers put in `DIR` (entries of the same layer stay, wherever the marker is);
+  lower layers put in `DIR` (entries of the same layer stay, wherever the marker or the
+  whiteout stands in the tar);
 * regular files, directories, symlinks, hard links (to any earlier path), FIFOs and device
   nodes are created with their owner, mode, mtime and `SCHILY.xattr.*` extended attributes;
   a device node that cannot be created (no CAP_MKNOD) is skipped and reported;
@@ -219,8 +220,12 @@ class Unpacker:
             if base.startswith(_WH + _WH):  # other AUFS metadata (.wh..wh.plnk, ...)
                 return
             target = (parent + b"/" if parent else b"") + base[len(_WH):]
-            if target not in self._layer and self._is_dir_path(parent):
+            if not self._is_dir_path(parent):
+                return
+            if target not in self._layer:
                 self._remove(target)
+            elif stat.S_ISDIR(os.lstat(self._full(target)).st_mode):
+                self._clear_lower(target)  # this layer re-made it before the whiteout
             return
         self._ensure_dir_path(parent)
         full = self._full(rel)
