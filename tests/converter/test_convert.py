@@ -33,6 +33,7 @@ from tests.converter.conftest import (
 )
 from tests.converter.images import Layout, make_image, push, rich_layers, sha256, skopeo
 from tests.golden import golden_path
+from tests.helpers.layers import D, F
 from tests.helpers.snapshot import compare_trees, snapshot_tree
 
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
@@ -307,3 +308,20 @@ def test_fs_version_5_is_refused_clearly(registry, tmp_path):
     assert len(run.lines) == 1 and run.lines[0].startswith("ERRO[")
     assert "--fs-version 5 is not supported" in run.lines[0]
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="builder bug: a directory an upper layer only implies "
+                   "(no tar entry of its own) replaces the lower directory's mode, owner, "
+                   "xattrs and mtime at merge (builder/overlay.py _merge_dir)")
+def test_implied_parent_directory_keeps_the_lower_metadata(registry, tmp_path):
+    layout = Layout(tmp_path / "layout")
+    layout.add_image("v1", make_image([
+        [D("root", mode=0o700, uid=5, gid=6, xattrs={"user.a": b"1"}), F("root/x", b"x")],
+        [F("root/.bashrc", b"rc")]]))  # no "root/" entry in the upper layer
+    push(layout, "v1", f"{registry.host}/implied:v1")
+    convert(f"{registry.host}/implied:v1", f"{registry.host}/implied:nydus",
+            tmp_path / "tmp").ok()
+    run = nydusify("check", "--source", f"{registry.host}/implied:v1", "--target",
+                   f"{registry.host}/implied:nydus", "--source-insecure", "--target-insecure",
+                   "--work-dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert run.returncode == 0, run.lines[-1]
