@@ -218,11 +218,30 @@ from benchmarks import convert_cases as _convert_cases  # noqa: E402
 
 _convert_cases.register(CASES, Row)  # nydusify-convert, nydusify-lazy
 
+from benchmarks import start_cases as _start_cases  # noqa: E402
+
+_start_cases.register(CASES, Row)  # start, read-all, metadata, image-build (vs the OCI way)
+
 
 # -- output ----------------------------------------------------------------------------------------
 
 
+def host_info() -> dict:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), "memory_bytes": mem,
+            "python": platform.python_version(), "kernel": platform.release(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def print_table(rows: list[Row], out=sys.stdout) -> None:
+    h = host_info()
+    print(f"machine  {h['cpus']} cores, {h['memory_bytes'] / (1 << 30):.1f} GiB memory, {h['machine']}, "
+          f"Linux {h['kernel']}, load {h['loadavg']}", file=out)
+    user = [r for r in rows if r.case in _start_cases.CASE_NAMES]
+    rows = [r for r in rows if r.case not in _start_cases.CASE_NAMES]
+    _start_cases.print_table(user, out)
+    if not rows:
+        return
     head = f"{'case':<8} {'name':<22} {'status':<7} {'MB/s':>9} {'seconds':>9} {'peak RSS MiB':>13} {'output MB':>10} {'ratio':>7}"
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -243,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help=f"comma-separated cases to run ({', '.join(CASES)})")
     ap.add_argument("--json", type=Path, help="write the results as JSON to this file")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"cache/scratch dir ({DEFAULT_WORKDIR})")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per measurement (median time, max RSS)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (median time, max RSS)")
     args = ap.parse_args(argv)
 
     names = list(CASES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
@@ -268,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "version": 1,
             "quick": args.quick,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                     "kernel": platform.release()},
+            "host": host_info(),
             "nydus_image": ctx.nydus_image,
             "rows": [asdict(r) for r in rows],
         }
