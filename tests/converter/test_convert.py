@@ -310,9 +310,6 @@ def test_fs_version_5_is_refused_clearly(registry, tmp_path):
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="builder bug: a directory an upper layer only implies "
-                   "(no tar entry of its own) replaces the lower directory's mode, owner, "
-                   "xattrs and mtime at merge (builder/overlay.py _merge_dir)")
 def test_implied_parent_directory_keeps_the_lower_metadata(registry, tmp_path):
     layout = Layout(tmp_path / "layout")
     layout.add_image("v1", make_image([

@@ -48,6 +48,7 @@ class CreateOptions:
     blob_toc: bool = False
     repeatable: bool = False
     prefetch_patterns: list[str] | None = None
+    keep_tree: bool = False  # return the merged tree in BuildResult.tree
 
 
 @dataclass
@@ -58,6 +59,8 @@ class BuildResult:
     blob_size: int = 0
     blob_id: str | None = None  # id of the blob this build wrote
     trace: dict[str, float] = field(default_factory=dict)
+    tree: Node | None = None  # with CreateOptions.keep_tree
+    blob_info: BlobInfo | None = None  # this build's blob table entry (None: no data)
 
 
 def load_bootstrap(path: str, what: str = "bootstrap") -> RafsSuper:
@@ -182,8 +185,10 @@ def create(o: CreateOptions) -> BuildResult:
         if boot_out is not None:
             boot_out.discard()
         raise
+    info = blobs[-1] if res is not None and res.chunk_count else None
     return BuildResult(boot_path, [b.blob_id for b in blobs], blob_path,
-                       res.size if res else 0, blob_id)
+                       res.size if res else 0, blob_id, tree=root if o.keep_tree else None,
+                       blob_info=info)
 
 
 def _no_blob():  # noqa: ANN202
@@ -237,6 +242,19 @@ class MergeOptions:
     blob_sizes: list[int] | None = None
 
 
+@dataclass
+class MergeLayer:
+    """One layer to stack: its tree (chunk blob indexes local to `blobs`) and its blobs
+    (final ids)."""
+
+    tree: Node
+    blobs: list[BlobInfo]
+    chunk_size: int
+    compressor: Compressor
+    digester: Digester
+    explicit_uid_gid: bool = True
+
+
 def merge(o: MergeOptions) -> BuildResult:
     """Overlay per-layer bootstraps bottom to top with OCI whiteout rules."""
     if not o.sources:
@@ -247,14 +265,9 @@ def merge(o: MergeOptions) -> BuildResult:
     if o.blob_sizes is not None and len(o.blob_sizes) != len(o.sources):
         raise BuildError(f"--blob-sizes has {len(o.blob_sizes)} values for "
                          f"{len(o.sources)} sources")
-    ids: list[str] = []
-    infos: dict[str, BlobInfo] = {}
-    root: Node | None = None
-    first: RafsSuper | None = None
-    layers: list[tuple[str | None, RafsSuper]] = []
+    named: list[tuple[str | None, int | None, RafsSuper]] = []
     if o.parent_bootstrap:
-        layers.append((None, load_bootstrap(o.parent_bootstrap, "parent bootstrap")))
-    sizes: dict[str, int] = {}
+        named.append((None, None, load_bootstrap(o.parent_bootstrap, "parent bootstrap")))
     for i, src in enumerate(o.sources):
         override = None
         if o.blob_digests is not None:
@@ -263,16 +276,13 @@ def merge(o: MergeOptions) -> BuildResult:
             stem = os.path.splitext(os.path.basename(src))[0].removeprefix("sha256:")
             if _HEX64.match(stem):
                 override = stem
-        if override is not None and o.blob_sizes is not None:
-            sizes[override] = o.blob_sizes[i]
-        layers.append((override, load_bootstrap(src, "source bootstrap")))
-    for override, sb in layers:
+        size = o.blob_sizes[i] if o.blob_sizes is not None else None
+        named.append((override, size, load_bootstrap(src, "source bootstrap")))
+    layers = []
+    for override, size, sb in named:
         if sb.version != 6:
             raise BuildError("merge supports RAFS v6 bootstraps only")
-        first = first or sb
-        if sb.chunk_size != first.chunk_size:
-            raise BuildError("source bootstraps have different chunk sizes")
-        mapping = []
+        blobs = []
         for b in sb.blobs:
             bid = b.blob_id
             if bid == PLACEHOLDER_BLOB_ID or b.features & BlobFeatures.INLINED_FS_META:
@@ -280,26 +290,55 @@ def merge(o: MergeOptions) -> BuildResult:
                     raise BuildError("a source bootstrap has a placeholder blob id; name the "
                                      "file by the blob digest or pass --blob-digests")
                 bid = override
-            if bid not in infos:
-                infos[bid] = replace(b, blob_id=bid,
-                                     features=b.features & ~BlobFeatures.INLINED_FS_META,
-                                     compressed_size=sizes.get(bid, b.compressed_size))
-                ids.append(bid)
-            mapping.append(ids.index(bid))
-        tree = load_tree(sb, mapping)
+                if size is not None:
+                    b = replace(b, compressed_size=size)
+            blobs.append(replace(b, blob_id=bid))
+        layers.append(MergeLayer(load_tree(sb), blobs, sb.chunk_size, sb.compressor,
+                                 sb.digester, bool(sb.flags & SuperFlags.EXPLICIT_UID_GID)))
+    return merge_layers(layers, o.bootstrap, o.prefetch_patterns)
+
+
+def merge_layers(layers: list[MergeLayer], bootstrap: str,
+                 prefetch_patterns: list[str] | None = None) -> BuildResult:
+    """Stack layer trees with OCI whiteouts (modifying them) and write one bootstrap whose
+    blob table lists the referenced blobs in BFS first-reference order."""
+    if not layers:
+        raise BuildError("nothing to merge")
+    ids: list[str] = []
+    infos: dict[str, BlobInfo] = {}
+    root: Node | None = None
+    for layer in layers:
+        if layer.chunk_size != layers[0].chunk_size:
+            raise BuildError("source bootstraps have different chunk sizes")
+        mapping = []
+        for b in layer.blobs:
+            if b.blob_id not in infos:
+                infos[b.blob_id] = replace(b, features=b.features & ~BlobFeatures.INLINED_FS_META)
+                ids.append(b.blob_id)
+            mapping.append(ids.index(b.blob_id))
+        _remap_chunks(layer.tree, dict(enumerate(mapping)))
         if root is None:
-            strip_whiteouts(tree, "oci")
-            root = tree
+            strip_whiteouts(layer.tree, "oci")
+            root = layer.tree
         else:
-            apply_layer(root, tree, "oci")
-    assert root is not None and first is not None
+            apply_layer(root, layer.tree, "oci")
+    assert root is not None
     # blob table in order of first reference by a BFS walk; unreferenced blobs dropped
     order: list[int] = []
     for _path, node in _bfs(root):
         for c in node.inode.chunks:
             if c.blob_index not in order:
                 order.append(c.blob_index)
-    renumber = {old: new for new, old in enumerate(order)}
+    _remap_chunks(root, {old: new for new, old in enumerate(order)})
+    blobs = [replace(infos[ids[old]], blob_index=new) for new, old in enumerate(order)]
+    top = layers[-1]
+    bopts = BootstrapOptions(top.chunk_size, top.compressor, top.digester, top.explicit_uid_gid)
+    boot = write_bootstrap(root, blobs, bopts, _prefetch_nodes(root, prefetch_patterns))
+    write_atomic(bootstrap, boot)
+    return BuildResult(bootstrap, [b.blob_id for b in blobs])
+
+
+def _remap_chunks(root: Node, renumber: dict[int, int]) -> None:
     cache: dict[int, Chunk] = {}
     seen: set[int] = set()
     for _path, node in _bfs(root):
@@ -307,13 +346,6 @@ def merge(o: MergeOptions) -> BuildResult:
             continue
         seen.add(id(node.inode))
         node.inode.chunks = [_renumber(c, renumber, cache) for c in node.inode.chunks]
-    blobs = [replace(infos[ids[old]], blob_index=new) for new, old in enumerate(order)]
-    top = layers[-1][1]
-    bopts = BootstrapOptions(first.chunk_size, top.compressor, top.digester,
-                             explicit_uid_gid=bool(top.flags & SuperFlags.EXPLICIT_UID_GID))
-    boot = write_bootstrap(root, blobs, bopts, _prefetch_nodes(root, o.prefetch_patterns))
-    write_atomic(o.bootstrap, boot)
-    return BuildResult(o.bootstrap, [b.blob_id for b in blobs])
 
 
 def _renumber(c: Chunk, renumber: dict[int, int], cache: dict[int, Chunk]) -> Chunk:

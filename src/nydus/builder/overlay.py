@@ -73,7 +73,8 @@ def _merge_dir(lower: Node, upper: Node, spec: str) -> None:
             upper.inode.xattrs.pop(OVERLAY_OPAQUE_XATTR, None)
     if opaque:
         lower.children.clear()
-    lower.inode = upper.inode
+    if not upper.implicit:
+        lower.inode = upper.inode
     for name in sorted(upper.children):
         child = upper.children[name]
         if spec != "none" and (_whiteout_target(name, child, spec) is not None

@@ -56,6 +56,8 @@ def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for key, value in info.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
+            if value == "":  # an empty PAX record unsets the key (Go's archive/tar, umoci)
+                continue
             name = _fs(key[len("SCHILY.xattr."):])
             try:
                 split_xattr_name(name)
@@ -95,6 +97,7 @@ def _parent(by_path: dict[tuple[bytes, ...], Node], parts: list[bytes]) -> Node:
         child = by_path.get(key)
         if child is None or child.children is None:
             child = Node.directory(p, InodeData(mode=stat.S_IFDIR | 0o755))
+            child.implicit = True
             assert node.children is not None
             node.children[p] = child
             by_path[key] = child
@@ -142,6 +145,7 @@ def _add_member(tf: tarfile.TarFile, info: tarfile.TarInfo, root: Node,
         existing = by_path.get(key)
         if existing is not None and existing.children is not None:
             existing.inode = data
+            existing.implicit = False
             return
         node = Node.directory(name, data)
         parent.children[name] = node

@@ -72,6 +72,9 @@ class Node:
     name: bytes
     inode: InodeData
     children: dict[bytes, "Node"] | None = None
+    # a directory a tar layer implies (entries below it) without an entry of its own:
+    # stacking it on a lower layer keeps the lower directory's attributes
+    implicit: bool = False
 
     @classmethod
     def directory(cls, name: bytes, inode: InodeData) -> "Node":

@@ -136,7 +136,8 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     check(CheckOptions(source=a.source, target=a.target, source_insecure=a.source_insecure,
                        target_insecure=a.target_insecure, platform=a.platform,
-                       work_dir=a.work_dir, multi_platform=a.multi_platform))
+                       work_dir=a.work_dir, multi_platform=a.multi_platform,
+                       nydusd=a.nydusd or None))
     return 0
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from nydus.builder.check import CheckReport, check_bootstrap
 from nydus.converter.bootstrap_layer import read_bootstrap_layer
-from nydus.converter.convert import _file_digest
+from nydus.converter.convert import file_digest
 from nydus.converter.unpack import IterReader, Unpacker, open_layer_stream
 from nydus.errors import FormatError, NydusError
 from nydus.format.rafs import open_bootstrap
@@ -630,8 +630,8 @@ def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str]
         if kind == stat.S_IFREG:
             report.files += 1
             if ss.st_size == ts.st_size:
-                contents.append((rel, pool.submit(_file_digest, os.fsdecode(s_path)),
-                                 pool.submit(_file_digest, os.fsdecode(t_path))))
+                contents.append((rel, pool.submit(file_digest, os.fsdecode(s_path)),
+                                 pool.submit(file_digest, os.fsdecode(t_path))))
         elif kind == stat.S_IFDIR:
             report.dirs += 1
             walk(rel)

@@ -12,12 +12,12 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from nydus import __version__
-from nydus.builder.build import CreateOptions, MergeOptions, create, merge
-from nydus.builder.inline import blob_meta_cache, extract_inline_bootstrap
+from nydus.builder.build import CreateOptions, MergeLayer, create, merge_layers
+from nydus.builder.inline import blob_meta_cache
 from nydus.converter.bootstrap_layer import make_bootstrap_layer
 from nydus.errors import NydusError
 from nydus.oci import mediatypes as mt
@@ -25,6 +25,7 @@ from nydus.oci.manifest import Descriptor, Index, Manifest, Platform, go_json, p
 from nydus.oci.reference import Reference
 from nydus.oci.registry import RegistryClient
 from nydus.utils.compress import Compressor
+from nydus.utils.digest import Digester
 
 log = logging.getLogger("nydus.converter")
 
@@ -129,11 +130,12 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
     src_dir = os.path.join(o.work_dir, _ref_dir(src_ref))
     dst_dir = os.path.join(o.work_dir, _ref_dir(dst_ref), sub)
     blob_dir = os.path.join(dst_dir, "blobs")
-    boot_dir = os.path.join(dst_dir, "layers")
-    for d in (src_dir, blob_dir, boot_dir):
+    for d in (src_dir, blob_dir):
         os.makedirs(d, exist_ok=True)
 
-    def one_layer(layer: Descriptor) -> tuple[str, int, str]:
+    compressor = Compressor.from_name(o.compressor)
+
+    def one_layer(layer: Descriptor) -> tuple[str, int, MergeLayer]:
         path = os.path.join(src_dir, layer.digest)
         if not _have(path, layer.digest):
             log.info("Pulling layer %s", layer.digest)
@@ -145,34 +147,29 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
             res = create(CreateOptions(
                 source=source_path, source_type="tar-rafs", blob=tmp_blob,
                 blob_inline_meta=True, blob_toc=True, whiteout_spec="none",
-                compressor=Compressor.from_name(o.compressor), chunk_size=o.chunk_size,
-                prefetch_patterns=o.prefetch_patterns or ["/"]))
-        digest, size = _file_digest(tmp_blob)
-        hexid = digest[7:]
-        final = os.path.join(blob_dir, hexid)
-        os.replace(tmp_blob, final)
-        boot = extract_inline_bootstrap(final)
-        boot_path = os.path.join(boot_dir, hexid)
-        with open(boot_path, "wb") as f:
-            f.write(boot)
-        del res
-        return digest, size, boot_path
+                compressor=compressor, chunk_size=o.chunk_size,
+                prefetch_patterns=o.prefetch_patterns or ["/"], keep_tree=True))
+        digest, size = file_digest(tmp_blob)
+        os.replace(tmp_blob, os.path.join(blob_dir, digest[7:]))
+        assert res.tree is not None
+        # the blob id of a converted layer is its layer digest (interfaces §1.5)
+        blobs = ([replace(res.blob_info, blob_id=digest[7:], compressed_size=size)]
+                 if res.blob_info is not None else [])
+        return digest, size, MergeLayer(res.tree, blobs, o.chunk_size, compressor,
+                                        Digester.BLAKE3)
 
-    layers = [x for x in manifest.layers]
-    with ThreadPoolExecutor(max(1, min(o.parallel, len(layers) or 1))) as pool:
-        built = list(pool.map(one_layer, layers))
-    # merge: bootstrap (all layers) and bootstrap-parent (all but the top one)
-    boot_path = os.path.join(dst_dir, "bootstrap")
-    sources = [b[2] for b in built]
-    sizes = [b[1] for b in built]
-    if sources:
-        merge(MergeOptions(sources, boot_path, blob_sizes=sizes,
-                           prefetch_patterns=o.prefetch_patterns))
-        if len(sources) > 1:
-            merge(MergeOptions(sources[:-1], os.path.join(dst_dir, "bootstrap-parent"),
-                               blob_sizes=sizes[:-1]))
-    else:
+    layers = list(manifest.layers)
+    if not layers:
         raise ConvertError(f"source image {o.source} has no layers")
+    with ThreadPoolExecutor(max(1, min(o.parallel, len(layers)))) as pool:
+        built = list(pool.map(one_layer, layers))
+    # bootstrap-parent (all layers but the top one), then bootstrap (all layers); merging
+    # changes the trees it stacks, so the parent merge works on copies
+    boot_path = os.path.join(dst_dir, "bootstrap")
+    if len(built) > 1:
+        merge_layers([copy.deepcopy(b[2]) for b in built[:-1]],
+                     os.path.join(dst_dir, "bootstrap-parent"))
+    merge_layers([b[2] for b in built], boot_path, o.prefetch_patterns)
     with open(boot_path, "rb") as f:
         bootstrap = f.read()
     # push blob layers
@@ -291,10 +288,10 @@ def _push_top(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference,
 
 
 def _have(path: str, digest: str) -> bool:
-    return os.path.exists(path) and _file_digest(path)[0] == digest
+    return os.path.exists(path) and file_digest(path)[0] == digest
 
 
-def _file_digest(path: str) -> tuple[str, int]:
+def file_digest(path: str) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:

@@ -219,7 +219,7 @@ class Descriptor:
     def to_json(self) -> JSONDict:
         out: JSONDict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         _put(out, "urls", self.urls)
-        _put(out, "annotations", self.annotations)
+        _put(out, "annotations", dict(sorted(self.annotations.items())))  # Go sorts map keys
         _put(out, "data", self.data)
         _put(out, "platform", self.platform.to_json() if self.platform else None)
         _put(out, "artifactType", self.artifact_type)
@@ -270,7 +270,7 @@ class _Document:
         _put(out, "artifactType", self.artifact_type)
         out.update(self._body())
         _put(out, "subject", self.subject.to_json() if self.subject else None)
-        _put(out, "annotations", self.annotations)
+        _put(out, "annotations", dict(sorted(self.annotations.items())))  # Go sorts map keys
         out.update(self.extra)
         return out
 
