@@ -175,6 +175,13 @@ def _not_yet(type_name: str, issue: str) -> BackendFactory:
 _builtin_loaded = False
 
 
+def _registry_backend(cfg: BackendConfig) -> BlobBackend:
+    # imported on use: the HTTP client stack is not needed by localfs mounts
+    from nydus.storage.registry import RegistryBackend
+
+    return RegistryBackend.from_config(cfg)
+
+
 def _load_builtin() -> None:
     global _builtin_loaded
     if _builtin_loaded:
@@ -183,9 +190,7 @@ def _load_builtin() -> None:
     from nydus.storage.localfs import LocalFsBackend
 
     _FACTORIES.setdefault("localfs", LocalFsBackend.from_config)
-    from nydus.storage.registry import RegistryBackend
-
-    _FACTORIES.setdefault("registry", RegistryBackend.from_config)
+    _FACTORIES.setdefault("registry", _registry_backend)
     for t in ("oss", "s3", "http-proxy", "localdisk"):
         _FACTORIES.setdefault(t, _not_yet(t, "not implemented"))
 
