@@ -10,16 +10,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
-from nydus.format.constants import (
-    FT_BLK,
-    FT_CHR,
-    FT_DIR,
-    FT_FIFO,
-    FT_REG,
-    FT_SOCK,
-    FT_SYMLINK,
-    FT_UNKNOWN,
-)
+from nydus.format.constants import file_type_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +50,7 @@ class InodeData:
 
     @property
     def file_type(self) -> int:
-        fmt = stat.S_IFMT(self.mode)
-        return {
-            stat.S_IFREG: FT_REG, stat.S_IFDIR: FT_DIR, stat.S_IFCHR: FT_CHR,
-            stat.S_IFBLK: FT_BLK, stat.S_IFIFO: FT_FIFO, stat.S_IFSOCK: FT_SOCK,
-            stat.S_IFLNK: FT_SYMLINK,
-        }.get(fmt, FT_UNKNOWN)
+        return file_type_of(self.mode)
 
 
 @dataclass(slots=True, eq=False)

@@ -13,18 +13,7 @@ import struct
 from functools import lru_cache
 
 from nydus.errors import FormatError
-from nydus.format.constants import (
-    FT_BLK,
-    FT_CHR,
-    FT_DIR,
-    FT_FIFO,
-    FT_REG,
-    FT_SOCK,
-    FT_SYMLINK,
-    FT_UNKNOWN,
-    MAX_NAME_LEN,
-    SuperFlags,
-)
+from nydus.format.constants import FT_UNKNOWN, MAX_NAME_LEN, SuperFlags, file_type_of
 from nydus.format.rafs import Attr, ChunkRef, DirEntry, flags_compressor, flags_digester
 from nydus.format.v5 import (
     V5_INODE_XATTR,
@@ -38,21 +27,6 @@ from nydus.format.v5 import (
 from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
 
 CHUNK_INFO_SIZE = 80
-
-_FT_OF_FMT = {
-    stat.S_IFREG: FT_REG,
-    stat.S_IFDIR: FT_DIR,
-    stat.S_IFCHR: FT_CHR,
-    stat.S_IFBLK: FT_BLK,
-    stat.S_IFIFO: FT_FIFO,
-    stat.S_IFSOCK: FT_SOCK,
-    stat.S_IFLNK: FT_SYMLINK,
-}
-
-
-def file_type_of(mode: int) -> int:
-    return _FT_OF_FMT.get(stat.S_IFMT(mode), FT_UNKNOWN)
-
 
 class RafsV5Super:
     """The `RafsSuper` protocol for a RAFS v5 bootstrap."""
