@@ -182,7 +182,7 @@ def write_bootstrap(root: Node, blobs: list[BlobInfo], opts: BootstrapOptions,
         chunk_table_size=80 * len(chunk_table),
         prefetch_table_offset=pt_off if prefetch_size else 0,
         prefetch_table_size=prefetch_size)
-    inos = root.inode and _count_entries(root)
+    inos = _count_entries(root)
     sb = SuperBlock(root_nid=order[0].nid, inos=inos,
                     blocks=sum(b.uncompressed_size // BLOCK_SIZE for b in blobs),
                     meta_blkaddr=meta_blkaddr, extra_devices=nblobs)
@@ -262,7 +262,6 @@ def _number_inodes(root: Node, recs: dict[int, _Rec]) -> None:
             if child.children is not None:
                 subdirs.append(child)
         stack.extend(reversed(subdirs))
-    root.inode  # noqa: B018 - root keeps ino 1
 
 
 def _count_entries(root: Node) -> int:
