@@ -223,7 +223,8 @@ def _remove(p: Path) -> None:
 class NydusMount:
     """Fetch manifest, config and bootstrap layer from ``host``; run nydusd on them."""
 
-    def __init__(self, base: Path, host: str, conv: Converted, *, threads: int = 4) -> None:
+    def __init__(self, base: Path, host: str, conv: Converted, *, threads: int = 4,
+                 amplify_io: int | None = None) -> None:
         from nydus.oci.registry import RegistryClient
 
         self.base = base
@@ -247,6 +248,8 @@ class NydusMount:
             "scheme": "http", "host": host, "repo": conv.repo}},
             "cache": {"type": "blobcache", "config": {"work_dir": str(base / "cache")}}},
             "mode": "direct", "digest_validate": False}
+        if amplify_io is not None:
+            cfg["amplify_io"] = amplify_io
         (base / "cache").mkdir()
         (base / "config.json").write_text(json.dumps(cfg))
         self.sock = base / "api.sock"
