@@ -293,12 +293,43 @@ class ChunkDevice:
                     continue
             results[key] = data
         if owned:
-            self._fetch_owned(owned, prefetch)
+            # amplified chunks only go to the caches: a failure among them does not fail
+            # this read (it fails whoever reads that chunk later)
+            self._fetch_owned(self._amplify(owned) if kind == "read" else owned, prefetch)
         for key, _m, _d, fut in owned:
             results[key] = fut.result()
         for key, fut in waits:
             results[key] = fut.result()
         return results
+
+    def _amplify(self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]
+                 ) -> list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]:
+        """Read amplification (`amplify_io` / `rafs.batch_size`): after each chunk a read
+        fetches, also take the chunks that follow it in the blob while the whole range stays
+        within `batch_size`, stopping at the first one already at hand. They are stored in
+        the caches, so reading the next small files costs no extra backend request."""
+        out = list(owned)
+        taken = {item[0] for item in owned}
+        for key, meta, desc, _fut in owned:
+            chunks = meta.chunks
+            if chunks is None:
+                continue
+            for nxt in chunks[desc.index + 1:]:
+                nkey = (key[0], nxt.index)
+                if nkey in taken:
+                    continue
+                if nxt.compressed_end - desc.compressed_offset > self.batch_size or \
+                        (self.validate and nxt.digest is None):
+                    break
+                with self._inflight_lock:
+                    if nkey in self._inflight or self._lru.get(nkey) is not None or \
+                            self._cache_ready(nkey, nxt):
+                        break
+                    fut: Future[bytes] = Future()
+                    self._inflight[nkey] = fut
+                out.append((nkey, meta, nxt, fut))
+                taken.add(nkey)
+        return out
 
     def _from_cache(self, key: Key, meta: BlobMeta, desc: ChunkDesc) -> bytes | None:
         cache = self.caches.get(key[0])
