@@ -46,7 +46,8 @@ def test_reading_one_small_file_fetches_a_tiny_part_of_the_image(large, registry
     after = read_amount(d)
     fetched = after["read_amount_total"]
     assert after["read_errors"] == 0
-    assert 0 < fetched - at_mount["read_amount_total"] < 64 * 1024  # the file's own chunk
+    # the file's own chunk plus what read amplification (amplify_io, 1 MiB) takes after it
+    assert 0 < fetched - at_mount["read_amount_total"] <= (1 << 20) + 64 * 1024
     assert fetched < 0.05 * large["blob_bytes"], (fetched, large["blob_bytes"])
     assert after["read_count"] - at_mount["read_count"] == 1
 

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, ClassVar
 
 from nydus.builder.tree import Chunk
 from nydus.errors import BuildError
@@ -58,9 +58,7 @@ def _work(digester: Digester, compressor: Compressor, data: bytes) -> tuple[byte
     return digest, stored, compressed
 
 
-def _work_path(digester: Digester, compressor: Compressor, path: bytes, offset: int,
-               size: int) -> tuple[bytes, bytes, bool]:
-    """Read one chunk of a file (in the worker, so reads overlap) and process it."""
+def _read_chunk(path: bytes, offset: int, size: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -74,7 +72,23 @@ def _work_path(digester: Digester, compressor: Compressor, path: bytes, offset: 
             os.close(fd)
     except OSError as exc:
         raise BuildError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
-    return _work(digester, compressor, data)
+    return data
+
+
+# a task is (data or None, path, offset, size): data in memory, or a file range to read
+_Task = tuple[bytes | None, bytes, int, int]
+
+
+def _work_batch(digester: Digester, compressor: Compressor, tasks: list[_Task]
+                ) -> list[tuple[bytes, bytes, bool]]:
+    """Read (when given a path), digest and compress a batch of chunks in a worker: one
+    job per batch keeps the per-chunk overhead of many small files low."""
+    out = []
+    for data, path, offset, size in tasks:
+        if data is None:
+            data = _read_chunk(path, offset, size)
+        out.append(_work(digester, compressor, data))
+    return out
 
 
 class _OutputThread:
@@ -127,10 +141,8 @@ class _OutputThread:
 
 @dataclass(slots=True)
 class _Pending:
-    future: "Future[tuple[bytes, bytes, bool]]"
-    size: int
-    target: list[Chunk | None]
-    pos: int
+    future: "Future[list[tuple[bytes, bytes, bool]]]"
+    places: list[tuple[int, list[Chunk | None], int]]  # (size, target list, position)
 
 
 @dataclass
@@ -153,6 +165,12 @@ class BlobWriter:
     _metas: list[ChunkMeta] = field(default_factory=list)
     _digests: list[bytes] = field(default_factory=list)
     _pending: deque[_Pending] = field(default_factory=deque)
+    _batch: list[_Task] = field(default_factory=list)
+    _places: list[tuple[int, list[Chunk | None], int]] = field(default_factory=list)
+    _batch_bytes: int = 0
+
+    BATCH_BYTES: ClassVar[int] = 1 << 20
+    BATCH_TASKS: ClassVar[int] = 64
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunk")
@@ -166,11 +184,7 @@ class BlobWriter:
         target: list[Chunk | None] = [None] * n
         for i in range(n):
             want = min(self.chunk_size, size - i * self.chunk_size)
-            data = _read_exact(read, want)
-            fut = self._pool.submit(_work, self.digester, self.compressor, data)
-            self._pending.append(_Pending(fut, want, target, i))
-            while len(self._pending) > self._window:
-                self._drain_one()
+            self._queue((_read_exact(read, want), b"", 0, want), target, i)
         return target
 
     def add_path(self, path: bytes, size: int) -> list[Chunk | None]:
@@ -179,14 +193,27 @@ class BlobWriter:
         target: list[Chunk | None] = [None] * n
         for i in range(n):
             off = i * self.chunk_size
-            want = min(self.chunk_size, size - off)
-            fut = self._pool.submit(_work_path, self.digester, self.compressor, path, off, want)
-            self._pending.append(_Pending(fut, want, target, i))
-            while len(self._pending) > self._window:
-                self._drain_one()
+            self._queue((None, path, off, min(self.chunk_size, size - off)), target, i)
         return target
 
+    def _queue(self, task: _Task, target: list[Chunk | None], pos: int) -> None:
+        self._batch.append(task)
+        self._places.append((task[3], target, pos))
+        self._batch_bytes += task[3]
+        if self._batch_bytes >= self.BATCH_BYTES or len(self._batch) >= self.BATCH_TASKS:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        fut = self._pool.submit(_work_batch, self.digester, self.compressor, self._batch)
+        self._pending.append(_Pending(fut, self._places))
+        self._batch, self._places, self._batch_bytes = [], [], 0
+        while len(self._pending) > self._window:
+            self._drain_one()
+
     def flush(self) -> None:
+        self._submit()
         while self._pending:
             self._drain_one()
         if self._writer is not None:
@@ -194,32 +221,41 @@ class BlobWriter:
 
     def _drain_one(self) -> None:
         p = self._pending.popleft()
-        digest, stored, compressed = p.future.result()
-        hit = self.dedup.get(digest)
-        if hit is not None and hit.uncompressed_size == p.size:
-            p.target[p.pos] = hit
-            return
-        if self.compressor is Compressor.NONE:
-            # identity layout: compressed offset == uncompressed offset
-            self._write(b"\0" * (self._upos - self._pos))
-        chunk = Chunk(digest, self.blob_index, len(self._metas), self._upos, p.size,
-                      self._pos, len(stored), compressed)
-        self._write(stored)
-        self._metas.append(ChunkMeta(chunk.uncompressed_offset, p.size, chunk.compressed_offset,
-                                     len(stored), compressed))
-        self._digests.append(digest)
-        self._upos += align(p.size, BLOCK_SIZE)
-        self.dedup[digest] = chunk
-        p.target[p.pos] = chunk
+        out: list[bytes] = []
+        for (size, target, pos), (digest, stored, compressed) in zip(p.places, p.future.result()):
+            hit = self.dedup.get(digest)
+            if hit is not None and hit.uncompressed_size == size:
+                target[pos] = hit
+                continue
+            if self.compressor is Compressor.NONE and self._upos > self._pos:
+                # identity layout: compressed offset == uncompressed offset
+                out.append(b"\0" * (self._upos - self._pos))
+                self._pos = self._upos
+            chunk = Chunk(digest, self.blob_index, len(self._metas), self._upos, size,
+                          self._pos, len(stored), compressed)
+            out.append(stored)
+            self._pos += len(stored)
+            self._metas.append(ChunkMeta(chunk.uncompressed_offset, size,
+                                         chunk.compressed_offset, len(stored), compressed))
+            self._digests.append(digest)
+            self._upos += align(size, BLOCK_SIZE)
+            self.dedup[digest] = chunk
+            target[pos] = chunk
+        if out:
+            self._emit(b"".join(out))
 
     def _write(self, data: bytes, hashed: bool = True) -> None:
+        self._emit(data, hashed)
+        self._pos += len(data)
+
+    def _emit(self, data: bytes, hashed: bool = True) -> None:
+        """Hand bytes already accounted in `_pos` to the output thread."""
         if not data:
             return
         if self._writer is None:
             self._out = self.opener()
             self._writer = _OutputThread(self._out, self._hash)
         self._writer.put(data, hashed)
-        self._pos += len(data)
 
     def _sync(self) -> None:
         if self._writer is not None:

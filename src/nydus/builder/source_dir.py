@@ -111,6 +111,4 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
 def _add_file(writer: BlobWriter | None, path: bytes, data: InodeData) -> None:
     if data.size == 0 or writer is None:
         return
-    if not os.access(path, os.R_OK):
-        raise BuildError(f"cannot read {os.fsdecode(path)}: Permission denied")
     data.chunks = writer.add_path(path, data.size)  # type: ignore[assignment]
