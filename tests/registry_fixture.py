@@ -204,24 +204,42 @@ def start_registry(workdir: Path, *, htpasswd: dict[str, str] | None = None,
         port = free_port()
         config = workdir / "config.yml"
         config.write_text(_config(root, port, passwd_path, token))
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-        def stop(proc: subprocess.Popen[bytes] = proc) -> None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
+        proc, stop = serve(config, log_path, append=False)
         if _wait_ready(f"http://127.0.0.1:{port}/v2/", proc, timeout):
             return RunningRegistry(f"127.0.0.1:{port}", root, log_path, stop)
         stop()
         last_error = log_path.read_text(errors="replace")[-2000:]
     raise RuntimeError(f"docker-registry did not start: {last_error}")
+
+
+def serve(config: Path, log_path: Path, append: bool = True
+          ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+    """Run `docker-registry serve CONFIG`; return the process and a stop callable."""
+    with open(log_path, "ab" if append else "wb") as log:
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    return proc, stop
+
+
+def restart_registry(old: RunningRegistry, timeout: float = 15.0) -> RunningRegistry:
+    """Start docker-registry again with the config (same port, same storage) of `old`."""
+    port = old.host.rsplit(":", 1)[1]
+    proc, stop = serve(old.root.parent / "config.yml", old.log_path)
+    if not _wait_ready(f"http://127.0.0.1:{port}/v2/", proc, timeout):
+        stop()
+        raise AssertionError("docker-registry did not restart: "
+                             + old.log_path.read_text(errors="replace")[-2000:])
+    return RunningRegistry(old.host, old.root, old.log_path, stop)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:

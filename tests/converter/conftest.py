@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.daemon.conftest import Daemon, api_client, is_mounted, nydusd  # noqa: F401  (fixture)
-from tests.registry_fixture import REGISTRY_BIN, RunningRegistry, _wait_ready, start_registry
+from tests.registry_fixture import REGISTRY_BIN, RunningRegistry, start_registry
 
 NYDUSIFY = str(Path(sys.executable).parent / "nydusify")
 LOG_LINE = re.compile(r"^(INFO|WARN|ERRO|DEBU|FATA)\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d\] ")
@@ -57,30 +57,6 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningR
     r = start_registry(tmp_path_factory.mktemp("auth-registry"), htpasswd={USER: PASSWORD})
     yield r
     r.stop()
-
-
-def restart_registry(old: RunningRegistry, timeout: float = 15.0) -> RunningRegistry:
-    """Start docker-registry again with the config (same port, same storage) of `old`."""
-    config = old.root.parent / "config.yml"
-    port = old.host.rsplit(":", 1)[1]
-    with open(old.log_path, "ab") as log:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def stop(proc: subprocess.Popen[bytes] = proc) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    if not _wait_ready(f"http://127.0.0.1:{port}/v2/", proc, timeout):
-        stop()
-        raise AssertionError("docker-registry did not restart: "
-                             + old.log_path.read_text(errors="replace")[-2000:])
-    return RunningRegistry(old.host, old.root, old.log_path, stop)
 
 
 def docker_config(directory: Path, host: str, user: str, password: str) -> Path:

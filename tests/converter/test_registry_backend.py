@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from tests.converter.conftest import convert, read_amount, registry_config, restart_registry
+from tests.converter.conftest import convert, read_amount, registry_config
+from tests.registry_fixture import restart_registry
 from tests.converter.images import Layout, large_layers, make_image, push
 from tests.helpers.layers import D, F
 from tests.registry_fixture import start_registry
