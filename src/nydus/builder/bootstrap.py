@@ -227,7 +227,7 @@ def _collect(root: Node, opts: BootstrapOptions) -> tuple[dict[int, _Rec], list[
         order.append(rec)
         return rec
 
-    queue = [(root, None)]
+    queue: list[tuple[Node, _Rec | None]] = [(root, None)]
     head = 0
     while head < len(queue):
         node, parent = queue[head]

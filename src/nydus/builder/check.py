@@ -79,7 +79,7 @@ def check_bootstrap(sb: RafsSuper) -> CheckReport:
         keys = [(c.digest, c.blob_index) for c in table]
         if keys != sorted(keys):
             raise FormatError("chunk table is not sorted by digest")
-        for c in table:
-            if c.blob_index >= len(sb.blobs):
-                raise FormatError(f"chunk table refers to blob {c.blob_index}")
+        for rec in table:
+            if rec.blob_index >= len(sb.blobs):
+                raise FormatError(f"chunk table refers to blob {rec.blob_index}")
     return CheckReport(sb.version, sb.flags, len(seen), entries, list(sb.blobs))

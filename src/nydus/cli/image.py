@@ -107,7 +107,7 @@ def _output_json(path: str | None, bootstrap: str | None, blobs: list[str],
         return
     from nydus.builder.output import write_atomic
 
-    doc = {"version": f"{__version__}-none", "bootstrap": bootstrap, "blobs": blobs,
+    doc: dict[str, object] = {"version": f"{__version__}-none", "bootstrap": bootstrap, "blobs": blobs,
            "external_bootstrap": None, "external_blobs": [], "trace": {}, "fs_version": "6",
            "compressor": {"none": "None", "lz4_block": "Lz4Block", "zstd": "Zstd"}.get(
                compressor, compressor)}

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -340,13 +341,12 @@ class _layer_stream:  # noqa: N801 - context manager
     def __init__(self, path: str, media_type: str) -> None:
         self.path, self.media_type = path, media_type
         self.fifo: str | None = None
-        self.thread = None
+        self.thread: threading.Thread | None = None
 
     def __enter__(self) -> str:
         if not self.media_type.endswith("+zstd"):
             return self.path
         import tempfile
-        import threading
 
         import zstandard
 

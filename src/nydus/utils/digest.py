@@ -26,7 +26,7 @@ class Digester(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
-    def hasher(self) -> Callable[[bytes], bytes]:
+    def hasher(self) -> Callable[[bytes | memoryview], bytes]:
         return _blake3 if self is Digester.BLAKE3 else _sha256
 
     def digest(self, data: bytes | memoryview) -> bytes:
