@@ -71,7 +71,10 @@ def test_read_only_and_errnos(ops):
     assert _errno(ops.mkdir, 1, b"d", 0o755, None) == errno.EROFS
     assert _errno(ops.setattr, 133, None, None, None, None) == errno.EROFS
     assert _errno(ops.access, 133, os.W_OK, None) == errno.EROFS
-    assert _errno(ops.lookup, pyfuse3.ROOT_INODE, b"missing") == errno.ENOENT
+    # a missing name is a negative entry (st_ino 0) the kernel caches: the image never changes
+    neg = trio.run(ops.lookup, pyfuse3.ROOT_INODE, b"missing")
+    assert neg.st_ino == 0 and neg.entry_timeout > 0
+    assert _errno(ops.lookup, 133, b"x") == errno.ENOTDIR
     assert _errno(ops.getxattr, 133, b"user.x") == errno.ENODATA
     assert _errno(ops.readlink, 133) == errno.EINVAL
     assert _errno(ops.read, 128, 0, 10) == errno.EISDIR

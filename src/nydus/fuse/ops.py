@@ -93,7 +93,16 @@ class RafsOperations(pyfuse3.Operations):
 
     # ---- metadata ----------------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        a = self._call(self.fs.lookup, self._ino(parent_inode), name)
+        try:
+            a = self._call(self.fs.lookup, self._ino(parent_inode), name)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # the image never changes: let the kernel cache the name's absence (st_ino 0)
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = self.timeout
+            return neg
         return self._entry(a)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
