@@ -336,14 +336,23 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _mmdebstrap(target: Path, include: list[str], log: Log) -> None:
+def _fresh(target: Path, log: Log) -> Path | None:
+    """None when `target` was built before (its `.done` marker exists); else a clean
+    temporary path to build it in."""
     if target.is_dir() and (target.parent / (target.name + ".done")).exists():
         log(f"  using cached {target}")
-        return
+        return None
     tmp = target.with_name(target.name + ".tmp")
     for p in (tmp, target):
         if p.exists():
             shutil.rmtree(p)
+    return tmp
+
+
+def _mmdebstrap(target: Path, include: list[str], log: Log) -> None:
+    tmp = _fresh(target, log)
+    if tmp is None:
+        return
     cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet"]
     if include:
         cmd.append("--include=" + ",".join(include))
@@ -356,13 +365,9 @@ def _mmdebstrap(target: Path, include: list[str], log: Log) -> None:
 
 
 def _pip_target(target: Path, packages: list[str], log: Log) -> None:
-    if target.is_dir() and (target.parent / (target.name + ".done")).exists():
-        log(f"  using cached {target}")
+    tmp = _fresh(target, log)
+    if tmp is None:
         return
-    tmp = target.with_name(target.name + ".tmp")
-    for p in (tmp, target):
-        if p.exists():
-            shutil.rmtree(p)
     cmd = [shutil.which("pip3") or "pip3", "install", "--quiet", "--disable-pip-version-check",
            "--target", str(tmp), "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
            "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:", *packages]

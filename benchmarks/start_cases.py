@@ -47,6 +47,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from images import MB, PY_WORKLOAD, Converted, Image, NotAvailable, Session  # noqa: E402
+from nydusd_cases import drop_caches  # noqa: E402
 from throttle import ThrottleProxy  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -69,16 +70,6 @@ def image_name(ctx: Any, big: str) -> str:
 
 
 # -- small helpers -------------------------------------------------------------------------------------
-
-
-def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _sh(*cmd: str) -> None:
