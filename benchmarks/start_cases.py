@@ -403,15 +403,23 @@ def needed_chunks(img: Image, oci_root: Path, bootstrap: Path, strace_log: Path 
 # -- cases -------------------------------------------------------------------------------------------------
 
 
-def case_start(ctx: Any, row_cls: type) -> list[Any]:
-    name = image_name(ctx, "debian")
+def _prepare(ctx: Any, row_cls: type, case: str, image: str) -> tuple[str, Any, Any, Any] | list[Any]:
+    """(name, session, image, zstd conversion) of a case's image, or its "not run" rows."""
+    name = image_name(ctx, image)
     try:
         sess = session(ctx)
         img = sess.image(name)
     except NotAvailable as exc:
-        return [failed_row(row_cls, "start", f"start {k}", k, "skipped", f"not run: {exc}")
+        return [failed_row(row_cls, case, f"{case} {k}", k, "skipped", f"not run: {exc}")
                 for k in ("OCI", "Nydus")]
-    conv = sess.convert(name, "zstd")
+    return name, sess, img, sess.convert(name, "zstd")
+
+
+def case_start(ctx: Any, row_cls: type) -> list[Any]:
+    prepared = _prepare(ctx, row_cls, "start", "debian")
+    if isinstance(prepared, list):
+        return prepared
+    name, sess, img, conv = prepared
     base = ctx.workdir / "run-start"
     rows: list[Any] = []
     accounting: dict[str, int] | None = None
@@ -475,14 +483,10 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
 
 
 def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
-    name = image_name(ctx, "debian")
-    try:
-        sess = session(ctx)
-        img = sess.image(name)
-    except NotAvailable as exc:
-        return [failed_row(row_cls, "read-all", f"read-all {k}", k, "skipped", f"not run: {exc}")
-                for k in ("OCI", "Nydus")]
-    conv = sess.convert(name, "zstd")
+    prepared = _prepare(ctx, row_cls, "read-all", "debian")
+    if isinstance(prepared, list):
+        return prepared
+    name, sess, img, conv = prepared
     base = ctx.workdir / "run-read-all"
     tar_cmd = "tar -C ROOT -cf - . | cat > /dev/null"
 
@@ -542,14 +546,10 @@ def _find(root: Path) -> int:
 
 
 def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
-    name = image_name(ctx, "smallfiles")
-    try:
-        sess = session(ctx)
-        img = sess.image(name)
-    except NotAvailable as exc:
-        return [failed_row(row_cls, "metadata", f"metadata {k}", k, "skipped", f"not run: {exc}")
-                for k in ("OCI", "Nydus")]
-    conv = sess.convert(name, "zstd")
+    prepared = _prepare(ctx, row_cls, "metadata", "smallfiles")
+    if isinstance(prepared, list):
+        return prepared
+    name, sess, img, conv = prepared
     base = ctx.workdir / "run-metadata"
     _rmtree(base)
     ctx.log("metadata: OCI pull + unpack (not timed)")

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from tests.oci.layout import manifest_json
 from tests.helpers.layers import DEFAULT_MTIME, D, F, H, L, Member, layer_bytes, opaque, three_layer_members, whiteout
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 def sha256(data: bytes) -> str:
@@ -77,14 +76,7 @@ def make_image(layers: Sequence[Sequence[Member]], *, arch: str = "amd64", level
         "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
                     for i in range(len(blobs))],
     }, separators=(",", ":")).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": sha256(b), "size": len(b)}
-                   for b in blobs],
-    }, indent=2).encode()
-    return Image(manifest, config, blobs, diff_ids, arch)
+    return Image(manifest_json(config, blobs), config, blobs, diff_ids, arch)
 
 
 @dataclass

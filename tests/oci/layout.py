@@ -67,14 +67,18 @@ def make_image(layer_files: list[dict[str, bytes]], arch: str = "amd64") -> Imag
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
     }, separators=(",", ":")).encode()
-    manifest = json.dumps({
+    return Image(manifest_json(config, layers), config, layers)
+
+
+def manifest_json(config: bytes, layers: list[bytes]) -> bytes:
+    """An OCI manifest of gzip tar layers for these config and layer bytes."""
+    return json.dumps({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
         "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": sha256(b), "size": len(b)}
                    for b in layers],
     }, indent=2).encode()
-    return Image(manifest, config, layers)
 
 
 def write_layout(directory: Path, image: Image, tag: str) -> None:
