@@ -74,8 +74,12 @@ def _images(ctx: Any) -> dict[str, dict[str, Any]]:
     out = {}
     for name, image, probe in (("small", small, "etc/motd"), ("large", large, smalls[0])):
         push(layout, name, f"{reg.host}/src:{name}")
-        out[name] = {"source": f"{reg.host}/src:{name}", "bytes": image.compressed_size,
-                     "layers": len(image.layers), "probe": probe}
+        out[name] = {
+            "source": f"{reg.host}/src:{name}",
+            "bytes": image.compressed_size,
+            "layers": len(image.layers),
+            "probe": probe,
+        }
     shutil.rmtree(base / "layout", ignore_errors=True)
     _state["images"] = out
     return out
@@ -93,11 +97,26 @@ def case_convert(ctx: Any, row_cls: type) -> list[Any]:
             shutil.rmtree(work.parent / f"{name}-{i}", ignore_errors=True)
             work.mkdir(parents=True)
             target = f"{reg.host}/bench-{name}-{i}-{time.monotonic_ns()}:nydus"
-            ctx.log(f"convert: nydusify convert {name} image ({facts['bytes'] / MB:.1f} MB), "
-                    f"run {i + 1}/{ctx.repeat}")
-            m = run_measured([NYDUSIFY, "convert", "--source", facts["source"], "--target",
-                              target, "--source-insecure", "--target-insecure", "--work-dir",
-                              str(work / "tmp")], cwd=work, timeout=3600)
+            ctx.log(
+                f"convert: nydusify convert {name} image ({facts['bytes'] / MB:.1f} MB), "
+                f"run {i + 1}/{ctx.repeat}"
+            )
+            m = run_measured(
+                [
+                    NYDUSIFY,
+                    "convert",
+                    "--source",
+                    facts["source"],
+                    "--target",
+                    target,
+                    "--source-insecure",
+                    "--target-insecure",
+                    "--work-dir",
+                    str(work / "tmp"),
+                ],
+                cwd=work,
+                timeout=3600,
+            )
             runs.append(m)
             if m.returncode != 0:
                 break
@@ -105,32 +124,45 @@ def case_convert(ctx: Any, row_cls: type) -> list[Any]:
             out_bytes = sum(p.stat().st_size for p in (dst / "blobs").iterdir())
             out_bytes += (dst / "bootstrap").stat().st_size
             if name == "large" and "large" not in _state:
-                _state["large"] = {"target": target, "bootstrap": dst / "bootstrap",
-                                   "repo": target.split("/", 1)[1].split(":")[0],
-                                   "blob_bytes": out_bytes, **facts}
+                _state["large"] = {
+                    "target": target,
+                    "bootstrap": dst / "bootstrap",
+                    "repo": target.split("/", 1)[1].split(":")[0],
+                    "blob_bytes": out_bytes,
+                    **facts,
+                }
             elif i + 1 < ctx.repeat:
                 shutil.rmtree(work, ignore_errors=True)
-        row = _to_row(row_cls, "nydusify-convert", f"convert {name} image", runs,
-                      facts["bytes"], out_bytes)
+        row = _to_row(
+            row_cls, "nydusify-convert", f"convert {name} image", runs, facts["bytes"], out_bytes
+        )
         row.extra.update({"layers": facts["layers"]})
         rows.append(row)
     return rows
 
 
-def _to_row(row_cls: type, case: str, name: str, runs: list[Any], input_bytes: int,
-            output_bytes: int) -> Any:
+def _to_row(
+    row_cls: type, case: str, name: str, runs: list[Any], input_bytes: int, output_bytes: int
+) -> Any:
     last = runs[-1]
     if last.returncode != 0:
         tail = (last.stderr.strip().splitlines() or ["(no stderr)"])[-1]
-        return row_cls(case, name, "nydusify", status="failed",
-                       detail=f"exit {last.returncode}: {tail}")
+        return row_cls(
+            case, name, "nydusify", status="failed", detail=f"exit {last.returncode}: {tail}"
+        )
     secs = sorted(m.seconds for m in runs)[len(runs) // 2]
-    return row_cls(case, name, "nydusify", seconds=round(secs, 3), input_bytes=input_bytes,
-                   mb_per_s=round(input_bytes / MB / secs, 2) if secs > 0 else 0.0,
-                   peak_rss_mib=round(max(m.maxrss_bytes for m in runs) / MIB, 1),
-                   output_bytes=output_bytes,
-                   ratio=round(output_bytes / input_bytes, 4) if input_bytes else 0.0,
-                   extra={"runs_seconds": [round(m.seconds, 3) for m in runs]})
+    return row_cls(
+        case,
+        name,
+        "nydusify",
+        seconds=round(secs, 3),
+        input_bytes=input_bytes,
+        mb_per_s=round(input_bytes / MB / secs, 2) if secs > 0 else 0.0,
+        peak_rss_mib=round(max(m.maxrss_bytes for m in runs) / MIB, 1),
+        output_bytes=output_bytes,
+        ratio=round(output_bytes / input_bytes, 4) if input_bytes else 0.0,
+        extra={"runs_seconds": [round(m.seconds, 3) for m in runs]},
+    )
 
 
 class _Mount:
@@ -143,17 +175,40 @@ class _Mount:
         base.mkdir(parents=True)
         self.mnt, self.sock = base / "mnt", base / "api.sock"
         self.mnt.mkdir()
-        cfg = {"device": {"backend": {"type": "registry", "config": {
-            "scheme": "http", "host": host, "repo": repo}}}, "mode": "direct",
-            "digest_validate": True}
+        cfg = {
+            "device": {
+                "backend": {
+                    "type": "registry",
+                    "config": {"scheme": "http", "host": host, "repo": repo},
+                }
+            },
+            "mode": "direct",
+            "digest_validate": True,
+        }
         (base / "registry.json").write_text(json.dumps(cfg))
         self.log = open(base / "nydusd.log", "wb")
         self.proc = subprocess.Popen(
-            [NYDUSD, "--config", str(base / "registry.json"), "--mountpoint", str(self.mnt),
-             "--bootstrap", str(bootstrap), "--apisock", str(self.sock), "--log-level", "warn"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)),
-                                 base_url="http://localhost", timeout=10)
+            [
+                NYDUSD,
+                "--config",
+                str(base / "registry.json"),
+                "--mountpoint",
+                str(self.mnt),
+                "--bootstrap",
+                str(bootstrap),
+                "--apisock",
+                str(self.sock),
+                "--log-level",
+                "warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.sock)),
+            base_url="http://localhost",
+            timeout=10,
+        )
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -188,8 +243,15 @@ def case_lazy(ctx: Any, row_cls: type) -> list[Any]:
         case_convert(ctx, row_cls)  # converts the images (rows dropped: run it for them)
     large = _state.get("large")
     if large is None:
-        return [row_cls("nydusify-lazy", "cold read 1 small file", "nydusd", status="failed",
-                        detail="the large image did not convert")]
+        return [
+            row_cls(
+                "nydusify-lazy",
+                "cold read 1 small file",
+                "nydusd",
+                status="failed",
+                detail="the large image did not convert",
+            )
+        ]
     reg = _registry(ctx)
     rows = []
     m = _Mount(ctx.workdir / "convert-mount", reg.host, large["repo"], large["bootstrap"])
@@ -202,13 +264,26 @@ def case_lazy(ctx: Any, row_cls: type) -> list[Any]:
         fetched = after["read_amount_total"] - at_mount["read_amount_total"]
         requests = after["read_count"] - at_mount["read_count"]
         total = large["blob_bytes"]
-        rows.append(row_cls(
-            "nydusify-lazy", "cold read 1 small file", "nydusd", seconds=round(secs, 4),
-            input_bytes=total, output_bytes=fetched, ratio=round(fetched / total, 6),
-            detail=f"{size}-byte file: {fetched} bytes in {requests} range requests",
-            extra={"file_bytes": size, "fetched_bytes": fetched, "requests": requests,
-                   "mount_fetched_bytes": at_mount["read_amount_total"],
-                   "mount_requests": at_mount["read_count"], "image_blob_bytes": total}))
+        rows.append(
+            row_cls(
+                "nydusify-lazy",
+                "cold read 1 small file",
+                "nydusd",
+                seconds=round(secs, 4),
+                input_bytes=total,
+                output_bytes=fetched,
+                ratio=round(fetched / total, 6),
+                detail=f"{size}-byte file: {fetched} bytes in {requests} range requests",
+                extra={
+                    "file_bytes": size,
+                    "fetched_bytes": fetched,
+                    "requests": requests,
+                    "mount_fetched_bytes": at_mount["read_amount_total"],
+                    "mount_requests": at_mount["read_count"],
+                    "image_blob_bytes": total,
+                },
+            )
+        )
         t0 = time.monotonic()
         nbytes = nfiles = 0
         buf = bytearray(MIB)
@@ -220,18 +295,27 @@ def case_lazy(ctx: Any, row_cls: type) -> list[Any]:
                 nfiles += 1
         secs = time.monotonic() - t0
         done = m.backend()
-        rows.append(row_cls(
-            "nydusify-lazy", "read every file", "nydusd", seconds=round(secs, 3),
-            input_bytes=nbytes, mb_per_s=round(nbytes / MB / secs, 2) if secs else 0.0,
-            output_bytes=done["read_amount_total"],
-            ratio=round(done["read_amount_total"] / total, 4),
-            detail=f"{nfiles} files, {done['read_count']} range requests in all",
-            extra={"files": nfiles, "requests": done["read_count"]}))
+        rows.append(
+            row_cls(
+                "nydusify-lazy",
+                "read every file",
+                "nydusd",
+                seconds=round(secs, 3),
+                input_bytes=nbytes,
+                mb_per_s=round(nbytes / MB / secs, 2) if secs else 0.0,
+                output_bytes=done["read_amount_total"],
+                ratio=round(done["read_amount_total"] / total, 4),
+                detail=f"{nfiles} files, {done['read_count']} range requests in all",
+                extra={"files": nfiles, "requests": done["read_count"]},
+            )
+        )
     finally:
         m.stop()
     for r in rows:
-        ctx.log(f"  {r.name}: {r.detail}; {r.output_bytes} of {total} image bytes fetched "
-                f"({100 * r.output_bytes / total:.3f}%) in {r.seconds:.3f} s")
+        ctx.log(
+            f"  {r.name}: {r.detail}; {r.output_bytes} of {total} image bytes fetched "
+            f"({100 * r.output_bytes / total:.3f}%) in {r.seconds:.3f} s"
+        )
     return rows
 
 

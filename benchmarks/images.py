@@ -93,9 +93,11 @@ class Image:
         return sum(layer.tar_bytes for layer in self.layers)
 
     def summary(self) -> str:
-        return (f"{self.name}: {self.description}; {len(self.layers)} layers, "
-                f"{self.compressed / MB:.1f} MB gzip, {self.uncompressed / MB:.1f} MB tar, "
-                f"{self.files} files")
+        return (
+            f"{self.name}: {self.description}; {len(self.layers)} layers, "
+            f"{self.compressed / MB:.1f} MB gzip, {self.uncompressed / MB:.1f} MB tar, "
+            f"{self.files} files"
+        )
 
 
 # -- layer writing ---------------------------------------------------------------------------------
@@ -159,8 +161,15 @@ def write_layer(entries: Iterable[Entry], out: Path, what: str) -> Layer:
         while block := f.read(1 << 20):
             data.update(block)
     os.replace(tmp, out)
-    return Layer(str(out), "sha256:" + data.hexdigest(), "sha256:" + hw.sha.hexdigest(),
-                 out.stat().st_size, hw.n, count, what)
+    return Layer(
+        str(out),
+        "sha256:" + data.hexdigest(),
+        "sha256:" + hw.sha.hexdigest(),
+        out.stat().st_size,
+        hw.n,
+        count,
+        what,
+    )
 
 
 def walk_entries(root: Path, prefix: str = "") -> Iterator[Entry]:
@@ -258,25 +267,57 @@ def write_layout(layers: list[Layer], layout: Path, cmd: list[str]) -> None:
         target = blobs / layer.digest.split(":", 1)[1]
         if not target.exists():
             os.link(layer.file, target)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:"
-                                                        "/usr/sbin:/usr/bin:/sbin:/bin"]},
-                         "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in layers]},
-                         "history": [{"created_by": x.what} for x in layers]}).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Cmd": cmd,
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            },
+            "rootfs": {"type": "layers", "diff_ids": [x.diff_id for x in layers]},
+            "history": [{"created_by": x.what} for x in layers],
+        }
+    ).encode()
     cdig = hashlib.sha256(config).hexdigest()
     (blobs / cdig).write_bytes(config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": "sha256:" + cdig, "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": x.digest, "size": x.size} for x in layers]}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + cdig,
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": x.digest,
+                    "size": x.size,
+                }
+                for x in layers
+            ],
+        }
+    ).encode()
     mdig = hashlib.sha256(manifest).hexdigest()
     (blobs / mdig).write_bytes(manifest)
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + mdig,
-         "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + mdig,
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                    }
+                ],
+            }
+        )
+    )
 
 
 def _count_files(*roots: Path) -> int:
@@ -304,7 +345,9 @@ def _save(base: Path, img: Image) -> Image:
     return img
 
 
-def _run(cmd: list[str], log: Log, what: str, logfile: Path, env: dict[str, str] | None = None) -> None:
+def _run(
+    cmd: list[str], log: Log, what: str, logfile: Path, env: dict[str, str] | None = None
+) -> None:
     t0 = time.monotonic()
     with open(logfile, "wb") as out:
         r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -358,8 +401,13 @@ def _mmdebstrap(target: Path, include: list[str], log: Log) -> None:
         cmd.append("--include=" + ",".join(include))
     cmd += [SUITE, str(tmp), f"deb {debian_mirror()} {SUITE} main"]
     env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH)
-    _run(cmd, log, f"mmdebstrap {SUITE} minbase{' + ' + ','.join(include) if include else ''}",
-         target.parent / f"{target.name}.log", env)
+    _run(
+        cmd,
+        log,
+        f"mmdebstrap {SUITE} minbase{' + ' + ','.join(include) if include else ''}",
+        target.parent / f"{target.name}.log",
+        env,
+    )
     tmp.rename(target)
     (target.parent / (target.name + ".done")).write_text("ok\n")
 
@@ -368,10 +416,30 @@ def _pip_target(target: Path, packages: list[str], log: Log) -> None:
     tmp = _fresh(target, log)
     if tmp is None:
         return
-    cmd = [shutil.which("pip3") or "pip3", "install", "--quiet", "--disable-pip-version-check",
-           "--target", str(tmp), "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-           "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:", *packages]
-    _run(cmd, log, f"pip install --target ({', '.join(packages)})", target.parent / f"{target.name}.log")
+    cmd = [
+        shutil.which("pip3") or "pip3",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        str(tmp),
+        "--platform",
+        "manylinux2014_x86_64",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+        "--only-binary=:all:",
+        *packages,
+    ]
+    _run(
+        cmd,
+        log,
+        f"pip install --target ({', '.join(packages)})",
+        target.parent / f"{target.name}.log",
+    )
     shutil.rmtree(tmp / "bin", ignore_errors=True)  # console scripts point at the host python
     tmp.rename(target)
     (target.parent / (target.name + ".done")).write_text("ok\n")
@@ -398,24 +466,42 @@ def prepare_debian(workdir: Path, log: Log) -> Image:
     layers_dir = base / "layers"
     layers_dir.mkdir(exist_ok=True)
     t0 = time.monotonic()
-    l1 = write_layer(walk_entries(minbase), layers_dir / "1-minbase.tar.gz",
-                     f"mmdebstrap --variant=minbase {SUITE}")
+    l1 = write_layer(
+        walk_entries(minbase),
+        layers_dir / "1-minbase.tar.gz",
+        f"mmdebstrap --variant=minbase {SUITE}",
+    )
     entries, changed, removed = diff_entries(minbase, py)
     log(f"  layer 2 = diff minbase -> +python3: {changed} changed/added, {removed} removed")
-    l2 = write_layer(entries, layers_dir / "2-python3.tar.gz",
-                     f"mmdebstrap --variant=minbase --include=python3 {SUITE} (diff)")
+    l2 = write_layer(
+        entries,
+        layers_dir / "2-python3.tar.gz",
+        f"mmdebstrap --variant=minbase --include=python3 {SUITE} (diff)",
+    )
     app_dir = tarfile.TarInfo("app")
     app_dir.type, app_dir.mode, app_dir.mtime = tarfile.DIRTYPE, 0o755, int(EPOCH)
-    l3 = write_layer([("app", None, app_dir), *walk_entries(app, "app")],
-                     layers_dir / "3-app.tar.gz", "pip install --target /app " + " ".join(PIP_PACKAGES))
-    l4 = write_layer(_deletions_layer(py), layers_dir / "4-deletions.tar.gz",
-                     "rm -rf /usr/share/{doc,man,info} /var/log/*; add /etc/motd, /app/BENCHMARK")
+    l3 = write_layer(
+        [("app", None, app_dir), *walk_entries(app, "app")],
+        layers_dir / "3-app.tar.gz",
+        "pip install --target /app " + " ".join(PIP_PACKAGES),
+    )
+    l4 = write_layer(
+        _deletions_layer(py),
+        layers_dir / "4-deletions.tar.gz",
+        "rm -rf /usr/share/{doc,man,info} /var/log/*; add /etc/motd, /app/BENCHMARK",
+    )
     log(f"  wrote 4 layers in {time.monotonic() - t0:.1f} s")
     layers = [l1, l2, l3, l4]
     write_layout(layers, base / "oci", ["/usr/bin/python3"])
     files = _count_files(py, app)
-    img = Image("debian", f"Debian {SUITE} minbase + python3 + /app ({', '.join(PIP_PACKAGES)})",
-                str(base / "oci"), layers, files, has_python=True)
+    img = Image(
+        "debian",
+        f"Debian {SUITE} minbase + python3 + /app ({', '.join(PIP_PACKAGES)})",
+        str(base / "oci"),
+        layers,
+        files,
+        has_python=True,
+    )
     log(f"  {img.summary()}")
     return _save(base, img)
 
@@ -472,12 +558,26 @@ def prepare_smallfiles(workdir: Path, log: Log) -> Image:
         sp.type, sp.mode, sp.mtime = tarfile.DIRTYPE, 0o755, int(EPOCH)
         top = tarfile.TarInfo(f"site/copy{i}")
         top.type, top.mode, top.mtime = tarfile.DIRTYPE, 0o755, int(EPOCH)
-        layers.append(write_layer([("site", None, sp), (f"site/copy{i}", None, top),
-                                   *walk_entries(app, f"site/copy{i}")],
-                                  base / "layers" / f"copy{i}.tar.gz", f"copy {i} of site-packages"))
+        layers.append(
+            write_layer(
+                [
+                    ("site", None, sp),
+                    (f"site/copy{i}", None, top),
+                    *walk_entries(app, f"site/copy{i}"),
+                ],
+                base / "layers" / f"copy{i}.tar.gz",
+                f"copy {i} of site-packages",
+            )
+        )
     write_layout(layers, base / "oci", ["/bin/sh"])
-    img = Image("smallfiles", f"{copies} x site-packages ({', '.join(PIP_PACKAGES)})",
-                str(base / "oci"), layers, per_copy * copies, has_python=False)
+    img = Image(
+        "smallfiles",
+        f"{copies} x site-packages ({', '.join(PIP_PACKAGES)})",
+        str(base / "oci"),
+        layers,
+        per_copy * copies,
+        has_python=False,
+    )
     log(f"  {img.summary()}")
     return _save(base, img)
 
@@ -497,8 +597,10 @@ def prepare_quick(workdir: Path, log: Log) -> Image:
         shutil.rmtree(base)
     src = base / "src"
     rng = random.Random(5)
-    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(500)]
+    words = [
+        bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(500)
+    ]
 
     def text(n: int) -> bytes:
         out = bytearray()
@@ -532,18 +634,28 @@ def prepare_quick(workdir: Path, log: Log) -> Image:
     (l3 / "app" / "pkg11" / ".wh..wh..opq").write_bytes(b"")
     (l3 / "app" / "pkg11" / "new.py").write_text("print('new')\n")
     (base / "layers").mkdir()
-    layers = [write_layer(walk_entries(d), base / "layers" / f"{d.name}.tar.gz", f"generated {d.name}")
-              for d in (l1, l2, l3)]
+    layers = [
+        write_layer(walk_entries(d), base / "layers" / f"{d.name}.tar.gz", f"generated {d.name}")
+        for d in (l1, l2, l3)
+    ]
     write_layout(layers, base / "oci", ["/bin/sh"])
-    img = Image("quick", "generated tree (no python)", str(base / "oci"), layers,
-                _count_files(l1, l2, l3), has_python=False, workload_files=workload)
+    img = Image(
+        "quick",
+        "generated tree (no python)",
+        str(base / "oci"),
+        layers,
+        _count_files(l1, l2, l3),
+        has_python=False,
+        workload_files=workload,
+    )
     log(f"  {img.summary()}")
     return _save(base, img)
 
 
 def prepare(name: str, workdir: Path, log: Log) -> Image:
-    return {"debian": prepare_debian, "smallfiles": prepare_smallfiles,
-            "quick": prepare_quick}[name](workdir, log)
+    return {"debian": prepare_debian, "smallfiles": prepare_smallfiles, "quick": prepare_quick}[
+        name
+    ](workdir, log)
 
 
 # -- registry session ---------------------------------------------------------------------------------
@@ -603,11 +715,24 @@ class Session:
             return ref
         img = self.image(name)
         t0 = time.monotonic()
-        r = subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-                            f"oci:{img.layout}:latest", f"docker://{ref}"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "skopeo",
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"oci:{img.layout}:latest",
+                f"docker://{ref}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"skopeo copy to {ref} failed: {r.stderr.strip()}")
-        self.log(f"pushed {ref} with skopeo ({img.compressed / MB:.1f} MB) in {time.monotonic() - t0:.1f} s")
+        self.log(
+            f"pushed {ref} with skopeo ({img.compressed / MB:.1f} MB) in {time.monotonic() - t0:.1f} s"
+        )
         self.pushed.add(name)
         return ref
 
@@ -623,16 +748,33 @@ class Session:
         if work.exists():
             shutil.rmtree(work)
         t0 = time.monotonic()
-        r = subprocess.run([str(BIN / "nydusify"), "convert", "--source", source, "--target", target,
-                            "--source-insecure", "--target-insecure", "--compressor", compressor,
-                            "--work-dir", str(work)], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                str(BIN / "nydusify"),
+                "convert",
+                "--source",
+                source,
+                "--target",
+                target,
+                "--source-insecure",
+                "--target-insecure",
+                "--compressor",
+                compressor,
+                "--work-dir",
+                str(work),
+            ],
+            capture_output=True,
+            text=True,
+        )
         secs = time.monotonic() - t0
         if r.returncode != 0:
             tail = (r.stderr.strip().splitlines() or ["(no stderr)"])[-1]
             raise RuntimeError(f"nydusify convert {source} -> {target} failed: {tail}")
         conv = self._describe(name, tag, secs, work)
-        self.log(f"converted {source} -> {target} ({compressor}) in {secs:.1f} s: "
-                 f"{conv.size / MB:.1f} MB (bootstrap {conv.bootstrap_layer['size'] / MB:.2f} MB)")
+        self.log(
+            f"converted {source} -> {target} ({compressor}) in {secs:.1f} s: "
+            f"{conv.size / MB:.1f} MB (bootstrap {conv.bootstrap_layer['size'] / MB:.2f} MB)"
+        )
         self.converted[key] = conv
         return conv
 
@@ -644,14 +786,24 @@ class Session:
             if "manifests" in m:  # an index: take the linux/amd64 manifest
                 d = m["manifests"][0]
                 m = json.loads(client.get_manifest(name, d["digest"]).data)
-        boot = [x for x in m["layers"]
-                if x.get("annotations", {}).get("containerd.io/snapshot/nydus-bootstrap") == "true"]
+        boot = [
+            x
+            for x in m["layers"]
+            if x.get("annotations", {}).get("containerd.io/snapshot/nydus-bootstrap") == "true"
+        ]
         if not boot:
             raise RuntimeError(f"{name}:{tag}: no bootstrap layer in the manifest")
         blobs = [x for x in m["layers"] if x not in boot]
         files = list(work.rglob("bootstrap"))
-        return Converted(f"{self.host}/{name}:{tag}", name, tag, boot[0], blobs, secs,
-                         files[0] if files else Path())
+        return Converted(
+            f"{self.host}/{name}:{tag}",
+            name,
+            tag,
+            boot[0],
+            blobs,
+            secs,
+            files[0] if files else Path(),
+        )
 
 
 if __name__ == "__main__":  # prepare the images ahead of a run: python benchmarks/images.py [DIR]

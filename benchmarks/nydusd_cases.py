@@ -56,15 +56,17 @@ def _is_mounted(path: Path) -> bool:
 class Daemon:
     """A nydusd subprocess serving one mount."""
 
-    def __init__(self, base: Path, bootstrap: Path, blob_dir: Path, cache_dir: Path | None,
-                 threads: int = 4) -> None:
+    def __init__(
+        self, base: Path, bootstrap: Path, blob_dir: Path, cache_dir: Path | None, threads: int = 4
+    ) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.mnt = base / "mnt"
         self.mnt.mkdir(exist_ok=True)
-        cfg: dict[str, Any] = {"device": {"backend": {"type": "localfs",
-                                                      "config": {"dir": str(blob_dir)}}},
-                               "mode": "direct"}
+        cfg: dict[str, Any] = {
+            "device": {"backend": {"type": "localfs", "config": {"dir": str(blob_dir)}}},
+            "mode": "direct",
+        }
         if cache_dir is not None:
             cfg["device"]["cache"] = {"type": "blobcache", "config": {"work_dir": str(cache_dir)}}
         (base / "config.json").write_text(json.dumps(cfg))
@@ -72,9 +74,24 @@ class Daemon:
         self.log = open(base / "nydusd.log", "wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [NYDUSD, "--config", str(base / "config.json"), "--mountpoint", str(self.mnt),
-             "--bootstrap", str(bootstrap), "--apisock", str(self.sock), "--log-level", "warn",
-             "--thread-num", str(threads)], stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                NYDUSD,
+                "--config",
+                str(base / "config.json"),
+                "--mountpoint",
+                str(self.mnt),
+                "--bootstrap",
+                str(bootstrap),
+                "--apisock",
+                str(self.sock),
+                "--log-level",
+                "warn",
+                "--thread-num",
+                str(threads),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         while not _is_mounted(self.mnt):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nydusd exited: {(base / 'nydusd.log').read_text()}")
@@ -86,8 +103,11 @@ class Daemon:
     def api(self, path: str) -> Any:
         import httpx
 
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)),
-                          base_url="http://localhost", timeout=10) as c:
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.sock)),
+            base_url="http://localhost",
+            timeout=10,
+        ) as c:
             return c.get(path).json()
 
     def peak_rss_mib(self) -> float:
@@ -155,9 +175,23 @@ def _build(src: Path, out: Path, compressor: str = "zstd") -> tuple[Path, Path]:
     if out.exists():
         shutil.rmtree(out)
     blobs.mkdir(parents=True)
-    r = subprocess.run([NYDUS_IMAGE, "create", str(src), "--bootstrap", str(boot), "--blob-dir",
-                        str(blobs), "--compressor", compressor, "--log-level", "warn"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            NYDUS_IMAGE,
+            "create",
+            str(src),
+            "--bootstrap",
+            str(boot),
+            "--blob-dir",
+            str(blobs),
+            "--compressor",
+            compressor,
+            "--log-level",
+            "warn",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"nydus-image create failed: {r.stderr.strip()[-500:]}")
     marker.write_text(json.dumps({"compressor": compressor}))
@@ -202,9 +236,17 @@ def case_seqread(ctx: Any, Row: type) -> list[Any]:
     note = "" if dropped else "page cache NOT dropped (not root)"
 
     def row(name: str, tool: str, nbytes: int, secs: float, rss: float = 0.0, **extra: Any) -> Any:
-        return Row("nydusd-seqread", name, tool, seconds=round(secs, 3), input_bytes=nbytes,
-                   mb_per_s=round(nbytes / MB / secs, 1) if secs else 0.0, peak_rss_mib=round(rss, 1),
-                   detail=note, extra=extra)
+        return Row(
+            "nydusd-seqread",
+            name,
+            tool,
+            seconds=round(secs, 3),
+            input_bytes=nbytes,
+            mb_per_s=round(nbytes / MB / secs, 1) if secs else 0.0,
+            peak_rss_mib=round(rss, 1),
+            detail=note,
+            extra=extra,
+        )
 
     ctx.log("seqread: local disk")
     drop_caches()
@@ -223,15 +265,32 @@ def case_seqread(ctx: Any, Row: type) -> list[Any]:
         drop_caches()
         n, secs = _read_file(d.mnt / "big.bin")
         back = d.api("/api/v1/metrics/backend")
-        rows.append(row("nydusd cold (blobcache)", "nydusd", n, secs, d.peak_rss_mib(),
-                        backend_bytes=back["read_amount_total"], start_s=round(d.start_seconds, 3)))
+        rows.append(
+            row(
+                "nydusd cold (blobcache)",
+                "nydusd",
+                n,
+                secs,
+                d.peak_rss_mib(),
+                backend_bytes=back["read_amount_total"],
+                start_s=round(d.start_seconds, 3),
+            )
+        )
         ctx.log("seqread: nydusd warm (blob cache filled, page cache dropped)")
         drop_caches()
         before = d.api("/api/v1/metrics/backend")["read_amount_total"]
         n, secs = _read_file(d.mnt / "big.bin")
         after = d.api("/api/v1/metrics/backend")["read_amount_total"]
-        rows.append(row("nydusd warm (blobcache)", "nydusd", n, secs, d.peak_rss_mib(),
-                        backend_bytes=after - before))
+        rows.append(
+            row(
+                "nydusd warm (blobcache)",
+                "nydusd",
+                n,
+                secs,
+                d.peak_rss_mib(),
+                backend_bytes=after - before,
+            )
+        )
         n, secs = _read_file(d.mnt / "big.bin")
         rows.append(row("nydusd, page cache", "nydusd", n, secs, d.peak_rss_mib()))
     finally:
@@ -256,12 +315,23 @@ def case_randread(ctx: Any, Row: type) -> list[Any]:
 
     def row(name: str, tool: str, lat: list[float], **extra: Any) -> Any:
         p50, p90, p99 = (round(_pct(lat, p) * 1e6) for p in (50, 90, 99))
-        return Row("nydusd-randread", name, tool, seconds=round(sum(lat), 3),
-                   input_bytes=4096 * len(lat),
-                   mb_per_s=round(4096 * len(lat) / MB / sum(lat), 2),
-                   detail=f"4 KiB reads: p50 {p50} us, p90 {p90} us, p99 {p99} us {note}".strip(),
-                   extra={"reads": len(lat), "p50_us": p50, "p90_us": p90, "p99_us": p99,
-                          "mean_us": round(statistics.mean(lat) * 1e6), **extra})
+        return Row(
+            "nydusd-randread",
+            name,
+            tool,
+            seconds=round(sum(lat), 3),
+            input_bytes=4096 * len(lat),
+            mb_per_s=round(4096 * len(lat) / MB / sum(lat), 2),
+            detail=f"4 KiB reads: p50 {p50} us, p90 {p90} us, p99 {p99} us {note}".strip(),
+            extra={
+                "reads": len(lat),
+                "p50_us": p50,
+                "p90_us": p90,
+                "p99_us": p99,
+                "mean_us": round(statistics.mean(lat) * 1e6),
+                **extra,
+            },
+        )
 
     ctx.log(f"randread: {count} x 4 KiB, local disk")
     drop_caches()
@@ -274,13 +344,19 @@ def case_randread(ctx: Any, Row: type) -> list[Any]:
     try:
         ctx.log("randread: nydusd cold (empty blob cache)")
         drop_caches()
-        rows.append(row("nydusd cold (blobcache)", "nydusd",
-                        _random_reads(d.mnt / "big.bin", size, count)))
+        rows.append(
+            row("nydusd cold (blobcache)", "nydusd", _random_reads(d.mnt / "big.bin", size, count))
+        )
         ctx.log("randread: filling the blob cache, then nydusd warm")
         _read_file(d.mnt / "big.bin")
         drop_caches()
-        rows.append(row("nydusd warm (blobcache)", "nydusd",
-                        _random_reads(d.mnt / "big.bin", size, count, seed=8)))
+        rows.append(
+            row(
+                "nydusd warm (blobcache)",
+                "nydusd",
+                _random_reads(d.mnt / "big.bin", size, count, seed=8),
+            )
+        )
     finally:
         d.stop()
     return rows
@@ -288,8 +364,12 @@ def case_randread(ctx: Any, Row: type) -> list[Any]:
 
 def _find_stat(root: Path) -> tuple[int, float]:
     t0 = time.monotonic()
-    r = subprocess.run(["find", str(root), "-printf", "%i %s %m %u %g %T@ %p\n"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)
+    r = subprocess.run(
+        ["find", str(root), "-printf", "%i %s %m %u %g %T@ %p\n"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
     return r.stdout.count(b"\n"), time.monotonic() - t0
 
 
@@ -301,9 +381,15 @@ def case_stat(ctx: Any, Row: type, cached_tree: Callable[..., tuple[Path, dict]]
     rows: list[Any] = []
 
     def row(name: str, tool: str, n: int, secs: float, **extra: Any) -> Any:
-        return Row("nydusd-stat", name, tool, seconds=round(secs, 3), input_bytes=0,
-                   detail=f"{n} entries, {n / secs:,.0f} entries/s {note}".strip(),
-                   extra={"entries": n, "entries_per_s": round(n / secs), **extra})
+        return Row(
+            "nydusd-stat",
+            name,
+            tool,
+            seconds=round(secs, 3),
+            input_bytes=0,
+            detail=f"{n} entries, {n / secs:,.0f} entries/s {note}".strip(),
+            extra={"entries": n, "entries_per_s": round(n / secs), **extra},
+        )
 
     ctx.log(f"stat: find + lstat of {stats['files']} files, source directory")
     drop_caches()
@@ -316,8 +402,16 @@ def case_stat(ctx: Any, Row: type, cached_tree: Callable[..., tuple[Path, dict]]
         ctx.log("stat: the same through a fresh nydusd mount")
         drop_caches()
         n, secs = _find_stat(d.mnt)
-        rows.append(row("nydusd mount, cold", "nydusd", n, secs,
-                        start_s=round(d.start_seconds, 3), peak_rss_mib=round(d.peak_rss_mib(), 1)))
+        rows.append(
+            row(
+                "nydusd mount, cold",
+                "nydusd",
+                n,
+                secs,
+                start_s=round(d.start_seconds, 3),
+                peak_rss_mib=round(d.peak_rss_mib(), 1),
+            )
+        )
         n, secs = _find_stat(d.mnt)
         rows.append(row("nydusd mount, warm", "nydusd", n, secs))
     finally:
@@ -325,8 +419,11 @@ def case_stat(ctx: Any, Row: type, cached_tree: Callable[..., tuple[Path, dict]]
     return rows
 
 
-def register(cases: dict[str, Callable[[Any], list[Any]]], row_cls: type,
-             cached_tree: Callable[..., tuple[Path, dict]]) -> None:
+def register(
+    cases: dict[str, Callable[[Any], list[Any]]],
+    row_cls: type,
+    cached_tree: Callable[..., tuple[Path, dict]],
+) -> None:
     """Add the nydusd cases to run.py's CASES registry."""
     cases["nydusd-seqread"] = lambda ctx: case_seqread(ctx, row_cls)
     cases["nydusd-randread"] = lambda ctx: case_randread(ctx, row_cls)

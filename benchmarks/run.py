@@ -104,7 +104,9 @@ def warm_page_cache(root: Path) -> None:
                     pass
 
 
-def measure(ctx: Context, cmd: list[str], outputs: list[Path], prepare: Callable[[], None]) -> tuple[list[Measured], int]:
+def measure(
+    ctx: Context, cmd: list[str], outputs: list[Path], prepare: Callable[[], None]
+) -> tuple[list[Measured], int]:
     """Run ``cmd`` ctx.repeat times (``prepare`` before each run); return runs and output size."""
     runs = []
     for _ in range(ctx.repeat):
@@ -117,7 +119,9 @@ def measure(ctx: Context, cmd: list[str], outputs: list[Path], prepare: Callable
     return runs, size
 
 
-def to_row(case: str, name: str, tool: str, runs: list[Measured], input_bytes: int, output_bytes: int) -> Row:
+def to_row(
+    case: str, name: str, tool: str, runs: list[Measured], input_bytes: int, output_bytes: int
+) -> Row:
     last = runs[-1]
     if last.returncode != 0:
         tail = (last.stderr.strip().splitlines() or ["(no stderr)"])[-1]
@@ -168,8 +172,19 @@ def case_build(ctx: Context) -> list[Row]:
     for comp in ("none", "lz4_block", "zstd"):
         d = out / f"nydus-{comp}"
         boot, blob = d / "bootstrap", d / "blob"
-        cmd = [*ctx.nydus_image, "create", str(tree), "--bootstrap", str(boot), "--blob", str(blob),
-               "--compressor", comp, "--log-level", "warn"]
+        cmd = [
+            *ctx.nydus_image,
+            "create",
+            str(tree),
+            "--bootstrap",
+            str(boot),
+            "--blob",
+            str(blob),
+            "--compressor",
+            comp,
+            "--log-level",
+            "warn",
+        ]
         ctx.log(f"build: nydus-image --compressor {comp}")
         runs, size = measure(ctx, cmd, [boot, blob], _fresh(d))
         rows.append(to_row("build", f"nydus-image {comp}", "nydus-image", runs, input_bytes, size))
@@ -177,12 +192,27 @@ def case_build(ctx: Context) -> list[Row]:
     d = out / "mkfs-erofs"
     if shutil.which("mkfs.erofs"):
         meta, blob = d / "meta.img", d / "blob.img"
-        cmd = ["mkfs.erofs", "--quiet", "--chunksize=1048576", f"--blobdev={blob}", str(meta), str(tree)]
+        cmd = [
+            "mkfs.erofs",
+            "--quiet",
+            "--chunksize=1048576",
+            f"--blobdev={blob}",
+            str(meta),
+            str(tree),
+        ]
         ctx.log("build: mkfs.erofs (chunked, uncompressed, --blobdev)")
         runs, size = measure(ctx, cmd, [meta, blob], _fresh(d))
         rows.append(to_row("build", "mkfs.erofs chunked", "mkfs.erofs", runs, input_bytes, size))
     else:
-        rows.append(Row("build", "mkfs.erofs chunked", "mkfs.erofs", status="skipped", detail="mkfs.erofs not installed"))
+        rows.append(
+            Row(
+                "build",
+                "mkfs.erofs chunked",
+                "mkfs.erofs",
+                status="skipped",
+                detail="mkfs.erofs not installed",
+            )
+        )
 
     d = out / "tar-zstd"
     if shutil.which("zstd") and shutil.which("tar"):
@@ -192,7 +222,15 @@ def case_build(ctx: Context) -> list[Row]:
         runs, size = measure(ctx, ["bash", "-c", script], [target], _fresh(d))
         rows.append(to_row("build", "tar | zstd -3 -T0", "tar+zstd", runs, input_bytes, size))
     else:
-        rows.append(Row("build", "tar | zstd -3 -T0", "tar+zstd", status="skipped", detail="tar or zstd not installed"))
+        rows.append(
+            Row(
+                "build",
+                "tar | zstd -3 -T0",
+                "tar+zstd",
+                status="skipped",
+                detail="tar or zstd not installed",
+            )
+        )
 
     for r in rows:
         r.extra.update({"tree": str(tree), "files": stats["files"]})
@@ -228,15 +266,23 @@ _start_cases.register(CASES, Row)  # start, read-all, metadata, image-build (vs 
 
 def host_info() -> dict:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "memory_bytes": mem,
-            "python": platform.python_version(), "kernel": platform.release(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_bytes": mem,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def print_table(rows: list[Row], out=sys.stdout) -> None:
     h = host_info()
-    print(f"machine  {h['cpus']} cores, {h['memory_bytes'] / (1 << 30):.1f} GiB memory, {h['machine']}, "
-          f"Linux {h['kernel']}, load {h['loadavg']}", file=out)
+    print(
+        f"machine  {h['cpus']} cores, {h['memory_bytes'] / (1 << 30):.1f} GiB memory, {h['machine']}, "
+        f"Linux {h['kernel']}, load {h['loadavg']}",
+        file=out,
+    )
     user = [r for r in rows if r.case in _start_cases.CASE_NAMES]
     rows = [r for r in rows if r.case not in _start_cases.CASE_NAMES]
     _start_cases.print_table(user, out)
@@ -261,22 +307,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny inputs (a few MB): a CI smoke run")
     ap.add_argument("--only", help=f"comma-separated cases to run ({', '.join(CASES)})")
     ap.add_argument("--json", type=Path, help="write the results as JSON to this file")
-    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"cache/scratch dir ({DEFAULT_WORKDIR})")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (median time, max RSS)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"cache/scratch dir ({DEFAULT_WORKDIR})",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs per measurement (median time, max RSS)"
+    )
     args = ap.parse_args(argv)
 
     names = list(CASES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES]
     if unknown:
-        print(f"error: unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}", file=sys.stderr)
+        print(
+            f"error: unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}",
+            file=sys.stderr,
+        )
         return 2
     if args.repeat < 1:
         print("error: --repeat must be >= 1", file=sys.stderr)
         return 2
     workdir = args.workdir / ("quick" if args.quick else "full")
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(quick=args.quick, workdir=workdir, repeat=args.repeat, nydus_image=find_nydus_image(),
-                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    ctx = Context(
+        quick=args.quick,
+        workdir=workdir,
+        repeat=args.repeat,
+        nydus_image=find_nydus_image(),
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
 
     rows: list[Row] = []
     for name in names:

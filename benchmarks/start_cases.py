@@ -110,11 +110,13 @@ class Stats:
         return statistics.median(self.seconds)
 
 
-def make_row(row_cls: type, case: str, name: str, tool: str, st: Stats, detail: str = "",
-             **extra: Any) -> Any:
+def make_row(
+    row_cls: type, case: str, name: str, tool: str, st: Stats, detail: str = "", **extra: Any
+) -> Any:
     med = st.median()
     ex: dict[str, Any] = {
-        "min_s": round(min(st.seconds), 3), "max_s": round(max(st.seconds), 3),
+        "min_s": round(min(st.seconds), 3),
+        "max_s": round(max(st.seconds), 3),
         "runs_seconds": [round(s, 3) for s in st.seconds],
         "bytes_fetched": int(statistics.median(st.bytes)) if st.bytes else 0,
         "requests": int(statistics.median(st.requests)) if st.requests else 0,
@@ -175,16 +177,29 @@ def unpack_layer(layer: Path, dest: Path) -> None:
     """GNU tar extraction listing every member (-v), then OCI whiteouts applied from that list."""
     with open(layer, "rb") as f:
         gz = subprocess.Popen([*_UNGZ], stdin=f, stdout=subprocess.PIPE)
-        tar = subprocess.run(["tar", "-x", "-v", "--quoting-style=literal", "--numeric-owner",
-                              "-p",
-                              "-C", str(dest), "-f", "-"], stdin=gz.stdout, capture_output=True)
+        tar = subprocess.run(
+            [
+                "tar",
+                "-x",
+                "-v",
+                "--quoting-style=literal",
+                "--numeric-owner",
+                "-p",
+                "-C",
+                str(dest),
+                "-f",
+                "-",
+            ],
+            stdin=gz.stdout,
+            capture_output=True,
+        )
         assert gz.stdout is not None
         gz.stdout.close()
         gz.wait()
     if tar.returncode != 0 or gz.returncode != 0:
         raise RuntimeError(f"unpack {layer}: {tar.stderr.decode(errors='replace').strip()[-300:]}")
     names = [n.rstrip("/") for n in tar.stdout.decode("utf-8", "surrogateescape").splitlines()]
-    names = [n[2:] if n.startswith("./") else n for n in names]
+    names = [n.removeprefix("./") for n in names]
     whiteouts = [n for n in names if os.path.basename(n).startswith(".wh.")]
     if not whiteouts:
         return
@@ -214,8 +229,15 @@ def _remove(p: Path) -> None:
 class NydusMount:
     """Fetch manifest, config and bootstrap layer from ``host``; run nydusd on them."""
 
-    def __init__(self, base: Path, host: str, conv: Converted, *, threads: int = 4,
-                 amplify_io: int | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        host: str,
+        conv: Converted,
+        *,
+        threads: int = 4,
+        amplify_io: int | None = None,
+    ) -> None:
         from nydus.oci.registry import RegistryClient
 
         self.base = base
@@ -235,10 +257,17 @@ class NydusMount:
             assert src is not None
             boot.write_bytes(src.read())
         self.bootstrap = boot
-        cfg = {"device": {"backend": {"type": "registry", "config": {
-            "scheme": "http", "host": host, "repo": conv.repo}},
-            "cache": {"type": "blobcache", "config": {"work_dir": str(base / "cache")}}},
-            "mode": "direct", "digest_validate": False}
+        cfg = {
+            "device": {
+                "backend": {
+                    "type": "registry",
+                    "config": {"scheme": "http", "host": host, "repo": conv.repo},
+                },
+                "cache": {"type": "blobcache", "config": {"work_dir": str(base / "cache")}},
+            },
+            "mode": "direct",
+            "digest_validate": False,
+        }
         if amplify_io is not None:
             cfg["amplify_io"] = amplify_io
         (base / "cache").mkdir()
@@ -246,16 +275,32 @@ class NydusMount:
         self.sock = base / "api.sock"
         self.logf = open(base / "nydusd.log", "wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "nydusd"), "--config", str(base / "config.json"), "--mountpoint",
-             str(self.mnt), "--bootstrap", str(boot), "--apisock", str(self.sock),
-             "--log-level", "warn", "--thread-num", str(threads)],
-            stdout=self.logf, stderr=subprocess.STDOUT)
+            [
+                str(BIN / "nydusd"),
+                "--config",
+                str(base / "config.json"),
+                "--mountpoint",
+                str(self.mnt),
+                "--bootstrap",
+                str(boot),
+                "--apisock",
+                str(self.sock),
+                "--log-level",
+                "warn",
+                "--thread-num",
+                str(threads),
+            ],
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while not os.path.ismount(self.mnt):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
-                raise RuntimeError("nydusd did not mount: " +
-                                   (base / "nydusd.log").read_text(errors="replace")[-500:])
+                raise RuntimeError(
+                    "nydusd did not mount: "
+                    + (base / "nydusd.log").read_text(errors="replace")[-500:]
+                )
             time.sleep(0.01)
         self.ready_s = time.monotonic() - self.t0
 
@@ -277,7 +322,9 @@ class NydusMount:
     def fetched(self) -> tuple[int, int]:
         """Bytes and requests so far: manifest + config + bootstrap layer + backend reads."""
         m = self.backend_metrics()
-        return self.meta_bytes + int(m["read_amount_total"]), self.meta_requests + int(m["read_count"])
+        return self.meta_bytes + int(m["read_amount_total"]), self.meta_requests + int(
+            m["read_count"]
+        )
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -301,8 +348,15 @@ def overlay(lower: Path, base: Path, with_sys: bool) -> Iterator[Path]:
     for d in (upper, work, merged):
         _rmtree(d)
         d.mkdir(parents=True)
-    _sh("mount", "-t", "overlay", "overlay", "-o",
-        f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged))
+    _sh(
+        "mount",
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={lower},upperdir={upper},workdir={work}",
+        str(merged),
+    )
     mounted = [merged]
     try:
         if with_sys:
@@ -323,20 +377,38 @@ def overlay(lower: Path, base: Path, with_sys: bool) -> Iterator[Path]:
 def run_workload(img: Image, root: Path, strace_out: Path | None = None) -> str:
     """Run the image's workload in ``root``; return a short description. Raises on failure."""
     if img.has_python:
-        env = {"PATH": ENV_PATH, "PYTHONPATH": "/app", "HOME": "/root", "LANG": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            "PATH": ENV_PATH,
+            "PYTHONPATH": "/app",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         cmd = ["chroot", str(root), "/usr/bin/python3", "-c", PY_WORKLOAD]
         if strace_out is not None:
-            cmd = ["strace", "-f", "-qq", "-e", "trace=openat,open,execve", "-o", str(strace_out), *cmd]
+            cmd = [
+                "strace",
+                "-f",
+                "-qq",
+                "-e",
+                "trace=openat,open,execve",
+                "-o",
+                str(strace_out),
+                *cmd,
+            ]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if r.returncode != 0 or r.stdout.strip() != "1":
             raise RuntimeError(f"workload failed (exit {r.returncode}): {r.stderr.strip()[-400:]}")
         return "chroot python3 -c 'import boto3, sympy, django, jinja2, yaml, rich'"
     files = [str(root / f) for f in img.workload_files]
-    r = subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(
+        ["cat", *files], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if r.returncode != 0:
         raise RuntimeError(f"host-side cat failed: {r.stderr.strip()[-300:]}")
-    return f"no python in the quick image: host-side cat of the {len(files)} files the workload reads"
+    return (
+        f"no python in the quick image: host-side cat of the {len(files)} files the workload reads"
+    )
 
 
 def _resolve(root: Path, path: str) -> str | None:
@@ -369,7 +441,9 @@ def _resolve(root: Path, path: str) -> str | None:
 _OPEN_RE = re.compile(r'(?:openat\([^,]+, |open\(|execve\()"([^"]+)".*\) = (\d+)')
 
 
-def needed_chunks(img: Image, oci_root: Path, bootstrap: Path, strace_log: Path | None) -> dict[str, int]:
+def needed_chunks(
+    img: Image, oci_root: Path, bootstrap: Path, strace_log: Path | None
+) -> dict[str, int]:
     """Compressed size of the (unique) chunks of every regular file the workload opened."""
     from nydus.format.v6reader import RafsV6Super
 
@@ -396,22 +470,28 @@ def needed_chunks(img: Image, oci_root: Path, bootstrap: Path, strace_log: Path 
             continue
         files += 1
         for c in sb.chunks(nid):
-            seen[(c.blob_index, c.compressed_offset or c.uncompressed_offset)] = c.compressed_size or 0
+            seen[(c.blob_index, c.compressed_offset or c.uncompressed_offset)] = (
+                c.compressed_size or 0
+            )
     return {"files": files, "chunks": len(seen), "compressed_bytes": sum(seen.values())}
 
 
 # -- cases -------------------------------------------------------------------------------------------------
 
 
-def _prepare(ctx: Any, row_cls: type, case: str, image: str) -> tuple[str, Any, Any, Any] | list[Any]:
+def _prepare(
+    ctx: Any, row_cls: type, case: str, image: str
+) -> tuple[str, Any, Any, Any] | list[Any]:
     """(name, session, image, zstd conversion) of a case's image, or its "not run" rows."""
     name = image_name(ctx, image)
     try:
         sess = session(ctx)
         img = sess.image(name)
     except NotAvailable as exc:
-        return [failed_row(row_cls, case, f"{case} {k}", k, "skipped", f"not run: {exc}")
-                for k in ("OCI", "Nydus")]
+        return [
+            failed_row(row_cls, case, f"{case} {k}", k, "skipped", f"not run: {exc}")
+            for k in ("OCI", "Nydus")
+        ]
     return name, sess, img, sess.convert(name, "zstd")
 
 
@@ -429,8 +509,11 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
             if net == "loopback":
                 host = sess.host
             else:
-                proxy = stack.enter_context(ThrottleProxy(int(sess.host.rsplit(":", 1)[1]),
-                                                          mbit=THROTTLE_MBIT, max_seconds=3600))
+                proxy = stack.enter_context(
+                    ThrottleProxy(
+                        int(sess.host.rsplit(":", 1)[1]), mbit=THROTTLE_MBIT, max_seconds=3600
+                    )
+                )
                 host = proxy.host
             oci, nydus = Stats(), Stats()
             for i in range(ctx.repeat):
@@ -444,13 +527,26 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                     what = run_workload(img, merged)
                     secs = time.monotonic() - t0
                     if accounting is None:
-                        trace = base / "strace.log" if img.has_python and shutil.which("strace") else None
+                        trace = (
+                            base / "strace.log"
+                            if img.has_python and shutil.which("strace")
+                            else None
+                        )
                         if trace is not None:
                             run_workload(img, merged, strace_out=trace)
-                        accounting = needed_chunks(img, base / "oci-root", conv.bootstrap_file, trace)
-                oci.add(secs, int(got["bytes"]), int(got["requests"]), pull_s=got["pull_s"],
-                        unpack_s=got["unpack_s"])
-                ctx.log(f"  {secs:.2f} s (pull {got['pull_s']:.2f} s, unpack {got['unpack_s']:.2f} s)")
+                        accounting = needed_chunks(
+                            img, base / "oci-root", conv.bootstrap_file, trace
+                        )
+                oci.add(
+                    secs,
+                    int(got["bytes"]),
+                    int(got["requests"]),
+                    pull_s=got["pull_s"],
+                    unpack_s=got["unpack_s"],
+                )
+                ctx.log(
+                    f"  {secs:.2f} s (pull {got['pull_s']:.2f} s, unpack {got['unpack_s']:.2f} s)"
+                )
                 _rmtree(base)
                 # Nydus: bootstrap + nydusd + run
                 ctx.log(f"start [{net}] run {i + 1}/{ctx.repeat}: Nydus bootstrap + nydusd + run")
@@ -465,19 +561,38 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                 finally:
                     mount.close()
                 nydus.add(secs, nbytes, reqs, mount_s=mount.ready_s)
-                ctx.log(f"  {secs:.2f} s (mounted after {mount.ready_s:.2f} s), fetched "
-                        f"{nbytes / MB:.2f} MB in {reqs} requests")
+                ctx.log(
+                    f"  {secs:.2f} s (mounted after {mount.ready_s:.2f} s), fetched "
+                    f"{nbytes / MB:.2f} MB in {reqs} requests"
+                )
                 _rmtree(base)
             caches = "" if dropped else "; page cache NOT dropped (not root)"
-            orow = make_row(row_cls, "start", f"start OCI {net}", "OCI", oci,
-                            f"{what}; pull+unpack+run{caches}", image=img.summary(), network=net)
+            orow = make_row(
+                row_cls,
+                "start",
+                f"start OCI {net}",
+                "OCI",
+                oci,
+                f"{what}; pull+unpack+run{caches}",
+                image=img.summary(),
+                network=net,
+            )
             ratio = round(nydus.median() / oci.median(), 3)
-            nrow = make_row(row_cls, "start", f"start Nydus {net}", "Nydus", nydus,
-                            f"Nydus/OCI {ratio:.2f} ({oci.median() / nydus.median():.1f}x faster)"
-                            f"; fetched/needed {statistics.median(nydus.bytes) / max(1, accounting['compressed_bytes'] if accounting else 1):.2f}",
-                            image=img.summary(), network=net, nydus_over_oci=ratio,
-                            needed=accounting, image_compressed=img.compressed,
-                            nydus_image_size=conv.size)
+            nrow = make_row(
+                row_cls,
+                "start",
+                f"start Nydus {net}",
+                "Nydus",
+                nydus,
+                f"Nydus/OCI {ratio:.2f} ({oci.median() / nydus.median():.1f}x faster)"
+                f"; fetched/needed {statistics.median(nydus.bytes) / max(1, accounting['compressed_bytes'] if accounting else 1):.2f}",
+                image=img.summary(),
+                network=net,
+                nydus_over_oci=ratio,
+                needed=accounting,
+                image_compressed=img.compressed,
+                nydus_image_size=conv.size,
+            )
             rows += [orow, nrow]
     return rows
 
@@ -491,8 +606,11 @@ def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
     tar_cmd = "tar -C ROOT -cf - . | cat > /dev/null"
 
     def tar_all(root: Path) -> None:
-        r = subprocess.run(["bash", "-c", f"set -o pipefail; tar -C '{root}' -cf - . | cat > /dev/null"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["bash", "-c", f"set -o pipefail; tar -C '{root}' -cf - . | cat > /dev/null"],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"tar of {root} failed: {r.stderr.strip()[-300:]}")
 
@@ -506,8 +624,13 @@ def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
         t1 = time.monotonic()
         tar_all(base / "oci-root")
         t2 = time.monotonic()
-        oci_pu.add(t1 - t0, int(got["bytes"]), int(got["requests"]), pull_s=got["pull_s"],
-                   unpack_s=got["unpack_s"])
+        oci_pu.add(
+            t1 - t0,
+            int(got["bytes"]),
+            int(got["requests"]),
+            pull_s=got["pull_s"],
+            unpack_s=got["unpack_s"],
+        )
         oci_all.add(t2 - t0, int(got["bytes"]), int(got["requests"]), tar_s=t2 - t1)
         ctx.log(f"  pull+unpack {t1 - t0:.2f} s, tar {t2 - t1:.2f} s")
         _rmtree(base)
@@ -527,14 +650,36 @@ def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
     r_pu = round(nyd.median() / oci_pu.median(), 3)
     r_all = round(nyd.median() / oci_all.median(), 3)
     return [
-        make_row(row_cls, "read-all", "read-all OCI pull+unpack", "OCI", oci_pu,
-                 "pull + unpack only", image=img.summary()),
-        make_row(row_cls, "read-all", "read-all OCI +tar", "OCI", oci_all,
-                 f"pull + unpack + {tar_cmd}", image=img.summary()),
-        make_row(row_cls, "read-all", "read-all Nydus", "Nydus", nyd,
-                 f"bootstrap + nydusd + {tar_cmd}; Nydus/OCI pull+unpack {r_pu:.2f}, "
-                 f"Nydus/OCI +tar {r_all:.2f}", image=img.summary(), nydus_over_oci=r_pu,
-                 nydus_over_oci_tar=r_all),
+        make_row(
+            row_cls,
+            "read-all",
+            "read-all OCI pull+unpack",
+            "OCI",
+            oci_pu,
+            "pull + unpack only",
+            image=img.summary(),
+        ),
+        make_row(
+            row_cls,
+            "read-all",
+            "read-all OCI +tar",
+            "OCI",
+            oci_all,
+            f"pull + unpack + {tar_cmd}",
+            image=img.summary(),
+        ),
+        make_row(
+            row_cls,
+            "read-all",
+            "read-all Nydus",
+            "Nydus",
+            nyd,
+            f"bootstrap + nydusd + {tar_cmd}; Nydus/OCI pull+unpack {r_pu:.2f}, "
+            f"Nydus/OCI +tar {r_all:.2f}",
+            image=img.summary(),
+            nydus_over_oci=r_pu,
+            nydus_over_oci_tar=r_all,
+        ),
     ]
 
 
@@ -566,7 +711,9 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
             t0 = time.monotonic()
             _find(base / "oci-root")
             stats["oci warm"].add(time.monotonic() - t0)
-            ctx.log(f"metadata run {i + 1}/{ctx.repeat}: find+stat through a fresh mount, cold and warm")
+            ctx.log(
+                f"metadata run {i + 1}/{ctx.repeat}: find+stat through a fresh mount, cold and warm"
+            )
             drop_caches()
             mount = NydusMount(base / "nydus", sess.host, conv)
             try:
@@ -581,21 +728,42 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
                 mount.close()
             if n != entries:
                 raise RuntimeError(f"metadata: mount lists {n} entries, OCI tree {entries}")
-            ctx.log(f"  OCI {stats['oci cold'].seconds[-1]:.2f}/{stats['oci warm'].seconds[-1]:.2f} s, "
-                    f"Nydus {stats['nydus cold'].seconds[-1]:.2f}/{stats['nydus warm'].seconds[-1]:.2f} s "
-                    f"(cold/warm, {entries} entries)")
+            ctx.log(
+                f"  OCI {stats['oci cold'].seconds[-1]:.2f}/{stats['oci warm'].seconds[-1]:.2f} s, "
+                f"Nydus {stats['nydus cold'].seconds[-1]:.2f}/{stats['nydus warm'].seconds[-1]:.2f} s "
+                f"(cold/warm, {entries} entries)"
+            )
     finally:
         _rmtree(base)
     rows = []
     for temp in ("cold", "warm"):
         o, n = stats[f"oci {temp}"], stats[f"nydus {temp}"]
         ratio = round(n.median() / o.median(), 3)
-        rows.append(make_row(row_cls, "metadata", f"metadata OCI {temp}", "OCI", o,
-                             f"find -printf (lstat) of {entries} entries, unpacked tree",
-                             image=img.summary(), entries=entries))
-        rows.append(make_row(row_cls, "metadata", f"metadata Nydus {temp}", "Nydus", n,
-                             f"same through the mount; Nydus/OCI {ratio:.2f}", image=img.summary(),
-                             entries=entries, nydus_over_oci=ratio))
+        rows.append(
+            make_row(
+                row_cls,
+                "metadata",
+                f"metadata OCI {temp}",
+                "OCI",
+                o,
+                f"find -printf (lstat) of {entries} entries, unpacked tree",
+                image=img.summary(),
+                entries=entries,
+            )
+        )
+        rows.append(
+            make_row(
+                row_cls,
+                "metadata",
+                f"metadata Nydus {temp}",
+                "Nydus",
+                n,
+                f"same through the mount; Nydus/OCI {ratio:.2f}",
+                image=img.summary(),
+                entries=entries,
+                nydus_over_oci=ratio,
+            )
+        )
     return rows
 
 
@@ -608,8 +776,11 @@ def case_image_build(ctx: Any, row_cls: type) -> list[Any]:
         img = sess.image(name)
         source = sess.push(name)
     except NotAvailable as exc:
-        return [failed_row(row_cls, "image-build", "nydusify convert", "nydusify", "skipped",
-                           f"not run: {exc}")]
+        return [
+            failed_row(
+                row_cls, "image-build", "nydusify convert", "nydusify", "skipped", f"not run: {exc}"
+            )
+        ]
     rows: list[Any] = []
     oci_size = img.compressed
     base = ctx.workdir / "run-image-build"
@@ -621,23 +792,53 @@ def case_image_build(ctx: Any, row_cls: type) -> list[Any]:
             work = base / f"convert-{comp}-{i}"
             _rmtree(work)
             target = f"{sess.host}/{name}-{comp.replace('_', '-')}-{i}:nydus"
-            m = run_measured([str(BIN / "nydusify"), "convert", "--source", source, "--target", target,
-                              "--source-insecure", "--target-insecure", "--compressor", comp,
-                              "--work-dir", str(work)], timeout=3600)
+            m = run_measured(
+                [
+                    str(BIN / "nydusify"),
+                    "convert",
+                    "--source",
+                    source,
+                    "--target",
+                    target,
+                    "--source-insecure",
+                    "--target-insecure",
+                    "--compressor",
+                    comp,
+                    "--work-dir",
+                    str(work),
+                ],
+                timeout=3600,
+            )
             _rmtree(work)
             if m.returncode != 0:
                 tail = (m.stderr.strip().splitlines() or ["(no stderr)"])[-1]
-                rows.append(failed_row(row_cls, "image-build", f"nydusify convert {comp}", "nydusify",
-                                       "failed", f"exit {m.returncode}: {tail}"))
+                rows.append(
+                    failed_row(
+                        row_cls,
+                        "image-build",
+                        f"nydusify convert {comp}",
+                        "nydusify",
+                        "failed",
+                        f"exit {m.returncode}: {tail}",
+                    )
+                )
                 break
             size = _remote_size(sess.host, f"{name}-{comp.replace('_', '-')}-{i}", "nydus")
             st.add(m.seconds, size, 0, peak_rss_mib=m.maxrss_bytes / MIB)
             ctx.log(f"  {m.seconds:.1f} s, image {size / MB:.1f} MB")
         else:
-            row = make_row(row_cls, "image-build", f"nydusify convert {comp}", "nydusify", st,
-                           f"pull + build + push; image {size / MB:.1f} MB = {size / oci_size:.3f} x "
-                           f"OCI gzip {oci_size / MB:.1f} MB", image=img.summary(),
-                           oci_size=oci_size, size_over_oci=round(size / oci_size, 4))
+            row = make_row(
+                row_cls,
+                "image-build",
+                f"nydusify convert {comp}",
+                "nydusify",
+                st,
+                f"pull + build + push; image {size / MB:.1f} MB = {size / oci_size:.3f} x "
+                f"OCI gzip {oci_size / MB:.1f} MB",
+                image=img.summary(),
+                oci_size=oci_size,
+                size_over_oci=round(size / oci_size, 4),
+            )
             row.output_bytes, row.input_bytes = size, img.uncompressed
             row.ratio = round(size / oci_size, 4)
             row.mb_per_s = round(img.uncompressed / MB / st.median(), 2)
@@ -650,10 +851,27 @@ def case_image_build(ctx: Any, row_cls: type) -> list[Any]:
             for i in range(ctx.repeat):
                 _rmtree(out)
                 out.mkdir(parents=True)
-                ctx.log(f"image-build: nydus-image create layer {li} --compressor {comp} run {i + 1}/{ctx.repeat}")
-                m = run_measured([str(BIN / "nydus-image"), "create", "--type", "targz-rafs", layer.file,
-                                  "--bootstrap", str(out / "bootstrap"), "--blob", str(out / "blob"),
-                                  "--compressor", comp, "--log-level", "warn"], timeout=3600)
+                ctx.log(
+                    f"image-build: nydus-image create layer {li} --compressor {comp} run {i + 1}/{ctx.repeat}"
+                )
+                m = run_measured(
+                    [
+                        str(BIN / "nydus-image"),
+                        "create",
+                        "--type",
+                        "targz-rafs",
+                        layer.file,
+                        "--bootstrap",
+                        str(out / "bootstrap"),
+                        "--blob",
+                        str(out / "blob"),
+                        "--compressor",
+                        comp,
+                        "--log-level",
+                        "warn",
+                    ],
+                    timeout=3600,
+                )
                 if m.returncode != 0:
                     status = (m.stderr.strip().splitlines() or ["(no stderr)"])[-1]
                     break
@@ -662,11 +880,20 @@ def case_image_build(ctx: Any, row_cls: type) -> list[Any]:
             _rmtree(out)
             lname = f"create layer {li} {comp}"
             if status:
-                rows.append(failed_row(row_cls, "image-build", lname, "nydus-image", "failed", status))
+                rows.append(
+                    failed_row(row_cls, "image-build", lname, "nydus-image", "failed", status)
+                )
                 continue
-            row = make_row(row_cls, "image-build", lname, "nydus-image", st,
-                           f"{layer.what[:60]}: {layer.tar_bytes / MB:.1f} MB tar, "
-                           f"{layer.size / MB:.1f} MB gzip", image=img.summary())
+            row = make_row(
+                row_cls,
+                "image-build",
+                lname,
+                "nydus-image",
+                st,
+                f"{layer.what[:60]}: {layer.tar_bytes / MB:.1f} MB tar, "
+                f"{layer.size / MB:.1f} MB gzip",
+                image=img.summary(),
+            )
             row.input_bytes = layer.tar_bytes
             row.mb_per_s = round(layer.tar_bytes / MB / st.median(), 2)
             row.output_bytes = int(statistics.median(st.bytes))
@@ -691,19 +918,30 @@ def _remote_size(host: str, repo: str, tag: str) -> int:
 
 def register(cases: dict[str, Callable[[Any], list[Any]]], row_cls: type) -> None:
     """Add start, read-all, metadata and image-build to run.py's CASES."""
-    fns = {"start": case_start, "read-all": case_read_all, "metadata": case_metadata,
-           "image-build": case_image_build}
+    fns = {
+        "start": case_start,
+        "read-all": case_read_all,
+        "metadata": case_metadata,
+        "image-build": case_image_build,
+    }
     for case, fn in fns.items():
         cases[case] = _guarded(case, fn, row_cls)
 
 
-def _guarded(case: str, fn: Callable[[Any, type], list[Any]], row_cls: type) -> Callable[[Any], list[Any]]:
+def _guarded(
+    case: str, fn: Callable[[Any, type], list[Any]], row_cls: type
+) -> Callable[[Any], list[Any]]:
     def run(ctx: Any) -> list[Any]:
         try:
             return fn(ctx, row_cls)
         except Exception as exc:  # a broken case must not take the others down
             ctx.log(f"{case}: failed: {type(exc).__name__}: {exc}")
-            return [row_cls(case, case, "-", status="failed", detail=f"{type(exc).__name__}: {exc}"[:400])]
+            return [
+                row_cls(
+                    case, case, "-", status="failed", detail=f"{type(exc).__name__}: {exc}"[:400]
+                )
+            ]
+
     return run
 
 
@@ -714,8 +952,10 @@ def print_table(rows: list[Any], out: Any = sys.stdout) -> None:
     images_seen = {r.extra.get("image") for r in rows if r.extra.get("image")}
     for s in sorted(images_seen):
         print(f"image  {s}", file=out)
-    head = (f"{'case':<12} {'name':<28} {'status':<7} {'median s':>9} {'min s':>8} {'max s':>8} "
-            f"{'fetched MB':>10} {'requests':>8}  detail")
+    head = (
+        f"{'case':<12} {'name':<28} {'status':<7} {'median s':>9} {'min s':>8} {'max s':>8} "
+        f"{'fetched MB':>10} {'requests':>8}  detail"
+    )
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in rows:
@@ -728,5 +968,8 @@ def print_table(rows: list[Any], out: Any = sys.stdout) -> None:
         detail = r.detail
         if r.case == "image-build" and r.name.startswith("create"):
             detail = f"{r.mb_per_s:.1f} MB/s; {detail}"
-        print(f"{r.case:<12} {r.name:<28} {r.status:<7} {r.seconds:>9.2f} {e['min_s']:>8.2f} "
-              f"{e['max_s']:>8.2f} {fetched} {reqs}  {detail}", file=out)
+        print(
+            f"{r.case:<12} {r.name:<28} {r.status:<7} {r.seconds:>9.2f} {e['min_s']:>8.2f} "
+            f"{e['max_s']:>8.2f} {fetched} {reqs}  {detail}",
+            file=out,
+        )

@@ -47,8 +47,15 @@ class TokenBucket:
 class ThrottleProxy:
     PIECE = 16 * 1024
 
-    def __init__(self, target_port: int, *, mbit: float = 100.0, burst: int = 64 * 1024,
-                 max_seconds: float = 3600.0, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        mbit: float = 100.0,
+        burst: int = 64 * 1024,
+        max_seconds: float = 3600.0,
+        target_host: str = "127.0.0.1",
+    ) -> None:
         rate = mbit * 1_000_000 / 8
         self.up = TokenBucket(rate, burst)  # client -> server
         self.down = TokenBucket(rate, burst)  # server -> client
@@ -72,7 +79,7 @@ class ThrottleProxy:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ThrottleProxy":
+    def __enter__(self) -> ThrottleProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,7 +105,7 @@ class ThrottleProxy:
                 return
             try:
                 client, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -114,7 +121,9 @@ class ThrottleProxy:
                 self._socks += [client, server]
                 self.connections += 1
             threading.Thread(target=self._pump, args=(client, server, self.up), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, self.down), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, self.down), daemon=True
+            ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, bucket: TokenBucket) -> None:
         try:

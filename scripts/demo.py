@@ -57,7 +57,9 @@ def layer_from_dir(root: Path) -> tuple[bytes, str]:
         for path in sorted(root.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
     data = raw.getvalue()
-    return gzip.compress(data, compresslevel=6, mtime=0), "sha256:" + hashlib.sha256(data).hexdigest()
+    return gzip.compress(data, compresslevel=6, mtime=0), "sha256:" + hashlib.sha256(
+        data
+    ).hexdigest()
 
 
 def generated_layers(work: Path) -> list[Path]:
@@ -101,28 +103,65 @@ def push_image(layers: list[Path], work: Path, ref: str) -> int:
         gz, diff_id = layer_from_dir(d)
         digest = hashlib.sha256(gz).hexdigest()
         (blobs / digest).write_bytes(gz)
-        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                      "digest": "sha256:" + digest, "size": len(gz)})
+        descs.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": "sha256:" + digest,
+                "size": len(gz),
+            }
+        )
         diff_ids.append(diff_id)
         total += len(gz)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Cmd": ["/bin/bash"]},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/bash"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    ).encode()
     (blobs / hashlib.sha256(config).hexdigest()).write_bytes(config)
-    manifest = json.dumps({"schemaVersion": 2,
-                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
-                                      "size": len(config)},
-                           "layers": descs}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": descs,
+        }
+    ).encode()
     (blobs / hashlib.sha256(manifest).hexdigest()).write_bytes(manifest)
     (work / "layout" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (work / "layout" / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-         "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(), "size": len(manifest),
-         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
-    subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-                    f"oci:{work / 'layout'}:latest", f"docker://{ref}"], check=True)
+    (work / "layout" / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                    }
+                ],
+            }
+        )
+    )
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci:{work / 'layout'}:latest",
+            f"docker://{ref}",
+        ],
+        check=True,
+    )
     return total
 
 
@@ -149,23 +188,61 @@ def main() -> int:
         print(f"pushed {source}: {len(layers)} layers, {size / 1e6:.1f} MB compressed")
         step("nydusify convert")
         t0 = time.monotonic()
-        subprocess.run([str(BIN / "nydusify"), "convert", "--source", source,
-                        "--target", f"{reg.host}/demo:nydus", "--source-insecure",
-                        "--target-insecure", "--work-dir", str(work / "tmp")], check=True)
+        subprocess.run(
+            [
+                str(BIN / "nydusify"),
+                "convert",
+                "--source",
+                source,
+                "--target",
+                f"{reg.host}/demo:nydus",
+                "--source-insecure",
+                "--target-insecure",
+                "--work-dir",
+                str(work / "tmp"),
+            ],
+            check=True,
+        )
         print(f"converted in {time.monotonic() - t0:.1f} s")
         boot = work / "tmp" / f"{reg.host}" / "demo:nydus" / "bootstrap"
-        subprocess.run([str(BIN / "nydus-image"), "check", "--bootstrap", str(boot),
-                        "--log-level", "warn"], check=True)
+        subprocess.run(
+            [str(BIN / "nydus-image"), "check", "--bootstrap", str(boot), "--log-level", "warn"],
+            check=True,
+        )
         step("nydusd --config registry.json --mountpoint mnt --bootstrap .../bootstrap")
         cfg = work / "registry.json"
-        cfg.write_text(json.dumps({"device": {"backend": {"type": "registry", "config": {
-            "scheme": "http", "host": reg.host, "repo": "demo"}}},
-            "mode": "direct", "digest_validate": True}, indent=2))
+        cfg.write_text(
+            json.dumps(
+                {
+                    "device": {
+                        "backend": {
+                            "type": "registry",
+                            "config": {"scheme": "http", "host": reg.host, "repo": "demo"},
+                        }
+                    },
+                    "mode": "direct",
+                    "digest_validate": True,
+                },
+                indent=2,
+            )
+        )
         mnt.mkdir()
         sock = work / "api.sock"
-        nydusd = subprocess.Popen([str(BIN / "nydusd"), "--config", str(cfg), "--mountpoint",
-                                   str(mnt), "--bootstrap", str(boot), "--apisock", str(sock),
-                                   "--log-level", "info"])
+        nydusd = subprocess.Popen(
+            [
+                str(BIN / "nydusd"),
+                "--config",
+                str(cfg),
+                "--mountpoint",
+                str(mnt),
+                "--bootstrap",
+                str(boot),
+                "--apisock",
+                str(sock),
+                "--log-level",
+                "info",
+            ]
+        )
         for _ in range(100):
             if os.path.ismount(mnt):
                 break
@@ -179,8 +256,10 @@ def main() -> int:
 
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as api:
             m = api.get("http://nydusd/api/v1/metrics/backend").json()
-        print(f"fetched {m['read_amount_total']} bytes in {m['read_count']} requests for an "
-              f"image of {size} bytes ({100 * m['read_amount_total'] / size:.2f}%)")
+        print(
+            f"fetched {m['read_amount_total']} bytes in {m['read_count']} requests for an "
+            f"image of {size} bytes ({100 * m['read_amount_total'] / size:.2f}%)"
+        )
         return 0
     finally:
         if nydusd is not None:

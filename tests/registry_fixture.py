@@ -20,10 +20,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
@@ -74,16 +74,35 @@ def _openssl(*args: str, data: bytes | None = None) -> bytes:
     return done.stdout
 
 
-def start_token_server(workdir: Path, users: dict[str, str] | None = None, *,
-                       anonymous: bool = False, expires_in: int = 300) -> TokenServer:
+def start_token_server(
+    workdir: Path,
+    users: dict[str, str] | None = None,
+    *,
+    anonymous: bool = False,
+    expires_in: int = 300,
+) -> TokenServer:
     """Serve `GET|POST /token` on a free loopback port (see TokenServer)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key, cert = workdir / "token.key", workdir / "token.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-             str(cert), "-days", "2", "-subj", "/CN=nydus-test-token")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=nydus-test-token",
+    )
     other_key = workdir / "other.key"
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out",
-             str(other_key))
+    _openssl(
+        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(other_key)
+    )
     der = _openssl("x509", "-in", str(cert), "-outform", "DER")
     users = dict(users or {})
     server_box: list[TokenServer] = []
@@ -96,17 +115,30 @@ def start_token_server(workdir: Path, users: dict[str, str] | None = None, *,
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
-        claims = {"iss": "nydus-test-issuer", "sub": subject, "aud": service, "exp": now + 600,
-                  "nbf": now - 10, "iat": now, "jti": f"{now}-{len(server_box[0].requests)}",
-                  "access": access}
-        signing_input = f"{_b64url(json.dumps(header).encode())}." \
-                        f"{_b64url(json.dumps(claims).encode())}"
+        claims = {
+            "iss": "nydus-test-issuer",
+            "sub": subject,
+            "aud": service,
+            "exp": now + 600,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": f"{now}-{len(server_box[0].requests)}",
+            "access": access,
+        }
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
         signer = other_key if server_box[0].bad_signature else key
         signature = _openssl("dgst", "-sha256", "-sign", str(signer), data=signing_input.encode())
         token = f"{signing_input}.{_b64url(signature)}"
-        return json.dumps({"token": token, "access_token": token, "expires_in": expires_in,
-                           "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-                           }).encode()
+        return json.dumps(
+            {
+                "token": token,
+                "access_token": token,
+                "expires_in": expires_in,
+                "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            }
+        ).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -121,16 +153,21 @@ def start_token_server(workdir: Path, users: dict[str, str] | None = None, *,
 
         def _handle(self, fields: dict[str, str], user: str | None, password: str | None) -> None:
             server = server_box[0]
-            server.requests.append({"method": self.command, "user": user or "",
-                                    "scope": fields.get("scope", ""),
-                                    "grant_type": fields.get("grant_type", "")})
+            server.requests.append(
+                {
+                    "method": self.command,
+                    "user": user or "",
+                    "scope": fields.get("scope", ""),
+                    "grant_type": fields.get("grant_type", ""),
+                }
+            )
             if user is None and not anonymous:
                 return self._reply(401, b'{"details":"credentials required"}')
             if user is not None and users.get(user) != password:
                 return self._reply(401, b'{"details":"wrong credentials"}')
             self._reply(200, issue(user or "", fields.get("scope", ""), fields.get("service", "")))
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
             user = password = None
             auth = self.headers.get("Authorization", "")
@@ -138,11 +175,12 @@ def start_token_server(workdir: Path, users: dict[str, str] | None = None, *,
                 user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
             self._handle(query, user, password)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if not server_box[0].post_supported:
-                server_box[0].requests.append({"method": "POST", "user": "", "scope": "",
-                                               "grant_type": ""})
+                server_box[0].requests.append(
+                    {"method": "POST", "user": "", "scope": "", "grant_type": ""}
+                )
                 return self._reply(404)
             form = dict(urllib.parse.parse_qsl(body.decode()))
             self._handle(form, form.get("username"), form.get("password"))
@@ -155,9 +193,13 @@ def start_token_server(workdir: Path, users: dict[str, str] | None = None, *,
         httpd.shutdown()
         httpd.server_close()
 
-    server = TokenServer(realm=f"http://127.0.0.1:{httpd.server_address[1]}/token",
-                         service="nydus-test-registry", issuer="nydus-test-issuer",
-                         cert_path=cert, stop=stop)
+    server = TokenServer(
+        realm=f"http://127.0.0.1:{httpd.server_address[1]}/token",
+        service="nydus-test-registry",
+        issuer="nydus-test-issuer",
+        cert_path=cert,
+        stop=stop,
+    )
     server_box.append(server)
     return server
 
@@ -181,22 +223,36 @@ def _config(root: Path, port: int, htpasswd: Path | None, token: TokenServer | N
     if htpasswd is not None:
         lines += ["auth:", "  htpasswd:", "    realm: nydus-test", f"    path: {htpasswd}"]
     if token is not None:
-        lines += ["auth:", "  token:", f"    realm: {token.realm}", f"    service: {token.service}",
-                  f"    issuer: {token.issuer}", f"    rootcertbundle: {token.cert_path}"]
+        lines += [
+            "auth:",
+            "  token:",
+            f"    realm: {token.realm}",
+            f"    service: {token.service}",
+            f"    issuer: {token.issuer}",
+            f"    rootcertbundle: {token.cert_path}",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def start_registry(workdir: Path, *, htpasswd: dict[str, str] | None = None,
-                   token: TokenServer | None = None, timeout: float = 15.0) -> RunningRegistry:
+def start_registry(
+    workdir: Path,
+    *,
+    htpasswd: dict[str, str] | None = None,
+    token: TokenServer | None = None,
+    timeout: float = 15.0,
+) -> RunningRegistry:
     """Start `docker-registry serve` under `workdir`; return when `/v2/` answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "storage"
     passwd_path = None
     if htpasswd:
         passwd_path = workdir / "htpasswd"
-        entries = [subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True,
-                                  check=True, text=True).stdout.strip()
-                   for user, password in htpasswd.items()]
+        entries = [
+            subprocess.run(
+                ["htpasswd", "-Bbn", user, password], capture_output=True, check=True, text=True
+            ).stdout.strip()
+            for user, password in htpasswd.items()
+        ]
         passwd_path.write_text("\n".join(entries) + "\n")
     log_path = workdir / "registry.log"
     last_error = ""
@@ -212,12 +268,17 @@ def start_registry(workdir: Path, *, htpasswd: dict[str, str] | None = None,
     raise RuntimeError(f"docker-registry did not start: {last_error}")
 
 
-def serve(config: Path, log_path: Path, append: bool = True
-          ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+def serve(
+    config: Path, log_path: Path, append: bool = True
+) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
     """Run `docker-registry serve CONFIG`; return the process and a stop callable."""
     with open(log_path, "ab" if append else "wb") as log:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def stop() -> None:
         if proc.poll() is None:
@@ -237,8 +298,9 @@ def restart_registry(old: RunningRegistry, timeout: float = 15.0) -> RunningRegi
     proc, stop = serve(old.root.parent / "config.yml", old.log_path)
     if not _wait_ready(f"http://127.0.0.1:{port}/v2/", proc, timeout):
         stop()
-        raise AssertionError("docker-registry did not restart: "
-                             + old.log_path.read_text(errors="replace")[-2000:])
+        raise AssertionError(
+            "docker-registry did not restart: " + old.log_path.read_text(errors="replace")[-2000:]
+        )
     return RunningRegistry(old.host, old.root, old.log_path, stop)
 
 

@@ -21,13 +21,24 @@ from tests.registry_fixture import registry_available
 REPO = Path(__file__).resolve().parent.parent
 CASES = ["start", "read-all", "metadata", "image-build"]
 EXPECTED = {
-    "start": ["start OCI loopback", "start Nydus loopback", "start OCI 100 Mbit/s",
-              "start Nydus 100 Mbit/s"],
+    "start": [
+        "start OCI loopback",
+        "start Nydus loopback",
+        "start OCI 100 Mbit/s",
+        "start Nydus 100 Mbit/s",
+    ],
     "read-all": ["read-all OCI pull+unpack", "read-all OCI +tar", "read-all Nydus"],
-    "metadata": ["metadata OCI cold", "metadata Nydus cold", "metadata OCI warm",
-                 "metadata Nydus warm"],
-    "image-build": ["nydusify convert zstd", "nydusify convert lz4_block",
-                    *[f"create layer {i} {c}" for c in ("zstd", "lz4_block") for i in (1, 2, 3)]],
+    "metadata": [
+        "metadata OCI cold",
+        "metadata Nydus cold",
+        "metadata OCI warm",
+        "metadata Nydus warm",
+    ],
+    "image-build": [
+        "nydusify convert zstd",
+        "nydusify convert lz4_block",
+        *[f"create layer {i} {c}" for c in ("zstd", "lz4_block") for i in (1, 2, 3)],
+    ],
 }
 
 
@@ -52,9 +63,22 @@ def test_benchmark_quick_user_cases(tmp_path):
         pytest.skip(reason)
     out = tmp_path / "bench.json"
     r = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--only", ",".join(CASES),
-         "--repeat", "1", "--json", str(out), "--workdir", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--quick",
+            "--only",
+            ",".join(CASES),
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     doc = json.loads(out.read_text())
@@ -74,8 +98,13 @@ def test_benchmark_quick_user_cases(tmp_path):
         if case != "image-build":
             assert tools == {"OCI", "Nydus"}, (case, tools)
     # bytes and requests fetched from the registry, both ways
-    for name in ("start OCI loopback", "start Nydus loopback", "start Nydus 100 Mbit/s",
-                 "read-all OCI pull+unpack", "read-all Nydus"):
+    for name in (
+        "start OCI loopback",
+        "start Nydus loopback",
+        "start Nydus 100 Mbit/s",
+        "read-all OCI pull+unpack",
+        "read-all Nydus",
+    ):
         ex = rows[name]["extra"]
         assert ex["bytes_fetched"] > 0 and ex["requests"] > 0, (name, ex)
     # the OCI way fetches the whole image: manifest + config + every gzip layer
@@ -84,12 +113,18 @@ def test_benchmark_quick_user_cases(tmp_path):
     assert rows["start Nydus loopback"]["extra"]["nydus_over_oci"] > 0
     assert rows["start Nydus loopback"]["extra"]["needed"]["files"] == 33
     # read-all through the mount fetches at least every chunk of the image once
-    assert rows["read-all Nydus"]["extra"]["bytes_fetched"] >= rows["start Nydus loopback"]["extra"][
-        "needed"]["compressed_bytes"]
+    assert (
+        rows["read-all Nydus"]["extra"]["bytes_fetched"]
+        >= rows["start Nydus loopback"]["extra"]["needed"]["compressed_bytes"]
+    )
     # the quick start row says what ran instead of python
     assert "host-side cat" in rows["start OCI loopback"]["detail"]
     # metadata: both ways list the same entries
-    assert rows["metadata OCI cold"]["extra"]["entries"] == rows["metadata Nydus cold"]["extra"]["entries"] > 200
+    assert (
+        rows["metadata OCI cold"]["extra"]["entries"]
+        == rows["metadata Nydus cold"]["extra"]["entries"]
+        > 200
+    )
     # image-build: sizes and speeds
     for comp in ("zstd", "lz4_block"):
         conv = rows[f"nydusify convert {comp}"]

@@ -14,9 +14,10 @@ import binascii
 import dataclasses
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from nydus.errors import ConfigError
 
@@ -48,7 +49,7 @@ U32_MAX = 0xFFFF_FFFF
 
 #: backend types nydusd v1 accepts (v2 adds http-proxy)
 BACKEND_TYPES_V1 = ("localfs", "localdisk", "oss", "s3", "registry")
-BACKEND_TYPES = BACKEND_TYPES_V1 + ("http-proxy",)
+BACKEND_TYPES = (*BACKEND_TYPES_V1, "http-proxy")
 #: cache types; "" and "dummycache" mean no cache
 CACHE_TYPES = ("blobcache", "filecache", "fscache", "", "dummycache")
 FILE_CACHE_TYPES = ("blobcache", "filecache", "fscache")
@@ -64,8 +65,9 @@ class _Obj:
 
     def __init__(self, data: Any, where: str) -> None:
         if not isinstance(data, Mapping):
-            raise ConfigError(f"config: {where or 'top level'} must be an object, "
-                              f"got {_kind(data)}")
+            raise ConfigError(
+                f"config: {where or 'top level'} must be an object, got {_kind(data)}"
+            )
         self.data = data
         self.where = where
 
@@ -75,7 +77,7 @@ class _Obj:
     def has(self, key: str) -> bool:
         return key in self.data and self.data[key] is not None
 
-    def obj(self, key: str, required: bool = False) -> "_Obj | None":
+    def obj(self, key: str, required: bool = False) -> _Obj | None:
         if not self.has(key):
             if required:
                 raise ConfigError(f"config: {self.path(key)} is required")
@@ -103,16 +105,18 @@ class _Obj:
             raise ConfigError(f"config: {self.path(key)} must be true or false, got {_kind(v)}")
         return v
 
-    def num(self, key: str, default: int, lo: int = 0, hi: int = 0xFFFF_FFFF_FFFF_FFFF,
-            what: str = "") -> int:
+    def num(
+        self, key: str, default: int, lo: int = 0, hi: int = 0xFFFF_FFFF_FFFF_FFFF, what: str = ""
+    ) -> int:
         if not self.has(key):
             return default
         v = self.data[key]
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"config: {self.path(key)} must be an integer, got {_kind(v)}")
         if not lo <= v <= hi:
-            raise ConfigError(f"config: {self.path(key)} = {v} is out of range "
-                              f"({what or f'{lo}..{hi}'})")
+            raise ConfigError(
+                f"config: {self.path(key)} = {v} is out of range ({what or f'{lo}..{hi}'})"
+            )
         return v
 
     def text_list(self, key: str) -> tuple[str, ...]:
@@ -157,13 +161,18 @@ class ProxyConfig:
     dragonfly_scheduler_endpoint: str = ""
 
     @classmethod
-    def parse(cls, o: _Obj | None) -> "ProxyConfig":
+    def parse(cls, o: _Obj | None) -> ProxyConfig:
         if o is None:
             return cls()
-        return cls(o.text("url"), o.text("ping_url"), o.flag("fallback", True),
-                   o.num("check_interval", 5, hi=U32_MAX),
-                   o.num("check_pause_elapsed", 300, hi=U32_MAX), o.flag("use_http"),
-                   o.text("dragonfly_scheduler_endpoint"))
+        return cls(
+            o.text("url"),
+            o.text("ping_url"),
+            o.flag("fallback", True),
+            o.num("check_interval", 5, hi=U32_MAX),
+            o.num("check_pause_elapsed", 300, hi=U32_MAX),
+            o.flag("use_http"),
+            o.text("dragonfly_scheduler_endpoint"),
+        )
 
 
 def _http_fields(o: _Obj) -> dict[str, Any]:
@@ -201,12 +210,17 @@ class RegistryConfig(HttpCommon):
     blob_redirected_host: str = ""
 
     @classmethod
-    def parse(cls, o: _Obj) -> "RegistryConfig":
+    def parse(cls, o: _Obj) -> RegistryConfig:
         return cls(
-            host=o.text("host"), repo=o.text("repo"), scheme=o.text("scheme", "https"),
-            auth=o.opt_text("auth"), registry_token=o.opt_text("registry_token"),
+            host=o.text("host"),
+            repo=o.text("repo"),
+            scheme=o.text("scheme", "https"),
+            auth=o.opt_text("auth"),
+            registry_token=o.opt_text("registry_token"),
             blob_url_scheme=o.text("blob_url_scheme"),
-            blob_redirected_host=o.text("blob_redirected_host"), **_http_fields(o))
+            blob_redirected_host=o.text("blob_redirected_host"),
+            **_http_fields(o),
+        )
 
     @property
     def use_http(self) -> bool:
@@ -220,20 +234,24 @@ class RegistryConfig(HttpCommon):
         try:
             raw = base64.b64decode(self.auth, validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            raise ConfigError("config: registry auth is not valid base64 of 'user:password'") \
-                from None
+            raise ConfigError(
+                "config: registry auth is not valid base64 of 'user:password'"
+            ) from None
         user, sep, password = raw.partition(":")
         if not sep:
-            raise ConfigError("config: registry auth does not decode to 'user:password' "
-                              "(no ':' found)")
+            raise ConfigError(
+                "config: registry auth does not decode to 'user:password' (no ':' found)"
+            )
         return user, password
 
     def validate(self, where: str) -> None:
         if not self.host:
             raise ConfigError(f"config: {where}.host of the registry backend must not be empty")
         if "://" in self.host or "/" in self.host:
-            raise ConfigError(f"config: {where}.host {self.host!r} must be hostname[:port] "
-                              "without a scheme or path")
+            raise ConfigError(
+                f"config: {where}.host {self.host!r} must be hostname[:port] "
+                "without a scheme or path"
+            )
         if not self.repo:
             raise ConfigError(f"config: {where}.repo of the registry backend must not be empty")
         self.credentials()
@@ -246,7 +264,7 @@ class LocalFsConfig:
     alt_dirs: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, o: _Obj) -> "LocalFsConfig":
+    def parse(cls, o: _Obj) -> LocalFsConfig:
         return cls(o.text("blob_file"), o.text("dir"), o.text_list("alt_dirs"))
 
     def validate(self, where: str) -> None:
@@ -264,16 +282,22 @@ class OssConfig(HttpCommon):
     access_key_secret: str = ""
 
     @classmethod
-    def parse(cls, o: _Obj) -> "OssConfig":
-        return cls(endpoint=o.text("endpoint"), bucket_name=o.text("bucket_name"),
-                   scheme=o.text("scheme", "https"), object_prefix=o.text("object_prefix"),
-                   access_key_id=o.text("access_key_id"),
-                   access_key_secret=o.text("access_key_secret"), **_http_fields(o))
+    def parse(cls, o: _Obj) -> OssConfig:
+        return cls(
+            endpoint=o.text("endpoint"),
+            bucket_name=o.text("bucket_name"),
+            scheme=o.text("scheme", "https"),
+            object_prefix=o.text("object_prefix"),
+            access_key_id=o.text("access_key_id"),
+            access_key_secret=o.text("access_key_secret"),
+            **_http_fields(o),
+        )
 
     def validate(self, where: str) -> None:
         if not self.endpoint or not self.bucket_name:
-            raise ConfigError(f"config: {where}: the oss backend needs `endpoint` and "
-                              "`bucket_name`")
+            raise ConfigError(
+                f"config: {where}: the oss backend needs `endpoint` and `bucket_name`"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,16 +311,21 @@ class S3Config(HttpCommon):
     access_key_secret: str = ""
 
     @classmethod
-    def parse(cls, o: _Obj) -> "S3Config":
-        return cls(region=o.text("region"), bucket_name=o.text("bucket_name"),
-                   endpoint=o.text("endpoint"), scheme=o.text("scheme", "https"),
-                   object_prefix=o.text("object_prefix"), access_key_id=o.text("access_key_id"),
-                   access_key_secret=o.text("access_key_secret"), **_http_fields(o))
+    def parse(cls, o: _Obj) -> S3Config:
+        return cls(
+            region=o.text("region"),
+            bucket_name=o.text("bucket_name"),
+            endpoint=o.text("endpoint"),
+            scheme=o.text("scheme", "https"),
+            object_prefix=o.text("object_prefix"),
+            access_key_id=o.text("access_key_id"),
+            access_key_secret=o.text("access_key_secret"),
+            **_http_fields(o),
+        )
 
     def validate(self, where: str) -> None:
         if not self.region or not self.bucket_name:
-            raise ConfigError(f"config: {where}: the s3 backend needs `region` and "
-                              "`bucket_name`")
+            raise ConfigError(f"config: {where}: the s3 backend needs `region` and `bucket_name`")
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,14 +334,16 @@ class HttpProxyConfig(HttpCommon):
     path: str = ""
 
     @classmethod
-    def parse(cls, o: _Obj) -> "HttpProxyConfig":
+    def parse(cls, o: _Obj) -> HttpProxyConfig:
         return cls(addr=o.text("addr"), path=o.text("path"), **_http_fields(o))
 
     def validate(self, where: str) -> None:
         a = self.addr
-        if not (a.startswith("http://") or a.startswith("https://") or a.startswith("/")):
-            raise ConfigError(f"config: {where}.addr {a!r} must be an http(s):// URL or an "
-                              "absolute unix socket path")
+        if not (a.startswith(("http://", "https://", "/"))):
+            raise ConfigError(
+                f"config: {where}.addr {a!r} must be an http(s):// URL or an "
+                "absolute unix socket path"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +352,7 @@ class LocalDiskConfig:
     disable_gpt: bool = False
 
     @classmethod
-    def parse(cls, o: _Obj) -> "LocalDiskConfig":
+    def parse(cls, o: _Obj) -> LocalDiskConfig:
         return cls(o.text("device_path"), o.flag("disable_gpt"))
 
     def validate(self, where: str) -> None:
@@ -356,8 +387,9 @@ class BackendConfig:
 
     def validate(self, where: str, allowed: tuple[str, ...] = BACKEND_TYPES) -> None:
         if self.type not in allowed:
-            raise ConfigError(f"config: unknown backend type {self.type!r} (expected one of "
-                              f"{', '.join(allowed)})")
+            raise ConfigError(
+                f"config: unknown backend type {self.type!r} (expected one of {', '.join(allowed)})"
+            )
         self.settings.validate(where)
 
 
@@ -376,8 +408,9 @@ class PrefetchConfig:
         if not 1 <= self.threads <= 1024:
             raise ConfigError(f"config: {where} threads {self.threads} must be 1..1024")
         if self.batch_size > MAX_BATCH_SIZE:
-            raise ConfigError(f"config: {where} merging/batch size {self.batch_size} exceeds "
-                              f"0x{MAX_BATCH_SIZE:x}")
+            raise ConfigError(
+                f"config: {where} merging/batch size {self.batch_size} exceeds 0x{MAX_BATCH_SIZE:x}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,12 +433,16 @@ class CacheConfig:
 
     def check(self, where: str) -> None:
         if self.type not in CACHE_TYPES:
-            raise ConfigError(f"config: unknown cache type {self.type!r} (expected blobcache, "
-                              "filecache, fscache, dummycache or \"\")")
+            raise ConfigError(
+                f"config: unknown cache type {self.type!r} (expected blobcache, "
+                'filecache, fscache, dummycache or "")'
+            )
         if self.enabled:
             if not self.has_config:
-                raise ConfigError(f"config: {where}: cache type {self.type} needs a `config` "
-                                  "object (use {} for the defaults)")
+                raise ConfigError(
+                    f"config: {where}: cache type {self.type} needs a `config` "
+                    "object (use {} for the defaults)"
+                )
             if self.work_dir == "":
                 raise ConfigError(f"config: {where}: cache work_dir must not be empty")
         if self.encryption_key:
@@ -441,35 +478,38 @@ class NydusdConfig:
     source_version: int = 2
     external_backends: tuple[Mapping[str, Any], ...] = ()
 
-    def validate(self) -> "NydusdConfig":
+    def validate(self) -> NydusdConfig:
         """Apply nydusd's rules; return self, or raise ConfigError naming the problem."""
-        where = "device.backend.config" if self.source_version == 1 else \
-            f"backend.{self.backend.type}"
+        where = (
+            "device.backend.config" if self.source_version == 1 else f"backend.{self.backend.type}"
+        )
         allowed = BACKEND_TYPES_V1 if self.source_version == 1 else BACKEND_TYPES
         self.backend.validate(where, allowed)
         self.cache.check("device.cache" if self.source_version == 1 else "cache")
         if self.rafs.mode not in RAFS_MODES:
             raise ConfigError(f"config: mode {self.rafs.mode!r} must be direct or cached")
         if self.rafs.batch_size > MAX_BATCH_SIZE:
-            raise ConfigError(f"config: amplify_io/batch_size {self.rafs.batch_size} exceeds "
-                              f"0x{MAX_BATCH_SIZE:x}")
-        self.rafs.prefetch.validate("fs_prefetch" if self.source_version == 1 else
-                                    "rafs.prefetch")
+            raise ConfigError(
+                f"config: amplify_io/batch_size {self.rafs.batch_size} exceeds 0x{MAX_BATCH_SIZE:x}"
+            )
+        self.rafs.prefetch.validate("fs_prefetch" if self.source_version == 1 else "rafs.prefetch")
         return self
 
-    def redacted(self) -> "NydusdConfig":
+    def redacted(self) -> NydusdConfig:
         """A copy with registry credentials, cloud keys and cache keys blanked."""
         s = self.backend.settings
         if isinstance(s, RegistryConfig):
-            s = replace(s, auth="" if s.auth is not None else None,
-                        registry_token="" if s.registry_token is not None else None)
+            s = replace(
+                s,
+                auth="" if s.auth is not None else None,
+                registry_token="" if s.registry_token is not None else None,
+            )
         elif isinstance(s, (OssConfig, S3Config)):
             s = replace(s, access_key_id="", access_key_secret="")
-        cache = replace(self.cache, encryption_key="") if self.cache.encryption_key else \
-            self.cache
+        cache = replace(self.cache, encryption_key="") if self.cache.encryption_key else self.cache
         return replace(self, backend=replace(self.backend, settings=s), cache=cache)
 
-    def with_registry_auth(self, auth: str) -> "NydusdConfig":
+    def with_registry_auth(self, auth: str) -> NydusdConfig:
         s = self.backend.settings
         if not isinstance(s, RegistryConfig):
             return self
@@ -487,12 +527,13 @@ class NydusdConfig:
             "prefetch": _plain(self.cache.prefetch),
         }
         if self.cache.type in ("blobcache", "filecache"):
-            cache["filecache"] = {"work_dir": self.cache.work_dir,
-                                  "disable_indexed_map": self.cache.disable_indexed_map,
-                                  "enable_encryption": self.cache.enable_encryption,
-                                  "enable_convergent_encryption":
-                                      self.cache.enable_convergent_encryption,
-                                  "encryption_key": self.cache.encryption_key}
+            cache["filecache"] = {
+                "work_dir": self.cache.work_dir,
+                "disable_indexed_map": self.cache.disable_indexed_map,
+                "enable_encryption": self.cache.enable_encryption,
+                "enable_convergent_encryption": self.cache.enable_convergent_encryption,
+                "encryption_key": self.cache.encryption_key,
+            }
         elif self.cache.type == "fscache":
             cache["fscache"] = {"work_dir": self.cache.work_dir}
         return {
@@ -534,20 +575,26 @@ def _prefetch_v1(o: _Obj | None) -> PrefetchConfig:
     if o is None:  # absent object: prefetch off, all fields zero
         return PrefetchConfig(False, 0, 0, 0, False, False)
     return PrefetchConfig(
-        enable=o.flag("enable"), threads=o.num("threads_count", 8, hi=U32_MAX),
-        batch_size=o.num("merging_size", MIB), bandwidth_limit=o.num("bandwidth_rate", 0,
-                                                                      hi=U32_MAX),
-        prefetch_all=o.flag("prefetch_all", True), stream_prefetch=o.flag("stream_prefetch"))
+        enable=o.flag("enable"),
+        threads=o.num("threads_count", 8, hi=U32_MAX),
+        batch_size=o.num("merging_size", MIB),
+        bandwidth_limit=o.num("bandwidth_rate", 0, hi=U32_MAX),
+        prefetch_all=o.flag("prefetch_all", True),
+        stream_prefetch=o.flag("stream_prefetch"),
+    )
 
 
 def _prefetch_v2(o: _Obj | None) -> PrefetchConfig:
     if o is None:
         return PrefetchConfig()
     return PrefetchConfig(
-        enable=o.flag("enable"), threads=o.num("threads", 8, hi=U32_MAX),
-        batch_size=o.num("batch_size", MIB), bandwidth_limit=o.num("bandwidth_limit", 0,
-                                                                    hi=U32_MAX),
-        prefetch_all=o.flag("prefetch_all", False), stream_prefetch=o.flag("stream_prefetch"))
+        enable=o.flag("enable"),
+        threads=o.num("threads", 8, hi=U32_MAX),
+        batch_size=o.num("batch_size", MIB),
+        bandwidth_limit=o.num("bandwidth_limit", 0, hi=U32_MAX),
+        prefetch_all=o.flag("prefetch_all", False),
+        stream_prefetch=o.flag("stream_prefetch"),
+    )
 
 
 def _external(o: _Obj, key: str) -> tuple[Mapping[str, Any], ...]:
@@ -576,26 +623,41 @@ def from_v1(doc: Any) -> NydusdConfig:
         ctype = c.text("type")
         cconf = c.obj("config")
         if ctype in FILE_CACHE_TYPES and cconf is None:
-            raise ConfigError(f"config: device.cache.config is required for cache type "
-                              f"{ctype!r} (use {{}} for the defaults)")
+            raise ConfigError(
+                f"config: device.cache.config is required for cache type "
+                f"{ctype!r} (use {{}} for the defaults)"
+            )
         cc = cconf if cconf is not None else _Obj({}, "device.cache.config")
         cache = CacheConfig(
-            type=ctype, compressed=c.flag("compressed"), validate=c.flag("validate"),
-            work_dir=cc.text("work_dir", "."), has_config=cconf is not None or
-            ctype not in FILE_CACHE_TYPES,
+            type=ctype,
+            compressed=c.flag("compressed"),
+            validate=c.flag("validate"),
+            work_dir=cc.text("work_dir", "."),
+            has_config=cconf is not None or ctype not in FILE_CACHE_TYPES,
             disable_indexed_map=cc.flag("disable_indexed_map"),
             enable_encryption=cc.flag("enable_encryption"),
             enable_convergent_encryption=cc.flag("enable_convergent_encryption"),
             encryption_key=cc.text("encryption_key"),
-            prefetch=fs_prefetch)
+            prefetch=fs_prefetch,
+        )
     rafs = RafsOptions(
-        mode=top.text("mode", required=True), batch_size=top.num("amplify_io", MIB),
-        validate=top.flag("digest_validate"), enable_xattr=top.flag("enable_xattr"),
-        iostats_files=top.flag("iostats_files"), access_pattern=top.flag("access_pattern"),
-        latest_read_files=top.flag("latest_read_files"), prefetch=fs_prefetch)
-    return NydusdConfig(backend=BackendConfig(btype, settings), cache=cache, rafs=rafs,
-                        id=device.text("id"), source_version=1,
-                        external_backends=_external(device, "external_backends"))
+        mode=top.text("mode", required=True),
+        batch_size=top.num("amplify_io", MIB),
+        validate=top.flag("digest_validate"),
+        enable_xattr=top.flag("enable_xattr"),
+        iostats_files=top.flag("iostats_files"),
+        access_pattern=top.flag("access_pattern"),
+        latest_read_files=top.flag("latest_read_files"),
+        prefetch=fs_prefetch,
+    )
+    return NydusdConfig(
+        backend=BackendConfig(btype, settings),
+        cache=cache,
+        rafs=rafs,
+        id=device.text("id"),
+        source_version=1,
+        external_backends=_external(device, "external_backends"),
+    )
 
 
 def from_v2(doc: Any) -> NydusdConfig:
@@ -620,27 +682,38 @@ def from_v2(doc: Any) -> NydusdConfig:
         section = "fscache" if ctype == "fscache" else "filecache"
         cc = c.obj(section)
         cache = CacheConfig(
-            type=ctype, compressed=c.flag("compressed"), validate=c.flag("validate"),
+            type=ctype,
+            compressed=c.flag("compressed"),
+            validate=c.flag("validate"),
             work_dir=cc.text("work_dir", ".") if cc else ".",
             has_config=cc is not None or ctype not in FILE_CACHE_TYPES,
             disable_indexed_map=cc.flag("disable_indexed_map") if cc else False,
             enable_encryption=cc.flag("enable_encryption") if cc else False,
-            enable_convergent_encryption=cc.flag("enable_convergent_encryption") if cc else
-            False,
+            enable_convergent_encryption=cc.flag("enable_convergent_encryption") if cc else False,
             encryption_key=cc.text("encryption_key") if cc else "",
-            prefetch=_prefetch_v2(c.obj("prefetch")))
+            prefetch=_prefetch_v2(c.obj("prefetch")),
+        )
     rafs = RafsOptions()
     r = top.obj("rafs")
     if r is not None:
         rafs = RafsOptions(
-            mode=r.text("mode", "direct"), batch_size=r.num("batch_size", MIB),
-            validate=r.flag("validate"), enable_xattr=r.flag("enable_xattr"),
-            iostats_files=r.flag("iostats_files"), access_pattern=r.flag("access_pattern"),
+            mode=r.text("mode", "direct"),
+            batch_size=r.num("batch_size", MIB),
+            validate=r.flag("validate"),
+            enable_xattr=r.flag("enable_xattr"),
+            iostats_files=r.flag("iostats_files"),
+            access_pattern=r.flag("access_pattern"),
             latest_read_files=r.flag("latest_read_files"),
-            prefetch=_prefetch_v2(r.obj("prefetch")))
-    return NydusdConfig(backend=BackendConfig(btype, settings), cache=cache, rafs=rafs,
-                        id=top.text("id"), source_version=2,
-                        external_backends=_external(top, "external_backends"))
+            prefetch=_prefetch_v2(r.obj("prefetch")),
+        )
+    return NydusdConfig(
+        backend=BackendConfig(btype, settings),
+        cache=cache,
+        rafs=rafs,
+        id=top.text("id"),
+        source_version=2,
+        external_backends=_external(top, "external_backends"),
+    )
 
 
 def parse_config(text: str | bytes) -> NydusdConfig:
@@ -667,11 +740,14 @@ def parse_config(text: str | bytes) -> NydusdConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         if text.lstrip().startswith("{"):
-            raise ConfigError(f"config: invalid JSON: {json_error.msg} at line "
-                              f"{json_error.lineno} column {json_error.colno}") from None
-        raise ConfigError(f"config: neither JSON ({json_error.msg} at line "
-                          f"{json_error.lineno} column {json_error.colno}) nor TOML ({exc})") \
-            from None
+            raise ConfigError(
+                f"config: invalid JSON: {json_error.msg} at line "
+                f"{json_error.lineno} column {json_error.colno}"
+            ) from None
+        raise ConfigError(
+            f"config: neither JSON ({json_error.msg} at line "
+            f"{json_error.lineno} column {json_error.colno}) nor TOML ({exc})"
+        ) from None
     if "version" not in doc:
         raise ConfigError("config: a TOML config must be v2 (`version = 2`)")
     return from_v2(doc)
@@ -694,4 +770,5 @@ def localfs_config(blob_dir: str, cache_dir: str | None = None) -> NydusdConfig:
     return NydusdConfig(
         backend=BackendConfig("localfs", LocalFsConfig(dir=blob_dir)),
         cache=CacheConfig(type="blobcache", work_dir=cache_dir or blob_dir),
-        source_version=1)
+        source_version=1,
+    )

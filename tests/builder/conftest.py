@@ -34,7 +34,9 @@ class Built:
         return [blob_dir / b for b in self.blobs]
 
 
-def run_nydus_image(nydus_image: str, args: Sequence[str | os.PathLike[str]], **kw) -> subprocess.CompletedProcess[str]:
+def run_nydus_image(
+    nydus_image: str, args: Sequence[str | os.PathLike[str]], **kw
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [nydus_image, *(os.fspath(a) for a in args)],
         capture_output=True,
@@ -71,7 +73,14 @@ def create(nydus_image: str) -> CreateFn:
         out.mkdir(parents=True, exist_ok=True)
         boot = out / name
         report_path = out / f"{name}.json"
-        args: list[str | os.PathLike[str]] = ["create", source, "--bootstrap", boot, "--output-json", report_path]
+        args: list[str | os.PathLike[str]] = [
+            "create",
+            source,
+            "--bootstrap",
+            boot,
+            "--output-json",
+            report_path,
+        ]
         blob: Path | None
         if blob_dir:
             bdir = Path(blob_dir) if not isinstance(blob_dir, bool) else out / "blobs"
@@ -130,7 +139,10 @@ def full_builds(
         key = (compressor, digester)
         if key not in cache:
             cache[key] = create(
-                full_tree.root, base / f"{compressor}-{digester}", compressor=compressor, digester=digester
+                full_tree.root,
+                base / f"{compressor}-{digester}",
+                compressor=compressor,
+                digester=digester,
             )
         return cache[key]
 

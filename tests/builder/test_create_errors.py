@@ -50,7 +50,9 @@ def _tar(base: Path, name: str, data: bytes) -> Path:
 
 
 def case_missing_source(base: Path) -> Case:
-    return Case([str(base / "does-not-exist")], ("does-not-exist", "no such", "not exist", "not found"))
+    return Case(
+        [str(base / "does-not-exist")], ("does-not-exist", "no such", "not exist", "not found")
+    )
 
 
 def case_source_not_a_directory(base: Path) -> Case:
@@ -78,14 +80,18 @@ def case_unreadable_source_dir(base: Path) -> Case:
 def case_garbage_tar(base: Path) -> Case:
     rng = random.Random(1)
     t = _tar(base, "garbage.tar", rng.randbytes(10 * 1024))
-    return Case([str(t), "--type", "tar-rafs"], ("garbage.tar", "tar", "header", "invalid", "corrupt"))
+    return Case(
+        [str(t), "--type", "tar-rafs"], ("garbage.tar", "tar", "header", "invalid", "corrupt")
+    )
 
 
 def case_truncated_tar(base: Path) -> Case:
     rng = random.Random(2)
     full = layer_bytes([D("d"), F("d/big", rng.randbytes(200 * 1024)), F("d/after", b"after")])
     t = _tar(base, "truncated.tar", full[: 1024 + 100 * 1024])
-    return Case([str(t), "--type", "tar-rafs"], ("truncated", "unexpected end", "eof", "end of", "short"))
+    return Case(
+        [str(t), "--type", "tar-rafs"], ("truncated", "unexpected end", "eof", "end of", "short")
+    )
 
 
 def case_tar_dotdot(base: Path) -> Case:
@@ -129,7 +135,10 @@ def case_parent_plain_erofs(base: Path) -> Case:
     img = base / "plain-erofs.img"
     src = _small_dir(base)
     subprocess.run(["mkfs.erofs", "--quiet", str(img), str(src)], check=True, capture_output=True)
-    return Case([str(src), "--parent-bootstrap", str(img)], ("plain-erofs.img", "parent", "rafs", "bootstrap"))
+    return Case(
+        [str(src), "--parent-bootstrap", str(img)],
+        ("plain-erofs.img", "parent", "rafs", "bootstrap"),
+    )
 
 
 def _many_files(base: Path) -> Path:
@@ -141,11 +150,19 @@ def _many_files(base: Path) -> Path:
 
 def case_blob_dir_missing(base: Path) -> Case:
     """The --blob path lies in a directory that does not exist: the error names that path."""
-    return Case([str(_many_files(base))], ("no-such-blob-dir",), blob=str(base / "no-such-blob-dir" / "blob"))
+    return Case(
+        [str(_many_files(base))],
+        ("no-such-blob-dir",),
+        blob=str(base / "no-such-blob-dir" / "blob"),
+    )
 
 
 def case_bootstrap_dir_missing(base: Path) -> Case:
-    return Case([str(_many_files(base))], ("no-such-boot-dir",), bootstrap=str(base / "no-such-boot-dir" / "boot"))
+    return Case(
+        [str(_many_files(base))],
+        ("no-such-boot-dir",),
+        bootstrap=str(base / "no-such-boot-dir" / "boot"),
+    )
 
 
 def case_chunk_size_not_power_of_two(base: Path) -> Case:
@@ -169,7 +186,9 @@ def case_fs_version_5(base: Path) -> Case:
 
 
 CASES: dict[str, Callable[[Path], Case]] = {
-    name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_") and callable(fn)
+    name[len("case_") :]: fn
+    for name, fn in dict(globals()).items()
+    if name.startswith("case_") and callable(fn)
 }
 
 
@@ -205,12 +224,29 @@ def test_bad_input(case, preexisting, nydus_image, world_dir, require_root):
             p.write_bytes(content)
             os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     before = _state(out)
-    args = ["create", *c.args, "--bootstrap", c.bootstrap or str(boot), "--blob", c.blob or str(blob),
-            "--output-json", str(report)]
+    args = [
+        "create",
+        *c.args,
+        "--bootstrap",
+        c.bootstrap or str(boot),
+        "--blob",
+        c.blob or str(blob),
+        "--output-json",
+        str(report),
+    ]
     if c.as_nobody:
         if shutil.which("setpriv") is None:
-            pytest.skip("setpriv (util-linux) not installed: cannot drop root to test unreadable input")
-        cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", nydus_image, *args]
+            pytest.skip(
+                "setpriv (util-linux) not installed: cannot drop root to test unreadable input"
+            )
+        cmd = [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            nydus_image,
+            *args,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300)
     else:
         r = run_nydus_image(nydus_image, args, timeout=300)
@@ -219,8 +255,12 @@ def test_bad_input(case, preexisting, nydus_image, world_dir, require_root):
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, shown
     errors = [line for line in r.stderr.splitlines() if ERROR_LINE.match(line)]
     assert len(errors) == 1, f"expected exactly one error line\n{shown}"
-    assert any(k.lower() in errors[0].lower() for k in c.causes), f"error line does not name the cause {c.causes}\n{shown}"
+    assert any(k.lower() in errors[0].lower() for k in c.causes), (
+        f"error line does not name the cause {c.causes}\n{shown}"
+    )
     for override in (c.blob, c.bootstrap):
         if override:
             assert not os.path.exists(os.path.dirname(override)), f"{override}: created\n{shown}"
-    assert _state(out) == before, f"output directory changed: {sorted(before)} -> {sorted(p.name for p in out.iterdir())}\n{shown}"
+    assert _state(out) == before, (
+        f"output directory changed: {sorted(before)} -> {sorted(p.name for p in out.iterdir())}\n{shown}"
+    )

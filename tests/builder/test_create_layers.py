@@ -39,7 +39,9 @@ def _build_stack(create, sources, out: Path, *, type_args, compressor="none"):
         extra = [*type_args]
         if parent is not None:
             extra += ["--parent-bootstrap", parent.bootstrap]
-        b = create(src, out, *extra, compressor=compressor, blob_dir=blob_dir, name=f"layer{i}.boot")
+        b = create(
+            src, out, *extra, compressor=compressor, blob_dir=blob_dir, name=f"layer{i}.boot"
+        )
         builds.append(b)
         parent = b
     return builds, blob_dir
@@ -60,9 +62,10 @@ def _compare_levels(builds, blob_dir: Path, tars, tmp_path: Path, *, content: bo
     """Every intermediate bootstrap equals the overlay of the layers up to it."""
     for level, built in enumerate(builds, 1):
         devices = built.blob_paths(blob_dir) if content else []
-        with overlay_view(tars[:level], tmp_path / f"ref{level}") as ref, mount_erofs(
-            built.bootstrap, devices, tmp_path / f"mnt{level}"
-        ) as mp:
+        with (
+            overlay_view(tars[:level], tmp_path / f"ref{level}") as ref,
+            mount_erofs(built.bootstrap, devices, tmp_path / f"mnt{level}") as mp,
+        ):
             diffs = compare_trees(ref, mp, check_content=content, hardlink_types=("reg",))
             assert diffs == [], f"layer {level}:\n" + "\n".join(diffs)
             if level == 3:
@@ -79,7 +82,9 @@ def _compare_levels(builds, blob_dir: Path, tars, tmp_path: Path, *, content: bo
 def test_three_tar_layers_equal_overlay_view(create, tmp_path, compressor):
     """(e) tar-rafs layer by layer with --parent-bootstrap == overlayfs over the three tars."""
     tars = write_three_layers(tmp_path / "tars", chunk_size=CS)
-    builds, blob_dir = _build_stack(create, tars, tmp_path / "out", type_args=["--type", "tar-rafs"], compressor=compressor)
+    builds, blob_dir = _build_stack(
+        create, tars, tmp_path / "out", type_args=["--type", "tar-rafs"], compressor=compressor
+    )
     _check_blob_tables(builds, blob_dir)
     _compare_levels(builds, blob_dir, tars, tmp_path, content=compressor == "none")
     if compressor == "none":
@@ -94,7 +99,10 @@ def test_three_dir_layers_overlayfs_whiteouts(create, tmp_path):
     tars = write_three_layers(tmp_path / "tars", chunk_size=CS)
     dirs = [unpack_layer(t, tmp_path / "dirs" / f"layer{i}") for i, t in enumerate(tars, 1)]
     builds, blob_dir = _build_stack(
-        create, dirs, tmp_path / "out", type_args=["--type", "dir-rafs", "--whiteout-spec", "overlayfs"]
+        create,
+        dirs,
+        tmp_path / "out",
+        type_args=["--type", "dir-rafs", "--whiteout-spec", "overlayfs"],
     )
     _check_blob_tables(builds, blob_dir)
     _compare_levels(builds, blob_dir, tars, tmp_path, content=True)
@@ -104,7 +112,9 @@ def test_cross_layer_chunk_dedup(create, tmp_path):
     """A chunk already in a parent blob is not stored again: layer 2's libfoo.so.1 shares its
     first 64 KiB chunk with layer 1's, so layer 2's blob holds only the new tail."""
     tars = write_three_layers(tmp_path / "tars", chunk_size=CS)
-    builds, blob_dir = _build_stack(create, tars[:2], tmp_path / "out", type_args=["--type", "tar-rafs"])
+    builds, blob_dir = _build_stack(
+        create, tars[:2], tmp_path / "out", type_args=["--type", "tar-rafs"]
+    )
     layer2 = three_layer_members(CS)[1]
     new_data = sum(len(m.data) for m in layer2 if m.kind == "file")
     blob2 = (blob_dir / builds[1].blobs[1]).stat().st_size
@@ -124,10 +134,18 @@ def test_single_layer_formats(create, tmp_path, variant):
         members = [m for m in members if m.uid < 8**7 and m.gid < 8**7]
     fmt = "pax" if variant == "gzip" else variant
     compress = "gzip" if variant == "gzip" else None
-    tar = write_layer(tmp_path / ("layer.tar.gz" if compress else "layer.tar"), members, fmt=fmt, compress=compress)
+    tar = write_layer(
+        tmp_path / ("layer.tar.gz" if compress else "layer.tar"),
+        members,
+        fmt=fmt,
+        compress=compress,
+    )
     type_ = "targz-rafs" if compress else "tar-rafs"
     built = create(tar, tmp_path / "out", "--type", type_)
-    with overlay_view([tar], tmp_path / "ref") as ref, mount_erofs(built.bootstrap, [built.blob], tmp_path / "mnt") as mp:
+    with (
+        overlay_view([tar], tmp_path / "ref") as ref,
+        mount_erofs(built.bootstrap, [built.blob], tmp_path / "mnt") as mp,
+    ):
         diffs = compare_trees(ref, mp, hardlink_types=("reg",))
         assert diffs == [], "\n".join(diffs)
         if variant == "gnu":
@@ -143,13 +161,21 @@ def test_upstream_all_entry_type_tar(create, tmp_path):
         expected = tf.extractfile("tar/dir1/dir3/hardlink1.txt").read()  # type: ignore[union-attr]
     assert expected == b"This is a test\n" and len(expected) == 15
     built = create(tar, tmp_path / "out", "--type", "tar-rafs")
-    names = ["tar/dir1/dir3/hardlink1.txt", "tar/dir1/dir3/xfile.txt", "tar/dir1/hardlink2.txt", "tar/dir2/hardlink3.txt"]
+    names = [
+        "tar/dir1/dir3/hardlink1.txt",
+        "tar/dir1/dir3/xfile.txt",
+        "tar/dir1/hardlink2.txt",
+        "tar/dir2/hardlink3.txt",
+    ]
     with mount_erofs(built.bootstrap, [], tmp_path / "meta") as mp:
         sts = [os.lstat(mp / n) for n in names]
         assert len({s.st_ino for s in sts}) == 1, [s.st_ino for s in sts]
         assert all(s.st_nlink == 4 and s.st_size == 15 for s in sts)
         assert os.readlink(mp / "tar/dir2/symlink1.txt") == "../dir1/dir3/file1.txt"
-    with overlay_view([tar], tmp_path / "ref") as ref, mount_erofs(built.bootstrap, [built.blob], tmp_path / "mnt") as mp:
+    with (
+        overlay_view([tar], tmp_path / "ref") as ref,
+        mount_erofs(built.bootstrap, [built.blob], tmp_path / "mnt") as mp,
+    ):
         for n in names:
             assert (mp / n).read_bytes() == expected
         diffs = compare_trees(ref, mp, hardlink_types=("reg",))
@@ -163,9 +189,20 @@ def test_whiteout_spec_none_keeps_whiteouts(create, tmp_path):
     """--whiteout-spec none (what nydusify uses per layer, spec 10.1): `.wh.` entries are kept as
     ordinary files and nothing is removed from the parent."""
     tars = write_three_layers(tmp_path / "tars", chunk_size=CS)
-    first = create(tars[0], tmp_path / "out", "--type", "tar-rafs", "--whiteout-spec", "none", name="l1")
-    second = create(tars[1], tmp_path / "out", "--type", "tar-rafs", "--whiteout-spec", "none",
-                    "--parent-bootstrap", first.bootstrap, name="l2")
+    first = create(
+        tars[0], tmp_path / "out", "--type", "tar-rafs", "--whiteout-spec", "none", name="l1"
+    )
+    second = create(
+        tars[1],
+        tmp_path / "out",
+        "--type",
+        "tar-rafs",
+        "--whiteout-spec",
+        "none",
+        "--parent-bootstrap",
+        first.bootstrap,
+        name="l2",
+    )
     with mount_erofs(second.bootstrap, [], tmp_path / "mnt") as mp:
         assert os.path.isfile(mp / "etc/.wh.hosts") and os.path.isfile(mp / "etc/hosts")
         assert os.path.isfile(mp / "var/cache/.wh..wh..opq")
@@ -180,23 +217,35 @@ def test_layer_without_data_writes_no_blob(create, tmp_path):
     from tests.helpers.layers import L as Link
     from tests.helpers.layers import whiteout as wh
 
-    base = write_layer(tmp_path / "base.tar", [Dir("d"), File("d/data", b"some data\n"), File("d/gone", b"x")])
+    base = write_layer(
+        tmp_path / "base.tar", [Dir("d"), File("d/data", b"some data\n"), File("d/gone", b"x")]
+    )
     meta_only = write_layer(
-        tmp_path / "meta.tar", [Dir("d"), File("d/empty"), Link("d/link", "data"), wh("d/gone"), Dir("e")]
+        tmp_path / "meta.tar",
+        [Dir("d"), File("d/empty"), Link("d/link", "data"), wh("d/gone"), Dir("e")],
     )
     blob_dir = tmp_path / "blobs"
     b1 = create(base, tmp_path / "out", "--type", "tar-rafs", blob_dir=blob_dir, name="l1")
-    b2 = create(meta_only, tmp_path / "out", "--type", "tar-rafs", "--parent-bootstrap", b1.bootstrap,
-                blob_dir=blob_dir, name="l2")
+    b2 = create(
+        meta_only,
+        tmp_path / "out",
+        "--type",
+        "tar-rafs",
+        "--parent-bootstrap",
+        b1.bootstrap,
+        blob_dir=blob_dir,
+        name="l2",
+    )
     assert b2.blobs == b1.blobs and sorted(p.name for p in blob_dir.iterdir()) == b1.blobs
     alone = create(meta_only, tmp_path / "alone", "--type", "tar-rafs")
     assert alone.blobs == [] and alone.blob is None
     assert not (tmp_path / "alone" / "bootstrap.blob").exists()
     rc, out = fsck_erofs(alone.bootstrap)
     assert rc == 0, out
-    with overlay_view([base, meta_only], tmp_path / "ref") as ref, mount_erofs(
-        b2.bootstrap, b2.blob_paths(blob_dir), tmp_path / "mnt"
-    ) as mp:
+    with (
+        overlay_view([base, meta_only], tmp_path / "ref") as ref,
+        mount_erofs(b2.bootstrap, b2.blob_paths(blob_dir), tmp_path / "mnt") as mp,
+    ):
         diffs = compare_trees(ref, mp, hardlink_types=("reg",))
         assert diffs == [], "\n".join(diffs)
     with mount_erofs(alone.bootstrap, [], tmp_path / "mnt2") as mp:

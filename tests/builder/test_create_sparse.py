@@ -36,7 +36,8 @@ def test_multi_gib_sparse_file(nydus_image, tmp_path):
     boot, blob = out / "bootstrap", out / "blob"
     # default chunk size (1 MiB): 3072 chunk-index entries for one file
     m = run_measured(
-        [nydus_image, "create", src, "--bootstrap", boot, "--blob", blob, "--compressor", "none"], timeout=600
+        [nydus_image, "create", src, "--bootstrap", boot, "--blob", blob, "--compressor", "none"],
+        timeout=600,
     )
     assert m.returncode == 0, m.stderr
     assert 0 < m.maxrss_bytes < RSS_LIMIT, f"peak RSS {m.maxrss_bytes / 2**20:.0f} MiB"

@@ -71,7 +71,9 @@ def _check_report(built, compressor: str) -> None:
 
 
 @pytest.mark.parametrize(("compressor", "digester"), MATRIX, ids=_ids(MATRIX))
-def test_metadata_through_kernel(full_tree, full_builds, compressor, digester, tmp_path, nydus_image):
+def test_metadata_through_kernel(
+    full_tree, full_builds, compressor, digester, tmp_path, nydus_image
+):
     """(a) The bootstrap alone, loop-mounted by the kernel, lists the source tree's metadata."""
     built = full_builds(compressor, digester)
     _check_report(built, compressor)
@@ -95,7 +97,13 @@ def test_data_through_kernel(full_tree, full_builds, digester, tmp_path):
         src = os.path.join(os.fsencode(full_tree.root), full_tree.sparse)
         dst = os.path.join(os.fsencode(mp), full_tree.sparse)
         with open(src, "rb") as a, open(dst, "rb") as b:
-            for off in (0, CS - 3, 1024 * 1024 + 90, 3 * 1024 * 1024 - 10, full_tree.sparse_size - 12):
+            for off in (
+                0,
+                CS - 3,
+                1024 * 1024 + 90,
+                3 * 1024 * 1024 - 10,
+                full_tree.sparse_size - 12,
+            ):
                 a.seek(off)
                 b.seek(off)
                 assert b.read(40) == a.read(40), off
@@ -110,7 +118,11 @@ def test_fsck_erofs(full_tree, full_builds, digester, tmp_path):
     rc, out = fsck_erofs(built.bootstrap, device=built.blob, extract=tmp_path / "out")
     assert rc == 0, out
     diffs = compare_trees(
-        full_tree.root, tmp_path / "out", check_xattrs=False, ignore_fields={"ino"}, mode_mask=0o1777
+        full_tree.root,
+        tmp_path / "out",
+        check_xattrs=False,
+        ignore_fields={"ino"},
+        mode_mask=0o1777,
     )
     assert diffs == [], "\n".join(diffs)
 
@@ -155,7 +167,11 @@ def test_chunk_dedup_in_uncompressed_blob(full_tree, full_builds):
     built = full_builds("none", "blake3")
     assert built.blob is not None
     size = built.blob.stat().st_size
-    assert aligned - 4096 <= size <= aligned + 4096 + 24 * len(distinct) + 4096, (size, aligned, len(distinct))
+    assert aligned - 4096 <= size <= aligned + 4096 + 24 * len(distinct) + 4096, (
+        size,
+        aligned,
+        len(distinct),
+    )
     assert size < total * 0.6  # sanity: dedup really removed the repeated data
 
 
@@ -178,7 +194,11 @@ def test_repeatable_drops_explicit_ids(full_tree, create, tmp_path):
         snap = snapshot_tree(mp, content=False)
         assert {(e.uid, e.gid) for e in snap.values()} == {(0, 0)}
         diffs = compare_trees(
-            full_tree.root, snap, check_content=False, hardlink_types=("reg",), ignore_fields={"uid", "gid"}
+            full_tree.root,
+            snap,
+            check_content=False,
+            hardlink_types=("reg",),
+            ignore_fields={"uid", "gid"},
         )
         # security.capability blobs carry no uid (v2), so nothing else may differ
         assert diffs == [], "\n".join(diffs)

@@ -49,8 +49,10 @@ def test_misc_template_fails_validation_for_missing_host():
         c.validate()
 
 
-@pytest.mark.parametrize("name", ["real/snapshotter-nydusd-config.fusedev.json",
-                                  "real/snapshotter-nydusd-config-localfs.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["real/snapshotter-nydusd-config.fusedev.json", "real/snapshotter-nydusd-config-localfs.json"],
+)
 def test_snapshotter_templates_are_refused_as_is(name):
     """Their blobcache has no `config` object (the snapshotter adds work_dir before use)."""
     with pytest.raises(ConfigError, match="device.cache.config is required"):
@@ -75,8 +77,12 @@ def test_snapshotter_runtime_registry_is_valid():
     c = load_config(_golden("constructed/snapshotter-runtime-registry.json")).validate()
     r = c.backend.registry
     assert r is not None
-    assert (r.host, r.repo, r.auth, r.retry_limit) == ("registry.example.com", "library/app",
-                                                       "dXNlcjpwYXNz", 2)
+    assert (r.host, r.repo, r.auth, r.retry_limit) == (
+        "registry.example.com",
+        "library/app",
+        "dXNlcjpwYXNz",
+        2,
+    )
     assert r.credentials() == ("user", "pass")
     assert r.proxy.url == "" and r.proxy.fallback is False  # no url: no proxy
     assert c.id == "/42"
@@ -127,9 +133,12 @@ def test_every_golden_file_is_classified():
             load_config(path).validate()
         except ConfigError:
             ok = False
-        expect_ok = path.name in {"nydus-docs-nydusd-localfs.json", "minimal-valid-registry.json",
-                                  "minimal-valid-localfs-blobcache.json",
-                                  "snapshotter-runtime-registry.json"}
+        expect_ok = path.name in {
+            "nydus-docs-nydusd-localfs.json",
+            "minimal-valid-registry.json",
+            "minimal-valid-localfs-blobcache.json",
+            "snapshotter-runtime-registry.json",
+        }
         assert ok == expect_ok, path.name
     assert seen == 10
 
@@ -138,25 +147,39 @@ def test_every_golden_file_is_classified():
 
 
 def test_seed_localfs_and_registry_json():
-    seed_localfs = {"device": {"backend": {"type": "localfs", "config": {
-        "dir": "/media/nvme/user/nydus/image/blobs"}}}, "mode": "direct"}
+    seed_localfs = {
+        "device": {
+            "backend": {"type": "localfs", "config": {"dir": "/media/nvme/user/nydus/image/blobs"}}
+        },
+        "mode": "direct",
+    }
     c = parse_config(json.dumps(seed_localfs)).validate()
     assert c.backend.localfs == LocalFsConfig(dir="/media/nvme/user/nydus/image/blobs")
     assert not c.cache.enabled and c.rafs.validate is False
-    seed_registry = {"device": {"backend": {"type": "registry", "config": {
-        "scheme": "http", "host": "localhost:5000", "repo": "ubuntu"}},
-        "digest_validate": False}, "mode": "direct"}
+    seed_registry = {
+        "device": {
+            "backend": {
+                "type": "registry",
+                "config": {"scheme": "http", "host": "localhost:5000", "repo": "ubuntu"},
+            },
+            "digest_validate": False,
+        },
+        "mode": "direct",
+    }
     c = parse_config(json.dumps(seed_registry)).validate()
     assert c.backend.registry is not None and c.backend.registry.use_http
 
 
-@pytest.mark.parametrize(("patch", "message"), [
-    ({"mode": "lazy"}, "mode 'lazy' must be direct or cached"),
-    ({"amplify_io": 0x10000001}, "exceeds"),
-    ({"fs_prefetch": {"enable": True, "threads_count": 0}}, "threads 0 must be 1..1024"),
-    ({"fs_prefetch": {"enable": True, "threads_count": 2000}}, "1..1024"),
-    ({"fs_prefetch": {"enable": True, "merging_size": 0x10000001}}, "exceeds"),
-])
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"mode": "lazy"}, "mode 'lazy' must be direct or cached"),
+        ({"amplify_io": 0x10000001}, "exceeds"),
+        ({"fs_prefetch": {"enable": True, "threads_count": 0}}, "threads 0 must be 1..1024"),
+        ({"fs_prefetch": {"enable": True, "threads_count": 2000}}, "1..1024"),
+        ({"fs_prefetch": {"enable": True, "merging_size": 0x10000001}}, "exceeds"),
+    ],
+)
 def test_v1_semantic_rules(patch, message):
     doc = {"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct"}
     doc.update(patch)
@@ -164,55 +187,88 @@ def test_v1_semantic_rules(patch, message):
         parse_config(json.dumps(doc)).validate()
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"mode": "direct"}, "device is required"),
-    ({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}}, "mode is required"),
-    ({"device": {"backend": {"config": {}}}, "mode": "direct"}, "type is required"),
-    ({"device": {"backend": {"type": "localfs"}}, "mode": "direct"}, "config is required"),
-    ({"device": {"backend": {"type": "localfs", "config": {"dir": 5}}}, "mode": "direct"},
-     "must be a string"),
-    ({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct",
-      "digest_validate": "yes"}, "must be true or false"),
-    ({"device": {"backend": {"type": "registry", "config": {"host": "h", "repo": "r",
-                                                            "timeout": -1}}},
-      "mode": "direct"}, "out of range"),
-    ([1, 2], "top level must be an object"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"mode": "direct"}, "device is required"),
+        ({"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}}, "mode is required"),
+        ({"device": {"backend": {"config": {}}}, "mode": "direct"}, "type is required"),
+        ({"device": {"backend": {"type": "localfs"}}, "mode": "direct"}, "config is required"),
+        (
+            {"device": {"backend": {"type": "localfs", "config": {"dir": 5}}}, "mode": "direct"},
+            "must be a string",
+        ),
+        (
+            {
+                "device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}},
+                "mode": "direct",
+                "digest_validate": "yes",
+            },
+            "must be true or false",
+        ),
+        (
+            {
+                "device": {
+                    "backend": {
+                        "type": "registry",
+                        "config": {"host": "h", "repo": "r", "timeout": -1},
+                    }
+                },
+                "mode": "direct",
+            },
+            "out of range",
+        ),
+        ([1, 2], "top level must be an object"),
+    ],
+)
 def test_v1_structure_errors(doc, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(json.dumps(doc))
 
 
-@pytest.mark.parametrize(("backend", "message"), [
-    ({"type": "ftp", "config": {}}, "unknown backend type 'ftp'"),
-    ({"type": "http-proxy", "config": {"addr": "http://x"}}, "unknown backend type 'http-proxy'"),
-    ({"type": "localfs", "config": {}}, "needs `dir` or `blob_file`"),
-    ({"type": "registry", "config": {"host": "https://r.example.com", "repo": "a"}},
-     "without a scheme"),
-    ({"type": "registry", "config": {"host": "r", "repo": "a", "auth": "***"}}, "base64"),
-    ({"type": "oss", "config": {"endpoint": "e"}}, "bucket_name"),
-    ({"type": "s3", "config": {"bucket_name": "b"}}, "region"),
-    ({"type": "localdisk", "config": {}}, "device_path"),
-])
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ({"type": "ftp", "config": {}}, "unknown backend type 'ftp'"),
+        (
+            {"type": "http-proxy", "config": {"addr": "http://x"}},
+            "unknown backend type 'http-proxy'",
+        ),
+        ({"type": "localfs", "config": {}}, "needs `dir` or `blob_file`"),
+        (
+            {"type": "registry", "config": {"host": "https://r.example.com", "repo": "a"}},
+            "without a scheme",
+        ),
+        ({"type": "registry", "config": {"host": "r", "repo": "a", "auth": "***"}}, "base64"),
+        ({"type": "oss", "config": {"endpoint": "e"}}, "bucket_name"),
+        ({"type": "s3", "config": {"bucket_name": "b"}}, "region"),
+        ({"type": "localdisk", "config": {}}, "device_path"),
+    ],
+)
 def test_v1_backend_rules(backend, message):
     doc = {"device": {"backend": backend}, "mode": "direct"}
     with pytest.raises(ConfigError, match=message):
         parse_config(json.dumps(doc)).validate()
 
 
-@pytest.mark.parametrize(("cache", "ok"), [
-    ({"type": "blobcache", "config": {"work_dir": "/c"}}, True),
-    ({"type": "filecache", "config": {}}, True),
-    ({"type": "fscache", "config": {"work_dir": "/c"}}, True),
-    ({"type": ""}, True),
-    ({"type": "dummycache"}, True),
-    ({"type": "memcache", "config": {}}, False),
-    ({"type": "blobcache", "config": {"work_dir": ""}}, False),
-    ({"type": "blobcache", "config": {"encryption_key": "abc"}}, False),
-])
+@pytest.mark.parametrize(
+    ("cache", "ok"),
+    [
+        ({"type": "blobcache", "config": {"work_dir": "/c"}}, True),
+        ({"type": "filecache", "config": {}}, True),
+        ({"type": "fscache", "config": {"work_dir": "/c"}}, True),
+        ({"type": ""}, True),
+        ({"type": "dummycache"}, True),
+        ({"type": "memcache", "config": {}}, False),
+        ({"type": "blobcache", "config": {"work_dir": ""}}, False),
+        ({"type": "blobcache", "config": {"encryption_key": "abc"}}, False),
+    ],
+)
 def test_v1_cache_types(cache, ok):
-    doc = {"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}, "cache": cache},
-           "mode": "direct"}
+    doc = {
+        "device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}, "cache": cache},
+        "mode": "direct",
+    }
     if ok:
         parse_config(json.dumps(doc)).validate()
     else:
@@ -223,18 +279,35 @@ def test_v1_cache_types(cache, ok):
 def test_v1_fs_prefetch_defaults():
     base = {"device": {"backend": {"type": "localfs", "config": {"dir": "/b"}}}, "mode": "direct"}
     absent = parse_config(json.dumps(base)).rafs.prefetch
-    assert (absent.enable, absent.threads, absent.batch_size, absent.prefetch_all) == \
-        (False, 0, 0, False)
+    assert (absent.enable, absent.threads, absent.batch_size, absent.prefetch_all) == (
+        False,
+        0,
+        0,
+        False,
+    )
     present = parse_config(json.dumps({**base, "fs_prefetch": {"enable": True}})).rafs.prefetch
-    assert (present.enable, present.threads, present.batch_size, present.prefetch_all) == \
-        (True, 8, 1048576, True)
+    assert (present.enable, present.threads, present.batch_size, present.prefetch_all) == (
+        True,
+        8,
+        1048576,
+        True,
+    )
 
 
 def test_unknown_keys_are_ignored():
-    doc = {"device": {"backend": {"type": "localfs", "config": {"dir": "/b", "readahead": False}},
-                      "cache": {"type": "blobcache", "config": {"work_dir": "/c",
-                                                                 "disable_indexed_map": False}}},
-           "mode": "direct", "warmup": 3, "id_mapping": [0, 1000, 65536], "whatever": {"x": 1}}
+    doc = {
+        "device": {
+            "backend": {"type": "localfs", "config": {"dir": "/b", "readahead": False}},
+            "cache": {
+                "type": "blobcache",
+                "config": {"work_dir": "/c", "disable_indexed_map": False},
+            },
+        },
+        "mode": "direct",
+        "warmup": 3,
+        "id_mapping": [0, 1000, 65536],
+        "whatever": {"x": 1},
+    }
     parse_config(json.dumps(doc)).validate()
 
 
@@ -288,8 +361,11 @@ def test_v2_toml():
 
 
 def test_v2_json_and_http_proxy():
-    doc = {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {"addr": "/run/p.sock"}},
-           "cache": {"type": "dummycache"}}
+    doc = {
+        "version": 2,
+        "backend": {"type": "http-proxy", "http-proxy": {"addr": "/run/p.sock"}},
+        "cache": {"type": "dummycache"},
+    }
     c = parse_config(json.dumps(doc)).validate()
     assert c.backend.type == "http-proxy" and c.backend.settings.addr == "/run/p.sock"
     doc["backend"]["http-proxy"]["addr"] = "relative.sock"
@@ -303,9 +379,15 @@ def test_v2_errors():
     with pytest.raises(ConfigError, match="backend.localfs is required"):
         parse_config('{"version": 2, "backend": {"type": "localfs"}}')
     with pytest.raises(ConfigError, match="needs a `config` object"):
-        parse_config(json.dumps({"version": 2, "backend": {"type": "localfs",
-                                                           "localfs": {"dir": "/b"}},
-                                 "cache": {"type": "filecache"}})).validate()
+        parse_config(
+            json.dumps(
+                {
+                    "version": 2,
+                    "backend": {"type": "localfs", "localfs": {"dir": "/b"}},
+                    "cache": {"type": "filecache"},
+                }
+            )
+        ).validate()
     with pytest.raises(ConfigError, match="must be v2"):
         parse_config('mode = "direct"')
     with pytest.raises(ConfigError, match="invalid JSON"):
@@ -326,13 +408,39 @@ def test_redacted_hides_secrets():
     text = json.dumps(red.to_v2_dict())
     assert auth not in text and "s3cret" not in text
     assert "s3cret" not in c.describe_backend() and auth not in c.describe_backend()
-    tok = parse_config(json.dumps({"device": {"backend": {"type": "registry", "config": {
-        "host": "h", "repo": "r", "registry_token": "TOKEN123"}}}, "mode": "direct"}))
+    tok = parse_config(
+        json.dumps(
+            {
+                "device": {
+                    "backend": {
+                        "type": "registry",
+                        "config": {"host": "h", "repo": "r", "registry_token": "TOKEN123"},
+                    }
+                },
+                "mode": "direct",
+            }
+        )
+    )
     assert "TOKEN123" not in json.dumps(tok.redacted().to_v2_dict())
     assert tok.redacted().backend.registry.registry_token == ""
-    s3 = parse_config(json.dumps({"device": {"backend": {"type": "s3", "config": {
-        "region": "r", "bucket_name": "b", "access_key_id": "AK", "access_key_secret": "SK"}}},
-        "mode": "direct"})).redacted()
+    s3 = parse_config(
+        json.dumps(
+            {
+                "device": {
+                    "backend": {
+                        "type": "s3",
+                        "config": {
+                            "region": "r",
+                            "bucket_name": "b",
+                            "access_key_id": "AK",
+                            "access_key_secret": "SK",
+                        },
+                    }
+                },
+                "mode": "direct",
+            }
+        )
+    ).redacted()
     assert s3.backend.settings.access_key_secret == "" and s3.backend.settings.access_key_id == ""
 
 
@@ -340,9 +448,10 @@ def test_to_v2_dict_shape_and_roundtrip():
     c = load_config(_golden("real/nydus-docs-nydusd-localfs.json")).validate()
     d = c.to_v2_dict()
     assert d["version"] == 2
-    assert d["backend"] == {"type": "localfs", "localfs": {"blob_file": "",
-                                                          "dir": "/var/lib/nydus/blobs",
-                                                          "alt_dirs": []}}
+    assert d["backend"] == {
+        "type": "localfs",
+        "localfs": {"blob_file": "", "dir": "/var/lib/nydus/blobs", "alt_dirs": []},
+    }
     assert d["cache"]["type"] == "blobcache"
     assert d["cache"]["filecache"]["work_dir"] == "/var/lib/nydus/cache"
     assert d["rafs"]["enable_xattr"] is True

@@ -25,7 +25,9 @@ from tests.daemon.conftest import Daemon, api_client, is_mounted, nydusd  # noqa
 from tests.registry_fixture import REGISTRY_BIN, RunningRegistry, start_registry
 
 NYDUSIFY = str(Path(sys.executable).parent / "nydusify")
-LOG_LINE = re.compile(r"^(INFO|WARN|ERRO|DEBU|FATA)\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d\] ")
+LOG_LINE = re.compile(
+    r"^(INFO|WARN|ERRO|DEBU|FATA)\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d\] "
+)
 USER, PASSWORD = "alice", "s3cret-Conv3rt-Pa55"
 WRONG_PASSWORD = "wr0ng-Pa55-for-alice"
 
@@ -84,53 +86,87 @@ class Run:
     def lines(self) -> list[str]:
         return [ln for ln in self.stderr.splitlines() if ln.strip()]
 
-    def ok(self) -> "Run":
+    def ok(self) -> Run:
         assert self.returncode == 0, f"{' '.join(self.args)} failed:\n{self.stdout}{self.stderr}"
         return self
 
 
-def nydusify(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = 300) -> Run:
+def nydusify(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> Run:
     full_env = dict(os.environ)
     full_env.pop("DOCKER_CONFIG", None)
     full_env["HOME"] = str(cwd or Path.cwd())  # never the invoking user's Docker config
     full_env.update(env or {})
-    done = subprocess.run([NYDUSIFY, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=cwd)
+    done = subprocess.run(
+        [NYDUSIFY, *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
+    )
     return Run([NYDUSIFY, *args], done.returncode, done.stdout, done.stderr)
 
 
-def convert(source: str, target: str, work_dir: Path, *extra: str,
-            env: dict[str, str] | None = None, timeout: float = 300) -> Run:
-    return nydusify("convert", "--source", source, "--target", target, "--source-insecure",
-                    "--target-insecure", "--work-dir", str(work_dir), *extra, env=env,
-                    cwd=work_dir.parent, timeout=timeout)
+def convert(
+    source: str,
+    target: str,
+    work_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> Run:
+    return nydusify(
+        "convert",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--source-insecure",
+        "--target-insecure",
+        "--work-dir",
+        str(work_dir),
+        *extra,
+        env=env,
+        cwd=work_dir.parent,
+        timeout=timeout,
+    )
 
 
-def registry_config(host: str, repo: str, *, auth: str | None = None, retry_limit: int = 0,
-                    **extra: Any) -> dict[str, Any]:
+def registry_config(
+    host: str, repo: str, *, auth: str | None = None, retry_limit: int = 0, **extra: Any
+) -> dict[str, Any]:
     """nydusd's v1 JSON for the registry backend, as the seed's registry.json plus options."""
-    backend: dict[str, Any] = {"scheme": "http", "host": host, "repo": repo,
-                               "retry_limit": retry_limit}
+    backend: dict[str, Any] = {
+        "scheme": "http",
+        "host": host,
+        "repo": repo,
+        "retry_limit": retry_limit,
+    }
     if auth is not None:
         backend["auth"] = auth
-    cfg: dict[str, Any] = {"device": {"backend": {"type": "registry", "config": backend}},
-                           "mode": "direct", "digest_validate": True, "enable_xattr": True}
+    cfg: dict[str, Any] = {
+        "device": {"backend": {"type": "registry", "config": backend}},
+        "mode": "direct",
+        "digest_validate": True,
+        "enable_xattr": True,
+    }
     cfg.update(extra)
     return cfg
 
 
-def http(registry: RunningRegistry, user: str | None = None,
-         password: str | None = None) -> httpx.Client:
+def http(
+    registry: RunningRegistry, user: str | None = None, password: str | None = None
+) -> httpx.Client:
     """A plain client of the registry's API (an outside view, no nydus code)."""
     auth = (user, password) if user else None
     return httpx.Client(base_url=registry.url, auth=auth, timeout=30)
 
 
-ACCEPT = ", ".join([
-    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json"])
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
 
 
 def get_manifest(client: httpx.Client, repo: str, ref: str) -> tuple[dict[str, Any], str, bytes]:

@@ -14,12 +14,23 @@ import os
 import random
 import subprocess
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
+from tests.helpers.layers import (
+    DEFAULT_MTIME,
+    D,
+    F,
+    H,
+    L,
+    Member,
+    layer_bytes,
+    opaque,
+    three_layer_members,
+    whiteout,
+)
 from tests.oci.layout import manifest_json
-from tests.helpers.layers import DEFAULT_MTIME, D, F, H, L, Member, layer_bytes, opaque, three_layer_members, whiteout
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -60,22 +71,37 @@ class Image:
         return sum(len(b) for b in self.layers)
 
 
-def make_image(layers: Sequence[Sequence[Member]], *, arch: str = "amd64", level: int = 6,
-               env: Sequence[str] = ("PATH=/usr/bin:/bin",)) -> Image:
+def make_image(
+    layers: Sequence[Sequence[Member]],
+    *,
+    arch: str = "amd64",
+    level: int = 6,
+    env: Sequence[str] = ("PATH=/usr/bin:/bin",),
+) -> Image:
     blobs, diff_ids = [], []
     for members in layers:
         tar = layer_bytes(members)
         blobs.append(_gzip(tar, level))
         diff_ids.append(sha256(tar))
-    config = json.dumps({
-        "created": "2024-01-01T00:00:00Z",
-        "architecture": arch, "os": "linux",
-        "config": {"Env": list(env), "Cmd": ["/bin/sh"], "WorkingDir": "/",
-                   "Labels": {"org.example.test": "nydusify"}},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
-                    for i in range(len(blobs))],
-    }, separators=(",", ":")).encode()
+    config = json.dumps(
+        {
+            "created": "2024-01-01T00:00:00Z",
+            "architecture": arch,
+            "os": "linux",
+            "config": {
+                "Env": list(env),
+                "Cmd": ["/bin/sh"],
+                "WorkingDir": "/",
+                "Labels": {"org.example.test": "nydusify"},
+            },
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [
+                {"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
+                for i in range(len(blobs))
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
     return Image(manifest_json(config, blobs), config, blobs, diff_ids, arch)
 
 
@@ -95,15 +121,21 @@ class Layout:
 
     def _write_index(self) -> None:
         (self.root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-        (self.root / "index.json").write_text(json.dumps(
-            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.refs}))
+        (self.root / "index.json").write_text(
+            json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.refs})
+        )
 
     def add_image(self, tag: str, image: Image) -> None:
         for data in (image.config, *image.layers, image.manifest):
             self._blob(data)
-        self.refs.append({"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
-                          "size": len(image.manifest),
-                          "annotations": {"org.opencontainers.image.ref.name": tag}})
+        self.refs.append(
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": len(image.manifest),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        )
         self._write_index()
 
     def add_index(self, tag: str, images: Sequence[Image]) -> bytes:
@@ -115,27 +147,48 @@ class Layout:
             plat = {"architecture": image.arch, "os": "linux"}
             if image.arch == "arm64":
                 plat["variant"] = "v8"
-            entries.append({"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
-                            "size": len(image.manifest), "platform": plat})
-        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries},
-                           indent=2).encode()
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": image.manifest_digest,
+                    "size": len(image.manifest),
+                    "platform": plat,
+                }
+            )
+        index = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, indent=2
+        ).encode()
         self._blob(index)
-        self.refs.append({"mediaType": OCI_INDEX, "digest": sha256(index), "size": len(index),
-                          "annotations": {"org.opencontainers.image.ref.name": tag}})
+        self.refs.append(
+            {
+                "mediaType": OCI_INDEX,
+                "digest": sha256(index),
+                "size": len(index),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        )
         self._write_index()
         return index
 
 
 def skopeo(*args: str, timeout: float = 300) -> str:
-    done = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        ["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=timeout
+    )
     if done.returncode != 0:
         raise AssertionError(f"skopeo {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
 
-def push(layout: Layout, tag: str, dest: str, *, v2s2: bool = False, all_images: bool = False,
-         creds: str | None = None) -> None:
+def push(
+    layout: Layout,
+    tag: str,
+    dest: str,
+    *,
+    v2s2: bool = False,
+    all_images: bool = False,
+    creds: str | None = None,
+) -> None:
     """`skopeo copy oci:LAYOUT:TAG docker://DEST` (plain HTTP registry)."""
     args = ["copy", "--dest-tls-verify=false"]
     if v2s2:
@@ -161,8 +214,15 @@ def rich_layers() -> list[list[Member]]:
     t = DEFAULT_MTIME + 1000
     layer4 = [
         D("srv", mtime=t),
-        F("srv/data.bin", rng.randbytes(300_000), mode=0o640, uid=33, gid=33,
-          xattrs={"user.checksum": b"abc123", "user.origin": b"layer4"}, mtime=t + 1),
+        F(
+            "srv/data.bin",
+            rng.randbytes(300_000),
+            mode=0o640,
+            uid=33,
+            gid=33,
+            xattrs={"user.checksum": b"abc123", "user.origin": b"layer4"},
+            mtime=t + 1,
+        ),
         H("srv/data.link", "srv/data.bin"),
         L("srv/current", "data.bin", mtime=t + 2),
         D("var", mtime=t),
@@ -181,15 +241,23 @@ def rich_layers() -> list[list[Member]]:
 def arch_layers(arch: str) -> list[list[Member]]:
     """Two small layers whose content names the architecture."""
     return [
-        [D("etc", mtime=DEFAULT_MTIME), F("etc/arch", f"{arch}\n".encode()),
-         F("etc/os-release", b"ID=test\n"), L("etc/arch-link", "arch")],
-        [D("bin", mtime=DEFAULT_MTIME), F(f"bin/tool-{arch}", os.urandom(5000), mode=0o755),
-         whiteout("etc/os-release")],
+        [
+            D("etc", mtime=DEFAULT_MTIME),
+            F("etc/arch", f"{arch}\n".encode()),
+            F("etc/os-release", b"ID=test\n"),
+            L("etc/arch-link", "arch"),
+        ],
+        [
+            D("bin", mtime=DEFAULT_MTIME),
+            F(f"bin/tool-{arch}", os.urandom(5000), mode=0o755),
+            whiteout("etc/os-release"),
+        ],
     ]
 
 
-def large_layers(total_big: int = 4, big_size: int = 25 << 20, small: int = 1500,
-                 seed: int = 11) -> tuple[list[list[Member]], list[str]]:
+def large_layers(
+    total_big: int = 4, big_size: int = 25 << 20, small: int = 1500, seed: int = 11
+) -> tuple[list[list[Member]], list[str]]:
     """Layers of incompressible data: `total_big` files of `big_size` bytes and `small` files
     of 1-8 KiB, in two layers. Returns (layers, paths of the small files)."""
     rng = random.Random(seed)
@@ -204,10 +272,23 @@ def large_layers(total_big: int = 4, big_size: int = 25 << 20, small: int = 1500
         name = f"{d}/f{i:05d}.dat"
         smalls.append(name)
         layer1.append(F(name, os.urandom(rng.randint(1024, 8192))))
-    layer2: list[Member] = [D("big"), F(f"big/file{total_big - 1}.bin", os.urandom(big_size)),
-                            D("etc"), F("etc/hostname", b"large\n")]
+    layer2: list[Member] = [
+        D("big"),
+        F(f"big/file{total_big - 1}.bin", os.urandom(big_size)),
+        D("etc"),
+        F("etc/hostname", b"large\n"),
+    ]
     return [layer1, layer2], smalls
 
 
-__all__ = ["Image", "Layout", "make_image", "push", "skopeo", "rich_layers", "arch_layers",
-           "large_layers", "sha256"]
+__all__ = [
+    "Image",
+    "Layout",
+    "arch_layers",
+    "large_layers",
+    "make_image",
+    "push",
+    "rich_layers",
+    "sha256",
+    "skopeo",
+]

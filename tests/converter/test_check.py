@@ -41,19 +41,33 @@ def _push_variant(registry, tag: str, manifest: dict, config: dict | None = None
             r = c.post("/v2/chk/blobs/uploads/")
             assert r.status_code == 202
             loc = r.headers["location"]
-            r = c.put(f"{loc}{'&' if '?' in loc else '?'}digest={digest}", content=raw,
-                      headers={"Content-Type": "application/octet-stream"})
+            r = c.put(
+                f"{loc}{'&' if '?' in loc else '?'}digest={digest}",
+                content=raw,
+                headers={"Content-Type": "application/octet-stream"},
+            )
             assert r.status_code == 201, r.text
             manifest["config"] = {**manifest["config"], "digest": digest, "size": len(raw)}
-        r = c.put(f"/v2/chk/manifests/{tag}", content=json.dumps(manifest).encode(),
-                  headers={"Content-Type": OCI_MANIFEST})
+        r = c.put(
+            f"/v2/chk/manifests/{tag}",
+            content=json.dumps(manifest).encode(),
+            headers={"Content-Type": OCI_MANIFEST},
+        )
         assert r.status_code == 201, r.text
     return f"{registry.host}/chk:{tag}"
 
 
 def _check(target: str, tmp_path, *extra: str) -> tuple[int, str]:
-    run = nydusify("check", "--target", target, "--target-insecure", "--work-dir",
-                   str(tmp_path / "out"), *extra, cwd=tmp_path)
+    run = nydusify(
+        "check",
+        "--target",
+        target,
+        "--target-insecure",
+        "--work-dir",
+        str(tmp_path / "out"),
+        *extra,
+        cwd=tmp_path,
+    )
     errors = [ln for ln in run.lines if ln.startswith("ERRO")]
     assert "Traceback" not in run.stderr
     if run.returncode == 0:
@@ -72,19 +86,28 @@ def test_an_oci_image_is_not_a_nydus_image(image, tmp_path):
     assert "is not a Nydus image: no layer has a containerd.io/snapshot/nydus-bootstrap" in err
 
 
-@pytest.mark.parametrize("case, message", [
-    ("blob-annotation", "layer 0 (sha256:"),
-    ("blob-media-type", "has media type 'application/vnd.oci.image.layer.v1.tar+gzip', want "
-                        "application/vnd.oci.image.layer.nydus.blob.v1"),
-    ("bootstrap-value", "annotation containerd.io/snapshot/nydus-bootstrap is 'yes', want"),
-    ("bootstrap-media-type", "has media type 'application/vnd.oci.image.layer.v1.tar.gz'"),
-    ("diff-id-count", "config has 2 rootfs.diff_ids for 3 layers"),
-    ("diff-id-value", "layer 1: diff id sha256:"),
-    ("bootstrap-diff-id", "bootstrap layer diff id is sha256:"),
-    ("fs-version", "bootstrap is RAFS v6 but the layer annotation "
-                   "containerd.io/snapshot/nydus-fs-version says '5'"),
-    ("missing-blob-layer", "of the bootstrap's blob table is not a blob layer of the manifest"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("blob-annotation", "layer 0 (sha256:"),
+        (
+            "blob-media-type",
+            "has media type 'application/vnd.oci.image.layer.v1.tar+gzip', want "
+            "application/vnd.oci.image.layer.nydus.blob.v1",
+        ),
+        ("bootstrap-value", "annotation containerd.io/snapshot/nydus-bootstrap is 'yes', want"),
+        ("bootstrap-media-type", "has media type 'application/vnd.oci.image.layer.v1.tar.gz'"),
+        ("diff-id-count", "config has 2 rootfs.diff_ids for 3 layers"),
+        ("diff-id-value", "layer 1: diff id sha256:"),
+        ("bootstrap-diff-id", "bootstrap layer diff id is sha256:"),
+        (
+            "fs-version",
+            "bootstrap is RAFS v6 but the layer annotation "
+            "containerd.io/snapshot/nydus-fs-version says '5'",
+        ),
+        ("missing-blob-layer", "of the bootstrap's blob table is not a blob layer of the manifest"),
+    ],
+)
 def test_broken_rules_are_named(image, registry, tmp_path, case, message):
     man, config = copy.deepcopy(image["manifest"]), copy.deepcopy(image["config"])
     layers, diff_ids = man["layers"], config["rootfs"]["diff_ids"]
@@ -133,9 +156,18 @@ def test_corrupted_blob_data_fails_the_filesystem_check(registry, tmp_path):
     raw = bytearray(data.read_bytes())
     raw[100] ^= 0xFF  # inside the first (compressed) chunk of victim.bin
     data.write_bytes(bytes(raw))
-    run = nydusify("check", "--source", f"{registry.host}/corrupt:v1", "--target",
-                   f"{registry.host}/corrupt:nydus", "--source-insecure", "--target-insecure",
-                   "--work-dir", str(tmp_path / "out"), cwd=tmp_path)
+    run = nydusify(
+        "check",
+        "--source",
+        f"{registry.host}/corrupt:v1",
+        "--target",
+        f"{registry.host}/corrupt:nydus",
+        "--source-insecure",
+        "--target-insecure",
+        "--work-dir",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert run.returncode == 1
     [err] = [ln for ln in run.lines if ln.startswith("ERRO")]
     assert "/victim.bin: cannot read: Input/output error" in err

@@ -68,15 +68,19 @@ def images(registry, tmp_path_factory) -> dict[str, Converted]:
     push(layout, "rich", f"{registry.host}/rich:v2s2", v2s2=True)
     out: dict[str, Converted] = {}
     with http(registry) as c:
-        for kind, tag, extra in (("oci", "oci", ()), ("v2s2", "v2s2", ()),
-                                 ("v2s2-oci", "v2s2", ("--oci",))):
+        for kind, tag, extra in (
+            ("oci", "oci", ()),
+            ("v2s2", "v2s2", ()),
+            ("v2s2-oci", "v2s2", ("--oci",)),
+        ):
             src, dst = f"{registry.host}/rich:{tag}", f"{registry.host}/rich:{kind}-nydus"
             work = base / f"work-{kind}" / "tmp"
             work.parent.mkdir()
             run = convert(src, dst, work, *extra).ok()
             man, _, raw = get_manifest(c, "rich", tag)
-            out[kind] = Converted(kind, src, dst, work, run, sha256(raw),
-                                  [x["digest"] for x in man["layers"]])
+            out[kind] = Converted(
+                kind, src, dst, work, run, sha256(raw), [x["digest"] for x in man["layers"]]
+            )
     return out
 
 
@@ -106,9 +110,11 @@ def test_convert_prints_the_seed_log_lines(images, registry, kind):
         expected.append(re.escape(f"Building layer {digest}"))
     for layer in man["layers"][:-1]:
         expected.append(re.escape(f"Pushing blob layer {layer['digest']}"))
-    expected += [re.escape(f"Pushing bootstrap layer {man['layers'][-1]['digest']}"),
-                 "Pushing nydus manifest",
-                 re.escape(f"Success convert image {conv.source} to {conv.target}") + "$"]
+    expected += [
+        re.escape(f"Pushing bootstrap layer {man['layers'][-1]['digest']}"),
+        "Pushing nydus manifest",
+        re.escape(f"Success convert image {conv.source} to {conv.target}") + "$",
+    ]
     for pattern in expected:
         assert any(re.match(pattern, t) for t in text), (pattern, text)
     # order: pulling first, success last, the bootstrap after every blob
@@ -188,8 +194,11 @@ def test_manifest_config_and_layers_have_upstreams_shape(images, registry, kind)
         assert _shape(layer) == _shape(glayers[0])
         assert layer["mediaType"] == NYDUS_BLOB  # in Docker manifests too
     assert _shape(layers[-1]) == _shape(glayers[-1])
-    assert layers[-1]["mediaType"] == ("application/vnd.docker.image.rootfs.diff.tar.gzip"
-                                       if docker else "application/vnd.oci.image.layer.v1.tar+gzip")
+    assert layers[-1]["mediaType"] == (
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        if docker
+        else "application/vnd.oci.image.layer.v1.tar+gzip"
+    )
     # the rest of the manifest: same keys in the same order, the builder version optional
     man["annotations"].pop("containerd.io/snapshot/nydus-builder-version", None)
     assert _shape(man) == _shape(golden)
@@ -207,10 +216,14 @@ def test_manifest_config_and_layers_have_upstreams_shape(images, registry, kind)
             assert header.name == "rafs.blob.toc"
     # config: diff ids = blob digests + the bootstrap tar's sha256; one more history entry
     tar = gzip.decompress(boot_gz)
-    assert config["rootfs"] == {"type": "layers", "diff_ids": [x["digest"] for x in layers[:-1]]
-                                + ["sha256:" + hashlib.sha256(tar).hexdigest()]}
+    assert config["rootfs"] == {
+        "type": "layers",
+        "diff_ids": [x["digest"] for x in layers[:-1]]
+        + ["sha256:" + hashlib.sha256(tar).hexdigest()],
+    }
     assert config["history"] == source_config["history"] + [
-        {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}]
+        {"created_by": "Nydus Converter", "comment": "Nydus Bootstrap Layer"}
+    ]
     for key in ("config", "architecture", "os", "created"):
         assert config[key] == source_config[key]
     golden_config = json.loads((golden_dir / "nydus-config.json").read_text())
@@ -218,8 +231,10 @@ def test_manifest_config_and_layers_have_upstreams_shape(images, registry, kind)
     # bootstrap layer: image/, image/image.boot, then blob.meta files named after blob layers
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         members = tf.getmembers()
-    assert [(m.name, m.type) for m in members[:2]] == [("image", tarfile.DIRTYPE),
-                                                       ("image/image.boot", tarfile.REGTYPE)]
+    assert [(m.name, m.type) for m in members[:2]] == [
+        ("image", tarfile.DIRTYPE),
+        ("image/image.boot", tarfile.REGTYPE),
+    ]
     hexes = {x["digest"][7:] for x in layers[:-1]}
     for m in members[2:]:
         assert m.name.startswith("image/") and m.name.endswith(".blob.meta")
@@ -231,29 +246,51 @@ def test_manifest_config_and_layers_have_upstreams_shape(images, registry, kind)
 @pytest.mark.parametrize("kind", KINDS)
 def test_nydusify_check_passes(images, kind, tmp_path):
     conv = images[kind]
-    run = nydusify("check", "--source", conv.source, "--target", conv.target,
-                   "--source-insecure", "--target-insecure", "--work-dir", str(tmp_path / "out"),
-                   cwd=tmp_path).ok()
+    run = nydusify(
+        "check",
+        "--source",
+        conv.source,
+        "--target",
+        conv.target,
+        "--source-insecure",
+        "--target-insecure",
+        "--work-dir",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    ).ok()
     text = "\n".join(LOG_LINE.sub("", ln) for ln in run.lines)
-    for line in ("Checking Nydus manifest", "Checking Nydus bootstrap",
-                 f"Verified Nydus image {conv.target}"):
+    for line in (
+        "Checking Nydus manifest",
+        "Checking Nydus bootstrap",
+        f"Verified Nydus image {conv.target}",
+    ):
         assert line in text
-    m = re.search(r"Verified filesystem: (\d+) entries \((\d+) files, (\d+) directories, "
-                  r"(\d+) symlinks, (\d+) other\), (\d+) bytes", text)
+    m = re.search(
+        r"Verified filesystem: (\d+) entries \((\d+) files, (\d+) directories, "
+        r"(\d+) symlinks, (\d+) other\), (\d+) bytes",
+        text,
+    )
     assert m, text
     entries, files, dirs, links, other, nbytes = map(int, m.groups())
     assert (files, links, other) == (18, 2, 3) and dirs >= 15 and nbytes > 500_000
     out = tmp_path / "out"
     target_manifest = json.loads((out / "target/nydus_manifest.json").read_text())
-    assert target_manifest["layers"][-1]["annotations"][
-        "containerd.io/snapshot/nydus-bootstrap"] == "true"
-    assert json.loads((out / "source/oci_manifest.json").read_text())["layers"][0]["digest"] \
+    assert (
+        target_manifest["layers"][-1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"]
+        == "true"
+    )
+    assert (
+        json.loads((out / "source/oci_manifest.json").read_text())["layers"][0]["digest"]
         == conv.source_layers[0]
+    )
     host, rest = conv.target.split("/", 1)
-    assert (out / "target/nydus_bootstrap/image/image.boot").read_bytes() == \
-        (conv.work / host / rest / "bootstrap").read_bytes()
-    assert json.loads((out / "target/nydus_config.json").read_text())["history"][-1][
-        "created_by"] == "Nydus Converter"
+    assert (out / "target/nydus_bootstrap/image/image.boot").read_bytes() == (
+        conv.work / host / rest / "bootstrap"
+    ).read_bytes()
+    assert (
+        json.loads((out / "target/nydus_config.json").read_text())["history"][-1]["created_by"]
+        == "Nydus Converter"
+    )
     assert not os.path.ismount(out / "fs" / "target_mounted")
 
 
@@ -265,8 +302,12 @@ def test_registry_mount_equals_umoci_unpack(images, registry, nydusd, kind, tmp_
     layout = tmp_path / "layout"
     skopeo("copy", "--src-tls-verify=false", f"docker://{conv.source}", f"oci:{layout}:src")
     rootfs = tmp_path / "rootfs"  # `raw unpack`: this image's /etc/passwd is a directory,
-    done = subprocess.run(["umoci", "raw", "unpack", "--image", f"{layout}:src", str(rootfs)],
-                          capture_output=True, text=True, timeout=300)  # no config.json then
+    done = subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{layout}:src", str(rootfs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # no config.json then
     assert done.returncode == 0, done.stderr
     boot = conv.work / conv.target.split("/", 1)[0] / conv.target.split("/", 1)[1] / "bootstrap"
     d = nydusd(boot, registry_config(registry.host, "rich"))
@@ -275,8 +316,9 @@ def test_registry_mount_equals_umoci_unpack(images, registry, nydusd, kind, tmp_
     # mtimes of everything but directories: a directory an upper layer only implies (a parent
     # of its entries, no tar entry of its own, e.g. /home here) gets mtime 0 in the merged
     # bootstrap while umoci keeps the lower layer's
-    assert {p: e.mtime_ns for p, e in want.items() if e.type != "dir"} == \
-        {p: e.mtime_ns for p, e in got.items() if e.type != "dir"}
+    assert {p: e.mtime_ns for p, e in want.items() if e.type != "dir"} == {
+        p: e.mtime_ns for p, e in got.items() if e.type != "dir"
+    }
     assert got[b"home"].mtime_ns in (0, want[b"home"].mtime_ns)
     # and the data really came from the registry
     backend = d.get("/api/v1/metrics/backend").json()
@@ -301,9 +343,20 @@ def test_skopeo_copies_the_converted_image_to_an_oci_layout(images, registry, ki
 
 
 def test_fs_version_5_is_refused_clearly(registry, tmp_path):
-    run = nydusify("convert", "--source", f"{registry.host}/rich:oci", "--target",
-                   f"{registry.host}/rich:v5", "--source-insecure", "--target-insecure",
-                   "--fs-version", "5", "--work-dir", str(tmp_path / "tmp"), cwd=tmp_path)
+    run = nydusify(
+        "convert",
+        "--source",
+        f"{registry.host}/rich:oci",
+        "--target",
+        f"{registry.host}/rich:v5",
+        "--source-insecure",
+        "--target-insecure",
+        "--fs-version",
+        "5",
+        "--work-dir",
+        str(tmp_path / "tmp"),
+        cwd=tmp_path,
+    )
     assert run.returncode != 0
     assert len(run.lines) == 1 and run.lines[0].startswith("ERRO[")
     assert "--fs-version 5 is not supported" in run.lines[0]
@@ -312,13 +365,27 @@ def test_fs_version_5_is_refused_clearly(registry, tmp_path):
 
 def test_implied_parent_directory_keeps_the_lower_metadata(registry, tmp_path):
     layout = Layout(tmp_path / "layout")
-    layout.add_image("v1", make_image([
-        [D("root", mode=0o700, uid=5, gid=6, xattrs={"user.a": b"1"}), F("root/x", b"x")],
-        [F("root/.bashrc", b"rc")]]))  # no "root/" entry in the upper layer
+    layout.add_image(
+        "v1",
+        make_image(
+            [
+                [D("root", mode=0o700, uid=5, gid=6, xattrs={"user.a": b"1"}), F("root/x", b"x")],
+                [F("root/.bashrc", b"rc")],
+            ]
+        ),
+    )  # no "root/" entry in the upper layer
     push(layout, "v1", f"{registry.host}/implied:v1")
-    convert(f"{registry.host}/implied:v1", f"{registry.host}/implied:nydus",
-            tmp_path / "tmp").ok()
-    run = nydusify("check", "--source", f"{registry.host}/implied:v1", "--target",
-                   f"{registry.host}/implied:nydus", "--source-insecure", "--target-insecure",
-                   "--work-dir", str(tmp_path / "out"), cwd=tmp_path)
+    convert(f"{registry.host}/implied:v1", f"{registry.host}/implied:nydus", tmp_path / "tmp").ok()
+    run = nydusify(
+        "check",
+        "--source",
+        f"{registry.host}/implied:v1",
+        "--target",
+        f"{registry.host}/implied:nydus",
+        "--source-insecure",
+        "--target-insecure",
+        "--work-dir",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.lines[-1]

@@ -26,8 +26,7 @@ def multi(registry, tmp_path_factory):
     with http(registry) as c:
         index, ctype, _ = get_manifest(c, "multi", "v1")
     assert ctype == OCI_INDEX and len(index["manifests"]) == 2
-    return {"base": base, "source": f"{registry.host}/multi:v1", "images": images,
-            "index": index}
+    return {"base": base, "source": f"{registry.host}/multi:v1", "images": images, "index": index}
 
 
 def _convert(multi, tag: str, *extra: str):
@@ -44,30 +43,46 @@ def _check(target: str, tmp_path, *extra: str, source: str | None = None):
 
 
 def _layers_are_nydus(man: dict) -> None:
-    assert all(x["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1"
-               for x in man["layers"][:-1])
+    assert all(
+        x["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1"
+        for x in man["layers"][:-1]
+    )
     assert man["layers"][-1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
 
 
 def test_one_platform_gives_a_single_manifest(multi, registry, tmp_path):
     run = _convert(multi, "arm64-nydus", "--platform", "linux/arm64").ok()
-    assert any(LOG_LINE.sub("", ln) == f"Pulling image {multi['source']} with platform "
-               "linux/arm64" for ln in run.lines), run.lines
+    assert any(
+        LOG_LINE.sub("", ln) == f"Pulling image {multi['source']} with platform linux/arm64"
+        for ln in run.lines
+    ), run.lines
     with http(registry) as c:
         man, ctype, _ = get_manifest(c, "multi", "arm64-nydus")
         config = json.loads(get_blob(c, "multi", man["config"]["digest"]))
     assert ctype == OCI_MANIFEST and "manifests" not in man
     _layers_are_nydus(man)
     assert (config["os"], config["architecture"]) == ("linux", "arm64")
-    assert man["annotations"]["containerd.io/snapshot/nydus-source-digest"] == \
-        multi["images"]["arm64"].manifest_digest
+    assert (
+        man["annotations"]["containerd.io/snapshot/nydus-source-digest"]
+        == multi["images"]["arm64"].manifest_digest
+    )
     # the filesystem check compares with the arm64 entry of the source index
-    run = _check(f"{registry.host}/multi:arm64-nydus", tmp_path, "--platform", "linux/arm64",
-                 source=multi["source"]).ok()
+    run = _check(
+        f"{registry.host}/multi:arm64-nydus",
+        tmp_path,
+        "--platform",
+        "linux/arm64",
+        source=multi["source"],
+    ).ok()
     assert any("Verified filesystem" in ln for ln in run.lines)
     # against the amd64 entry the same image differs, and check says where
-    run = _check(f"{registry.host}/multi:arm64-nydus", tmp_path, "--platform", "linux/amd64",
-                 source=multi["source"])
+    run = _check(
+        f"{registry.host}/multi:arm64-nydus",
+        tmp_path,
+        "--platform",
+        "linux/amd64",
+        source=multi["source"],
+    )
     assert run.returncode == 1
     [err] = [ln for ln in run.lines if ln.startswith("ERRO")]
     assert "differs from" in err and "/bin/tool-amd64: only in the source" in err
@@ -79,8 +94,10 @@ def test_all_platforms_give_an_index_of_nydus_manifests(multi, registry, tmp_pat
     with http(registry) as c:
         index, ctype, _ = get_manifest(c, "multi", "all-nydus")
         assert ctype == OCI_INDEX
-        plats = [(m["platform"]["architecture"], m["platform"].get("variant"))
-                 for m in index["manifests"]]
+        plats = [
+            (m["platform"]["architecture"], m["platform"].get("variant"))
+            for m in index["manifests"]
+        ]
         assert sorted(plats) == [("amd64", None), ("arm64", "v8")]
         for entry in index["manifests"]:
             assert "artifactType" not in entry
@@ -90,8 +107,9 @@ def test_all_platforms_give_an_index_of_nydus_manifests(multi, registry, tmp_pat
             config = json.loads(get_blob(c, "multi", man["config"]["digest"]))
             assert config["architecture"] == entry["platform"]["architecture"]
     for plat in ("linux/amd64", "linux/arm64"):
-        _check(f"{registry.host}/multi:all-nydus", tmp_path, "--platform", plat,
-               source=multi["source"]).ok()
+        _check(
+            f"{registry.host}/multi:all-nydus", tmp_path, "--platform", plat, source=multi["source"]
+        ).ok()
     # not the merged index --multi-platform asks for
     run = _check(f"{registry.host}/multi:all-nydus", tmp_path, "--multi-platform")
     assert run.returncode == 1
@@ -112,9 +130,11 @@ def test_merge_platform_gives_the_merged_index(multi, registry, tmp_path):
             if e["digest"] not in source_digests:
                 man, _, _ = get_manifest(c, "multi", e["digest"])
                 assert man["layers"][0]["annotations"] == {
-                    "containerd.io/snapshot/nydus-empty-layer": "true"}
-                assert e["annotations"]["containerd.io/snapshot/nydus-source-digest"] \
-                    in source_digests
+                    "containerd.io/snapshot/nydus-empty-layer": "true"
+                }
+                assert (
+                    e["annotations"]["containerd.io/snapshot/nydus-source-digest"] in source_digests
+                )
         assert sorted(e["platform"]["architecture"] for e in oci) == ["amd64", "arm64"]
         assert all(e["artifactType"] == NYDUS_ARTIFACT for e in nydus)
         assert sorted(e["platform"]["architecture"] for e in nydus) == ["amd64", "arm64"]
@@ -122,8 +142,14 @@ def test_merge_platform_gives_the_merged_index(multi, registry, tmp_path):
             man, _, _ = get_manifest(c, "multi", e["digest"])
             _layers_are_nydus(man)
             assert man["config"]["mediaType"] == NYDUS_CONFIG
-    run = _check(f"{registry.host}/multi:merged", tmp_path, "--multi-platform", "--platform",
-                 "linux/arm64", source=multi["source"]).ok()
+    run = _check(
+        f"{registry.host}/multi:merged",
+        tmp_path,
+        "--multi-platform",
+        "--platform",
+        "linux/arm64",
+        source=multi["source"],
+    ).ok()
     assert any("Verified filesystem" in ln for ln in run.lines)
     # a single manifest is not a merged index
     _convert(multi, "amd64-only", "--platform", "linux/amd64").ok()

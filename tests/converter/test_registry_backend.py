@@ -11,10 +11,9 @@ import os
 import pytest
 
 from tests.converter.conftest import convert, read_amount, registry_config
-from tests.registry_fixture import restart_registry
 from tests.converter.images import Layout, large_layers, make_image, push
 from tests.helpers.layers import D, F
-from tests.registry_fixture import start_registry
+from tests.registry_fixture import restart_registry, start_registry
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,12 @@ def large(registry, tmp_path_factory):
     convert(f"{registry.host}/large:v1", f"{registry.host}/large:v1-nydus", work).ok()
     boot = work / registry.host / "large:v1-nydus" / "bootstrap"
     blobs = sorted((work / registry.host / "large:v1-nydus" / "blobs").iterdir())
-    return {"boot": boot, "expected": expected, "source_bytes": image.compressed_size,
-            "blob_bytes": sum(p.stat().st_size for p in blobs)}
+    return {
+        "boot": boot,
+        "expected": expected,
+        "source_bytes": image.compressed_size,
+        "blob_bytes": sum(p.stat().st_size for p in blobs),
+    }
 
 
 def test_reading_one_small_file_fetches_a_tiny_part_of_the_image(large, registry, nydusd):
@@ -67,8 +70,9 @@ def test_registry_down_gives_eio_then_recovers(flaky, nydusd, tmp_path):
     reg = flaky["registry"]
     a, b = os.urandom(700_000), os.urandom(900_000)
     layout = Layout(tmp_path / "layout")
-    layout.add_image("v1", make_image([[D("data"), F("data/a.bin", a)],
-                                       [D("data"), F("data/b.bin", b)]]))
+    layout.add_image(
+        "v1", make_image([[D("data"), F("data/a.bin", a)], [D("data"), F("data/b.bin", b)]])
+    )
     push(layout, "v1", f"{reg.host}/flaky:v1")
     work = tmp_path / "tmp"
     convert(f"{reg.host}/flaky:v1", f"{reg.host}/flaky:v1-nydus", work).ok()

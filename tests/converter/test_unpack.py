@@ -14,7 +14,18 @@ import zstandard
 
 from nydus.converter.unpack import IterReader, Unpacker, UnpackError, open_layer_stream
 from tests.converter.images import rich_layers
-from tests.helpers.layers import CHR, D, F, H, L, layer_bytes, opaque, overlay_view, whiteout, write_layer
+from tests.helpers.layers import (
+    CHR,
+    D,
+    F,
+    H,
+    L,
+    layer_bytes,
+    opaque,
+    overlay_view,
+    whiteout,
+    write_layer,
+)
 from tests.helpers.snapshot import compare_trees, snapshot_tree
 
 
@@ -22,7 +33,7 @@ def _unpack(layers: list[bytes], dest: Path, pieces: int = 0) -> Unpacker:
     u = Unpacker(dest)
     for i, data in enumerate(layers):
         if pieces:  # as a registry stream: many small pieces
-            reader = IterReader(data[j:j + pieces] for j in range(0, len(data), pieces))
+            reader = IterReader(data[j : j + pieces] for j in range(0, len(data), pieces))
             u.apply_layer(open_layer_stream(reader), f"layer {i}")
         else:
             u.apply_layer(open_layer_stream(io.BytesIO(data)), f"layer {i}")
@@ -39,8 +50,12 @@ def test_rich_layers_equal_the_overlayfs_view(tmp_path, overlay_env):
     u = _unpack([t.read_bytes() for t in tars], tmp_path / "ours", pieces=7000)
     assert u.stats.layers == 4 and u.stats.skipped_devices == []
     with overlay_view(tars, tmp_path / "overlay") as view:
-        diffs = compare_trees(snapshot_tree(view), snapshot_tree(tmp_path / "ours"),
-                              ignore_fields={"mtime_ns"}, ignore_xattrs=("trusted.overlay.*",))
+        diffs = compare_trees(
+            snapshot_tree(view),
+            snapshot_tree(tmp_path / "ours"),
+            ignore_fields={"mtime_ns"},
+            ignore_xattrs=("trusted.overlay.*",),
+        )
     assert diffs == []
     ours = tmp_path / "ours"
     # spot checks of the rules, so that a wrong oracle cannot pass silently
@@ -84,10 +99,24 @@ def test_dotdot_is_refused(tmp_path):
 
 
 def test_hard_link_to_a_lower_layer_and_type_replacements(tmp_path):
-    lower = layer_bytes([D("d"), F("d/f", b"lower"), F("file-then-dir", b"1"), D("dir-then-file"),
-                         F("dir-then-file/x", b"2")])
-    upper = layer_bytes([H("d/g", "d/f"), D("file-then-dir"), F("file-then-dir/y", b"3"),
-                         F("dir-then-file", b"4"), opaque("d")])
+    lower = layer_bytes(
+        [
+            D("d"),
+            F("d/f", b"lower"),
+            F("file-then-dir", b"1"),
+            D("dir-then-file"),
+            F("dir-then-file/x", b"2"),
+        ]
+    )
+    upper = layer_bytes(
+        [
+            H("d/g", "d/f"),
+            D("file-then-dir"),
+            F("file-then-dir/y", b"3"),
+            F("dir-then-file", b"4"),
+            opaque("d"),
+        ]
+    )
     _unpack([lower, upper], tmp_path / "root")
     root = tmp_path / "root"
     # opaque "d" keeps only this layer's entry g, a link to the (removed) lower d/f inode

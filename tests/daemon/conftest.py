@@ -33,8 +33,9 @@ def is_mounted(path: str | os.PathLike[str]) -> bool:
 
 
 def findmnt(path: str | os.PathLike[str]) -> str:
-    r = subprocess.run(["findmnt", "-n", "--mountpoint", os.path.abspath(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["findmnt", "-n", "--mountpoint", os.path.abspath(path)], capture_output=True, text=True
+    )
     return r.stdout.strip()
 
 
@@ -47,8 +48,11 @@ def force_unmount(path: str | os.PathLike[str]) -> None:
 
 
 def api_client(sock: str | os.PathLike[str]) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=os.fspath(sock)),
-                        base_url="http://localhost", timeout=10.0)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=os.fspath(sock)),
+        base_url="http://localhost",
+        timeout=10.0,
+    )
 
 
 @dataclass
@@ -96,8 +100,13 @@ class Daemon:
         force_unmount(self.mountpoint)
 
 
-def localfs_config(blob_dir: str | os.PathLike[str], *, validate: bool = False,
-                   cache_dir: str | os.PathLike[str] | None = None, **extra: Any) -> dict[str, Any]:
+def localfs_config(
+    blob_dir: str | os.PathLike[str],
+    *,
+    validate: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The v1 JSON the seed writes, plus options."""
     cfg: dict[str, Any] = {
         "device": {"backend": {"type": "localfs", "config": {"dir": os.fspath(blob_dir)}}},
@@ -105,8 +114,7 @@ def localfs_config(blob_dir: str | os.PathLike[str], *, validate: bool = False,
         "digest_validate": validate,
     }
     if cache_dir is not None:
-        cfg["device"]["cache"] = {"type": "blobcache",
-                                  "config": {"work_dir": os.fspath(cache_dir)}}
+        cfg["device"]["cache"] = {"type": "blobcache", "config": {"work_dir": os.fspath(cache_dir)}}
     cfg.update(extra)
     return cfg
 
@@ -142,9 +150,14 @@ def nydusd(tmp_path: Path) -> Iterator[StartFn]:
     started: list[Daemon] = []
     counter = [0]
 
-    def start(bootstrap: str | os.PathLike[str], config: dict[str, Any] | str | os.PathLike[str] | None,
-              *extra: str, name: str | None = None, wait: bool = True,
-              log_level: str = "info") -> Daemon:
+    def start(
+        bootstrap: str | os.PathLike[str],
+        config: dict[str, Any] | str | os.PathLike[str] | None,
+        *extra: str,
+        name: str | None = None,
+        wait: bool = True,
+        log_level: str = "info",
+    ) -> Daemon:
         counter[0] += 1
         name = name or f"d{counter[0]}"
         base = tmp_path / name
@@ -161,8 +174,17 @@ def nydusd(tmp_path: Path) -> Iterator[StartFn]:
         args = [NYDUSD]
         if cfg_path is not None:
             args += ["--config", str(cfg_path)]
-        args += ["--mountpoint", str(mnt), "--bootstrap", os.fspath(bootstrap),
-                 "--apisock", str(sock), "--log-level", log_level, *extra]
+        args += [
+            "--mountpoint",
+            str(mnt),
+            "--bootstrap",
+            os.fspath(bootstrap),
+            "--apisock",
+            str(sock),
+            "--log-level",
+            log_level,
+            *extra,
+        ]
         log_path = base / "nydusd.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT)

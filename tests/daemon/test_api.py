@@ -21,8 +21,14 @@ def _start(nydusd, tmp_path, **extra):
     blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
     cfg = localfs_config(blobs, validate=True, cache_dir=tmp_path / "cache", **extra)
     cfg["device"]["backend"]["config"]["dir"] = str(blobs)
-    return nydusd(golden_path("upstream", "v6", "bootstrap"), cfg, "--id", "daemon-1",
-                  "--supervisor", str(tmp_path / "sup.sock"))
+    return nydusd(
+        golden_path("upstream", "v6", "bootstrap"),
+        cfg,
+        "--id",
+        "daemon-1",
+        "--supervisor",
+        str(tmp_path / "sup.sock"),
+    )
 
 
 def test_daemon_info(nydusd, tmp_path):
@@ -57,10 +63,20 @@ def test_metrics_shapes(nydusd, tmp_path):
     lib = (d.mountpoint / "lib.rs").read_bytes()
     sync = (d.mountpoint / "sync_io.rs").read_bytes()
     m = d.get("/api/v1/metrics").json()
-    assert set(m) == {"files_account_enabled", "access_pattern_enabled",
-                      "record_latest_read_files_enabled", "measure_latency", "id", "nr_opens",
-                      "data_read", "block_count_read", "fop_hits", "fop_errors",
-                      "fop_cumulative_latency_total", "read_latency_dist"}
+    assert set(m) == {
+        "files_account_enabled",
+        "access_pattern_enabled",
+        "record_latest_read_files_enabled",
+        "measure_latency",
+        "id",
+        "nr_opens",
+        "data_read",
+        "block_count_read",
+        "fop_hits",
+        "fop_errors",
+        "fop_cumulative_latency_total",
+        "read_latency_dist",
+    }
     assert m["data_read"] == len(lib) + len(sync) == 30331
     assert len(m["fop_hits"]) == len(m["fop_errors"]) == FOP_COUNT
     assert len(m["block_count_read"]) == len(m["read_latency_dist"]) == 8
@@ -73,8 +89,13 @@ def test_metrics_shapes(nydusd, tmp_path):
 
     files = d.get("/api/v1/metrics/files").json()
     assert files["133"]["data_read"] == 16931 and files["136"]["data_read"] == 13400
-    assert set(files["133"]) == {"total_fops", "data_read", "block_count_read", "fop_hits",
-                                 "fop_errors"}
+    assert set(files["133"]) == {
+        "total_fops",
+        "data_read",
+        "block_count_read",
+        "fop_hits",
+        "fop_errors",
+    }
     assert sorted(d.get("/api/v1/metrics/files", latest="true").json()) == [133, 136]
     assert d.get("/api/v1/metrics/files", latest="true").json() == []  # cleared by the read
 
@@ -86,12 +107,25 @@ def test_metrics_shapes(nydusd, tmp_path):
     assert sum(b["read_count_block_size_dist"]) == b["read_count"]
 
     c = d.get("/api/v1/metrics/blobcache").json()
-    for key in ("underlying_files", "store_path", "partial_hits", "whole_hits", "total",
-                "entries_count", "prefetch_data_amount", "prefetch_requests_count",
-                "prefetch_workers", "prefetch_unmerged_chunks", "prefetch_cumulative_time_millis",
-                "prefetch_begin_time_secs", "prefetch_begin_time_millis",
-                "prefetch_end_time_secs", "prefetch_end_time_millis", "buffered_backend_size",
-                "data_all_ready"):
+    for key in (
+        "underlying_files",
+        "store_path",
+        "partial_hits",
+        "whole_hits",
+        "total",
+        "entries_count",
+        "prefetch_data_amount",
+        "prefetch_requests_count",
+        "prefetch_workers",
+        "prefetch_unmerged_chunks",
+        "prefetch_cumulative_time_millis",
+        "prefetch_begin_time_secs",
+        "prefetch_begin_time_millis",
+        "prefetch_end_time_secs",
+        "prefetch_end_time_millis",
+        "buffered_backend_size",
+        "data_all_ready",
+    ):
         assert key in c, key
     assert c["store_path"] == str(tmp_path / "cache")
     assert c["underlying_files"] == [str(tmp_path / "cache" / f"{V6_BLOB_ID}.blob.data")]
@@ -108,8 +142,14 @@ def test_errors_and_settings(nydusd, tmp_path):
         r = c.get("/api/v1/nothing")
         assert r.status_code == 404
         assert r.json()["code"] == "UNDEFINED" and r.json()["message"]
-        assert c.post("/api/v1/mount", params={"mountpoint": "/sub"},
-                      json={"source": "x", "fs_type": "rafs", "config": "{}"}).status_code == 501
+        assert (
+            c.post(
+                "/api/v1/mount",
+                params={"mountpoint": "/sub"},
+                json={"source": "x", "fs_type": "rafs", "config": "{}"},
+            ).status_code
+            == 501
+        )
         assert c.put("/api/v1/daemon", json={"log_level": "debug"}).status_code == 204
         r = c.put("/api/v1/daemon", json={"log_level": "loud"})
         assert r.status_code == 400 and "loud" in r.json()["message"]
@@ -141,8 +181,13 @@ def test_idle_connection_stays_open(nydusd, tmp_path):
                 assert chunk, "server closed the connection"
                 head += chunk
             hdr, _, body = head.partition(b"\r\n\r\n")
-            length = int([ln.split(b":")[1] for ln in hdr.split(b"\r\n")
-                          if ln.lower().startswith(b"content-length")][0])
+            length = int(
+                [
+                    ln.split(b":")[1]
+                    for ln in hdr.split(b"\r\n")
+                    if ln.lower().startswith(b"content-length")
+                ][0]
+            )
             while len(body) < length:
                 body += s.recv(65536)
             assert json.loads(body)["state"] == "RUNNING"
@@ -150,7 +195,7 @@ def test_idle_connection_stays_open(nydusd, tmp_path):
         s.settimeout(0.5)
         try:
             assert s.recv(1) != b""  # no EOF (nothing to read either)
-        except socket.timeout:
+        except TimeoutError:
             pass
     finally:
         s.close()
@@ -169,23 +214,30 @@ def test_nydusctl(nydusd, tmp_path):
     d = _start(nydusd, tmp_path)
     (d.mountpoint / "lib.rs").read_bytes()
     ctl = str(Path(sys.executable).parent / "nydusctl")
-    r = subprocess.run([ctl, "--sock", str(d.apisock), "--raw", "info"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [ctl, "--sock", str(d.apisock), "--raw", "info"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["state"] == "RUNNING"
     r = subprocess.run([ctl, "--sock", str(d.apisock), "info"], capture_output=True, text=True)
     assert "Status:" in r.stdout and "RUNNING" in r.stdout
-    r = subprocess.run([ctl, "--sock", str(d.apisock), "metrics", "backend"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [ctl, "--sock", str(d.apisock), "metrics", "backend"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "localfs" in r.stdout
-    r = subprocess.run([ctl, "--sock", str(d.apisock), "--raw", "metrics", "fsstats"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [ctl, "--sock", str(d.apisock), "--raw", "metrics", "fsstats"],
+        capture_output=True,
+        text=True,
+    )
     assert json.loads(r.stdout)["data_read"] == 16931
-    r = subprocess.run([ctl, "--sock", str(d.apisock), "metrics", "cache"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [ctl, "--sock", str(d.apisock), "metrics", "cache"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "whole_hits" in r.stdout
-    r = subprocess.run([ctl, "--sock", str(tmp_path / "nosock"), "info"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [ctl, "--sock", str(tmp_path / "nosock"), "info"], capture_output=True, text=True
+    )
     assert r.returncode == 1
     assert len([ln for ln in r.stderr.splitlines() if " - ERROR - " in ln]) == 1
     assert os.path.exists(d.apisock)

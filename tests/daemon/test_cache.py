@@ -42,7 +42,7 @@ def test_v6_restart_fetches_nothing(nydusd, tmp_path, stop_signal):
     assert data.stat().st_size == 36864  # the blob's uncompressed view
     chunk_map = (cache / f"{V6_BLOB_ID}.blob.data.chunk_map").read_bytes()
     assert len(chunk_map) == 4096 + 1
-    assert chunk_map[:16] == bytes.fromhex("50414d42" "01000000" "50414d43" "50414d4d")
+    assert chunk_map[:16] == bytes.fromhex("50414d420100000050414d4350414d4d")
     assert chunk_map[4096] == 0b1100_0000  # chunks 0 and 1 ready
     meta = (cache / f"{V6_BLOB_ID}.blob.meta").read_bytes()
     assert len(meta) == 4096 + 4096  # CI (32 bytes) padded to 4 KiB + the header
@@ -52,7 +52,7 @@ def test_v6_restart_fetches_nothing(nydusd, tmp_path, stop_signal):
     # the uncompressed view holds lib.rs at 0 and sync_io.rs at 20480
     view = data.read_bytes()
     assert hashlib.sha256(view[:16931]).hexdigest() == first["lib.rs"]
-    assert hashlib.sha256(view[20480:20480 + 13400]).hexdigest() == first["sync_io.rs"]
+    assert hashlib.sha256(view[20480 : 20480 + 13400]).hexdigest() == first["sync_io.rs"]
 
     d2 = nydusd(boot, cfg, name="second")
     assert _read_all(d2.mountpoint) == first
@@ -146,10 +146,13 @@ def test_prefetch_files_fill_the_cache_without_reads(nydusd, tmp_path):
 def test_fs_prefetch_all(nydusd, tmp_path):
     """fs_prefetch {enable, prefetch_all} with no prefetch table: the whole image is fetched."""
     blobs = golden_path("upstream", "v5", "blobs")
-    cfg = localfs_config(blobs, cache_dir=tmp_path / "cache",
-                         fs_prefetch={"enable": True, "threads_count": 2})
+    cfg = localfs_config(
+        blobs, cache_dir=tmp_path / "cache", fs_prefetch={"enable": True, "threads_count": 2}
+    )
     d = nydusd(golden_path("upstream", "v5", "sha256-nocompress-repeatable"), cfg)
     snap = _wait_all_ready(d)
     assert snap["prefetch_data_amount"] == 3508766
     assert d.get("/api/v1/metrics/backend").json()["read_amount_total"] == 3508766
-    assert (tmp_path / "cache" / f"{V5_BLOB}.blob.data").read_bytes() == (blobs / V5_BLOB).read_bytes()
+    assert (tmp_path / "cache" / f"{V5_BLOB}.blob.data").read_bytes() == (
+        blobs / V5_BLOB
+    ).read_bytes()

@@ -20,20 +20,29 @@ STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
 
 
 def test_log_lines_like_upstream(nydusd):
-    d = nydusd(golden_path("upstream", "v6", "bootstrap"),
-               localfs_config(golden_path("upstream", "v6", "blobs"), validate=True))
+    d = nydusd(
+        golden_path("upstream", "v6", "bootstrap"),
+        localfs_config(golden_path("upstream", "v6", "blobs"), validate=True),
+    )
     lines = d.log().splitlines()
     assert all(re.match(rf"^{STAMP} - (INFO|WARN|ERROR|DEBUG) - ", ln) for ln in lines), lines
     msgs = [ln.split(" - ", 2)[2] for ln in lines]
-    assert msgs[0] == "rafs superblock features: COMPRESSION_ZSTD HASH_BLAKE3 EXPLICIT_UID_GID " \
-                      "INLINED_CHUNK_DIGEST"
+    assert (
+        msgs[0] == "rafs superblock features: COMPRESSION_ZSTD HASH_BLAKE3 EXPLICIT_UID_GID "
+        "INLINED_CHUNK_DIGEST"
+    )
     assert msgs[1].startswith("backend config: localfs")
-    for expected in ("rafs imported", "rafs mounted: mode=direct digest_validate=true "
-                     "iostats_files=false", "vfs mounted", "starting fuse daemon"):
+    for expected in (
+        "rafs imported",
+        "rafs mounted: mode=direct digest_validate=true iostats_files=false",
+        "vfs mounted",
+        "starting fuse daemon",
+    ):
         assert expected in msgs
     mount_line = [m for m in msgs if m.startswith("mount source nydusfs dest")]
     assert mount_line and mount_line[0].startswith(
-        f"mount source nydusfs dest {d.mountpoint} with fstype fuse opts default_permissions,")
+        f"mount source nydusfs dest {d.mountpoint} with fstype fuse opts default_permissions,"
+    )
     order = [msgs.index(m) for m in ("rafs imported", "vfs mounted", "starting fuse daemon")]
     assert order == sorted(order)
     assert findmnt(d.mountpoint).split()[1:3] == ["nydusfs", "fuse"]
@@ -57,9 +66,22 @@ def test_fuse_subcommand(tmp_path):
     mnt.mkdir()
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps(localfs_config(golden_path("upstream", "v6", "blobs"))))
-    proc = subprocess.Popen([NYDUSD, "fuse", "--thread-num", "2", "--config", str(cfg),
-                             "--bootstrap", str(golden_path("upstream", "v6", "bootstrap")),
-                             "--mountpoint", str(mnt)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            NYDUSD,
+            "fuse",
+            "--thread-num",
+            "2",
+            "--config",
+            str(cfg),
+            "--bootstrap",
+            str(golden_path("upstream", "v6", "bootstrap")),
+            "--mountpoint",
+            str(mnt),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not is_mounted(mnt) and time.monotonic() < deadline and proc.poll() is None:
@@ -90,11 +112,23 @@ def _bad_cases(tmp_path):
     badjson = tmp_path / "bad.json"
     badjson.write_text('{"device": {"backend": ')
     unknown = tmp_path / "unknown.json"
-    unknown.write_text(json.dumps({"device": {"backend": {"type": "ftp", "config": {}}},
-                                   "mode": "direct"}))
+    unknown.write_text(
+        json.dumps({"device": {"backend": {"type": "ftp", "config": {}}}, "mode": "direct"})
+    )
     registry = tmp_path / "registry.json"
-    registry.write_text(json.dumps({"device": {"backend": {"type": "registry", "config": {
-        "host": "127.0.0.1:1", "repo": "ubuntu", "scheme": "http"}}}, "mode": "direct"}))
+    registry.write_text(
+        json.dumps(
+            {
+                "device": {
+                    "backend": {
+                        "type": "registry",
+                        "config": {"host": "127.0.0.1:1", "repo": "ubuntu", "scheme": "http"},
+                    }
+                },
+                "mode": "direct",
+            }
+        )
+    )
     emptydir = tmp_path / "emptyblobs"
     emptydir.mkdir()
     noblob = tmp_path / "noblob.json"
@@ -103,19 +137,36 @@ def _bad_cases(tmp_path):
     afile.write_text("x")
     base = ["--mountpoint", str(mnt), "--bootstrap", v6]
     return mnt, {
-        "missing-bootstrap": (["--config", str(good), "--mountpoint", str(mnt), "--bootstrap",
-                               str(tmp_path / "nope")], "does not exist"),
-        "not-a-bootstrap": (["--config", str(good), "--mountpoint", str(mnt), "--bootstrap",
-                             str(notboot)], "not a RAFS bootstrap"),
-        "empty-bootstrap": (["--config", str(good), "--mountpoint", str(mnt), "--bootstrap",
-                             str(empty)], "empty"),
+        "missing-bootstrap": (
+            [
+                "--config",
+                str(good),
+                "--mountpoint",
+                str(mnt),
+                "--bootstrap",
+                str(tmp_path / "nope"),
+            ],
+            "does not exist",
+        ),
+        "not-a-bootstrap": (
+            ["--config", str(good), "--mountpoint", str(mnt), "--bootstrap", str(notboot)],
+            "not a RAFS bootstrap",
+        ),
+        "empty-bootstrap": (
+            ["--config", str(good), "--mountpoint", str(mnt), "--bootstrap", str(empty)],
+            "empty",
+        ),
         "missing-blob-dir": (["--config", str(nodir), *base], "no-such-dir"),
         "missing-blob-file": (["--config", str(noblob), *base], "cannot open blob be7d77ee"),
         "missing-blob-dir-D": (["-D", str(tmp_path / "no-such-dir"), *base], "no-such-dir"),
-        "mountpoint-is-a-file": (["--config", str(good), "--mountpoint", str(afile),
-                                  "--bootstrap", v6], "not a directory"),
-        "mountpoint-missing": (["--config", str(good), "--mountpoint", str(tmp_path / "nomnt"),
-                                "--bootstrap", v6], "does not exist"),
+        "mountpoint-is-a-file": (
+            ["--config", str(good), "--mountpoint", str(afile), "--bootstrap", v6],
+            "not a directory",
+        ),
+        "mountpoint-missing": (
+            ["--config", str(good), "--mountpoint", str(tmp_path / "nomnt"), "--bootstrap", v6],
+            "does not exist",
+        ),
         "invalid-json": (["--config", str(badjson), *base], "invalid JSON"),
         "config-missing": (["--config", str(tmp_path / "nocfg.json"), *base], "nocfg.json"),
         "unknown-backend": (["--config", str(unknown), *base], "unknown backend type 'ftp'"),
@@ -145,8 +196,10 @@ def test_bad_inputs_one_error_line(tmp_path):
 
 
 def test_sigterm_unmounts(nydusd):
-    d = nydusd(golden_path("upstream", "v6", "bootstrap"),
-               localfs_config(golden_path("upstream", "v6", "blobs")))
+    d = nydusd(
+        golden_path("upstream", "v6", "bootstrap"),
+        localfs_config(golden_path("upstream", "v6", "blobs")),
+    )
     assert (d.mountpoint / "lib.rs").read_bytes()
     assert d.stop(signal.SIGTERM) == 0
     assert not is_mounted(d.mountpoint)
@@ -155,8 +208,10 @@ def test_sigterm_unmounts(nydusd):
 
 
 def test_sigterm_while_a_file_is_open(nydusd):
-    d = nydusd(golden_path("upstream", "v6", "bootstrap"),
-               localfs_config(golden_path("upstream", "v6", "blobs")))
+    d = nydusd(
+        golden_path("upstream", "v6", "bootstrap"),
+        localfs_config(golden_path("upstream", "v6", "blobs")),
+    )
     fd = os.open(d.mountpoint / "lib.rs", os.O_RDONLY)
     try:
         assert os.pread(fd, 10, 0) == b"// Copyrig"
@@ -171,8 +226,10 @@ def test_sigterm_while_a_file_is_open(nydusd):
 
 
 def test_sigkill_then_fusermount_clears(nydusd):
-    d = nydusd(golden_path("upstream", "v6", "bootstrap"),
-               localfs_config(golden_path("upstream", "v6", "blobs")))
+    d = nydusd(
+        golden_path("upstream", "v6", "bootstrap"),
+        localfs_config(golden_path("upstream", "v6", "blobs")),
+    )
     d.stop(signal.SIGKILL)
     assert is_mounted(d.mountpoint)  # the kernel keeps a dead FUSE mount ...
     with pytest.raises(OSError):

@@ -84,8 +84,14 @@ def test_v6_corrupt_chunk_is_eio(nydusd, tmp_path, cache):
 def test_concurrent_readers_get_source_bytes(nydusd, tmp_path):
     """16 threads read random ranges across the 1 MiB chunk boundaries of the v5 image."""
     boot = golden_path("upstream", "v5", "blake3-lz4_block-non_repeatable")
-    d = nydusd(boot, localfs_config(golden_path("upstream", "v5", "blobs"), validate=True,
-                                    cache_dir=tmp_path / "cache"), "--thread-num", "4")
+    d = nydusd(
+        boot,
+        localfs_config(
+            golden_path("upstream", "v5", "blobs"), validate=True, cache_dir=tmp_path / "cache"
+        ),
+        "--thread-num",
+        "4",
+    )
     # reference bytes: read through a second, independent path (the blob and the chunk
     # list of the bootstrap)
     from nydus.format.rafs import open_bootstrap
@@ -94,12 +100,17 @@ def test_concurrent_readers_get_source_bytes(nydusd, tmp_path):
     blob = (golden_path("upstream", "v5", "blobs") / V5_BLOB).read_bytes()
     files = {}
     distinct: dict[int, int] = {}
-    for rel in ("normal-file-test/holefiles/head-hole-1", "normal-file-test/holefiles/head-hole-2",
-                "normal-file-test/holefiles/head-hole-3",
-                "normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar"):
+    for rel in (
+        "normal-file-test/holefiles/head-hole-1",
+        "normal-file-test/holefiles/head-hole-2",
+        "normal-file-test/holefiles/head-hole-3",
+        "normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar",
+    ):
         ino = os.lstat(d.mountpoint / rel).st_ino
-        ref = b"".join(blob[c.compressed_offset:c.compressed_offset + c.compressed_size]
-                       for c in sb.chunks(ino))
+        ref = b"".join(
+            blob[c.compressed_offset : c.compressed_offset + c.compressed_size]
+            for c in sb.chunks(ino)
+        )
         files[rel] = ref
         distinct.update({c.ci_index: c.compressed_size for c in sb.chunks(ino)})
     assert any(len(v) > 2 * 1024 * 1024 for v in files.values())
@@ -119,9 +130,9 @@ def test_concurrent_readers_get_source_bytes(nydusd, tmp_path):
                     got = os.pread(fd, size, off)
                 finally:
                     os.close(fd)
-                if got != ref[off:off + size]:
+                if got != ref[off : off + size]:
                     errors.append(f"{rel} [{off}, +{size}) differs")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]

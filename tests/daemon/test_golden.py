@@ -30,8 +30,10 @@ def test_v6_golden(nydusd):
     lib, sync = mnt / "lib.rs", mnt / "sync_io.rs"
     assert _sha256(lib) == "1810eba864521293bb0d6b55a3c82318d4d89f294ed761c456d9088a17de0c69"
     assert _sha256(sync) == "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96"
-    assert lib.read_bytes().startswith(b"// Copyright (C) 2020 Alibaba Cloud. All rights reserved.\n"
-                                       b"// SPDX-License-Identifier: Apache-2.0")
+    assert lib.read_bytes().startswith(
+        b"// Copyright (C) 2020 Alibaba Cloud. All rights reserved.\n"
+        b"// SPDX-License-Identifier: Apache-2.0"
+    )
     st_lib, st_sync, st_root = os.lstat(lib), os.lstat(sync), os.lstat(mnt)
     assert (st_lib.st_ino, st_sync.st_ino, st_root.st_ino) == (133, 136, 128)
     assert (st_lib.st_size, st_sync.st_size) == (16931, 13400)
@@ -146,13 +148,19 @@ def test_v5_legacy_layout_is_refused(tmp_path):
 def test_mount_is_read_only_and_statfs(nydusd):
     import errno as _errno
 
-    d = nydusd(golden_path("upstream", "v6", "bootstrap"),
-               localfs_config(golden_path("upstream", "v6", "blobs")))
+    d = nydusd(
+        golden_path("upstream", "v6", "bootstrap"),
+        localfs_config(golden_path("upstream", "v6", "blobs")),
+    )
     mnt = d.mountpoint
-    for action in (lambda: open(mnt / "lib.rs", "r+b"), lambda: open(mnt / "new", "wb"),
-                   lambda: os.mkdir(mnt / "dir"), lambda: os.chmod(mnt / "lib.rs", 0o600),
-                   lambda: os.unlink(mnt / "lib.rs"),
-                   lambda: os.setxattr(mnt / "lib.rs", "user.x", b"1")):
+    for action in (
+        lambda: open(mnt / "lib.rs", "r+b"),
+        lambda: open(mnt / "new", "wb"),
+        lambda: os.mkdir(mnt / "dir"),
+        lambda: os.chmod(mnt / "lib.rs", 0o600),
+        lambda: os.unlink(mnt / "lib.rs"),
+        lambda: os.setxattr(mnt / "lib.rs", "user.x", b"1"),
+    ):
         with pytest.raises(OSError) as exc:
             action()
         assert exc.value.errno == _errno.EROFS

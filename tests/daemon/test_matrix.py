@@ -41,9 +41,21 @@ def images(tmp_path_factory, full_tree):
             out = tmp_path_factory.mktemp(f"img-{compressor}-{digester}")
             blobs = out / "blobs"
             blobs.mkdir()
-            args = [NYDUS_IMAGE, "create", str(info.root), "--bootstrap", str(out / "bootstrap"),
-                    "--blob-dir", str(blobs), "--compressor", compressor, "--digester", digester,
-                    "--chunk-size", hex(CS)]
+            args = [
+                NYDUS_IMAGE,
+                "create",
+                str(info.root),
+                "--bootstrap",
+                str(out / "bootstrap"),
+                "--blob-dir",
+                str(blobs),
+                "--compressor",
+                compressor,
+                "--digester",
+                digester,
+                "--chunk-size",
+                hex(CS),
+            ]
             if features:
                 args += ["--features", features]
             r = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -77,8 +89,9 @@ def _check_facts(mnt: Path, info) -> None:
 def test_full_tree(nydusd, tmp_path, full_tree, images, compressor, digester, cache):
     info, src_snap = full_tree
     boot, blobs = images(compressor, digester)
-    cfg = localfs_config(blobs, validate=True, cache_dir=tmp_path / "cache" if cache else None,
-                         enable_xattr=True)
+    cfg = localfs_config(
+        blobs, validate=True, cache_dir=tmp_path / "cache" if cache else None, enable_xattr=True
+    )
     d = nydusd(boot, cfg)
     diffs = compare_trees(src_snap, d.mountpoint, hardlink_types=("reg",))
     assert diffs == [], "\n".join(diffs)
@@ -92,8 +105,9 @@ def test_blob_toc_image(nydusd, tmp_path, full_tree, images):
     """--features blob-toc: chunk digests come from the blob's ToC'd blob.digest section."""
     info, src_snap = full_tree
     boot, blobs = images("zstd", "blake3", "blob-toc")
-    d = nydusd(boot, localfs_config(blobs, validate=True, cache_dir=tmp_path / "cache",
-                                    enable_xattr=True))
+    d = nydusd(
+        boot, localfs_config(blobs, validate=True, cache_dir=tmp_path / "cache", enable_xattr=True)
+    )
     assert "INLINED_CHUNK_DIGEST" in d.log().splitlines()[0]
     diffs = compare_trees(src_snap, d.mountpoint, hardlink_types=("reg",))
     assert diffs == [], "\n".join(diffs)
@@ -119,9 +133,22 @@ def test_no_explicit_uid_gid_reports_daemon_ids(nydusd, tmp_path, full_tree):
     info, _ = full_tree
     out = tmp_path / "img"
     (out / "blobs").mkdir(parents=True)
-    r = subprocess.run([NYDUS_IMAGE, "create", str(info.root), "--bootstrap", str(out / "b"),
-                        "--blob-dir", str(out / "blobs"), "--repeatable",
-                        "--chunk-size", hex(CS)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            NYDUS_IMAGE,
+            "create",
+            str(info.root),
+            "--bootstrap",
+            str(out / "b"),
+            "--blob-dir",
+            str(out / "blobs"),
+            "--repeatable",
+            "--chunk-size",
+            hex(CS),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     d = nydusd(out / "b", localfs_config(out / "blobs"))
     assert "EXPLICIT_UID_GID" not in d.log().splitlines()[0]

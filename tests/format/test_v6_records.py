@@ -67,8 +67,10 @@ def test_blob_table_entry(boot: bytes) -> None:
     assert b.features == 0x7000_0021 and b.compressed_size == 14554
     assert b.uncompressed_size == 36864 and b.blob_toc_size == 1024
     assert (b.ci_offset, b.ci_compressed_size, b.ci_uncompressed_size) == (8314, 32, 32)
-    assert b.blob_toc_digest.hex() == \
-        "cfc89ed0739aef4eb1bf0904f0dfdb1c857134eca7319465baae95a99b84acde"
+    assert (
+        b.blob_toc_digest.hex()
+        == "cfc89ed0739aef4eb1bf0904f0dfdb1c857134eca7319465baae95a99b84acde"
+    )
     assert b.pack() == boot[4096:4352]
     b.validate(0, 0x100000)
 
@@ -77,17 +79,26 @@ def test_inodes_dirents_chunk_indexes(boot: bytes) -> None:
     root = Inode.unpack(boot, 12288)
     assert (root.layout, root.mode, root.size, root.nlink) == (2, 0o40755, 67, 2)
     assert root.pack() == boot[12288:12352]
-    ents = unpack_dir_block(boot[12352:12352 + 67], 67)
+    ents = unpack_dir_block(boot[12352 : 12352 + 67], 67)
     assert [(d.name, d.nid, d.file_type) for d in ents] == [
-        (b".", 128, 2), (b"..", 128, 2), (b"lib.rs", 133, 1), (b"sync_io.rs", 136, 1)]
+        (b".", 128, 2),
+        (b"..", 128, 2),
+        (b"lib.rs", 133, 1),
+        (b"sync_io.rs", 136, 1),
+    ]
     blocks, size = pack_dir_blocks(ents)
-    assert size == 67 and blocks == [boot[12352:12352 + 67]]
+    assert size == 67 and blocks == [boot[12352 : 12352 + 67]]
     lib = Inode.unpack(boot, 8192 + 133 * 32)
     assert (lib.size, lib.i_u, lib.ino, lib.mtime, lib.mtime_nsec) == (
-        16931, 0x28, 2, 1676819553, 628661334)
+        16931,
+        0x28,
+        2,
+        1676819553,
+        628661334,
+    )
     assert ChunkAddr.unpack(boot, 8192 + 133 * 32 + 64) == ChunkAddr(0, 0, 0)
     assert ChunkAddr.unpack(boot, 8192 + 136 * 32 + 64) == ChunkAddr(0, 1, 5)
-    assert ChunkAddr(0, 1, 5).pack() == boot[8192 + 136 * 32 + 64:8192 + 136 * 32 + 72]
+    assert ChunkAddr(0, 1, 5).pack() == boot[8192 + 136 * 32 + 64 : 8192 + 136 * 32 + 72]
 
 
 def test_chunk_table_and_ci_array(boot: bytes, blob: bytes) -> None:
@@ -111,8 +122,10 @@ def test_toc_and_tar_headers(blob: bytes) -> None:
     assert tar_header("image.blob", 7802) == blob[7802:8314]
     assert parse_tar_header(blob[7802:8314]) == ("image.blob", 7802)
     assert tar_header("rafs.blob.toc", 512) == blob[-512:]
-    assert hashlib.sha256(blob[-1024:]).hexdigest() == \
-        "cfc89ed0739aef4eb1bf0904f0dfdb1c857134eca7319465baae95a99b84acde"
+    assert (
+        hashlib.sha256(blob[-1024:]).hexdigest()
+        == "cfc89ed0739aef4eb1bf0904f0dfdb1c857134eca7319465baae95a99b84acde"
+    )
     # blob id = sha256 of the blob without its chunk digest array (spec §6.9)
     assert hashlib.sha256(blob[:12954] + blob[13018:]).hexdigest() == V6_BLOB_ID
     with pytest.raises(FormatError, match="GNU"):
@@ -129,8 +142,12 @@ def test_reader_walk(boot: bytes) -> None:
 
 
 def test_xattr_and_rdev_roundtrip() -> None:
-    x = {b"user.a": b"1", b"trusted.t": b"x" * 70, b"security.capability": b"\1\0\0\2" + b"\0" * 16,
-         b"system.posix_acl_access": b"\2\0\0\0"}
+    x = {
+        b"user.a": b"1",
+        b"trusted.t": b"x" * 70,
+        b"security.capability": b"\1\0\0\2" + b"\0" * 16,
+        b"system.posix_acl_access": b"\2\0\0\0",
+    }
     raw = pack_xattrs(x)
     assert len(raw) % 4 == 0 and unpack_xattrs(raw, 0, len(raw)) == x
     import os

@@ -21,7 +21,9 @@ def _fs(kind: str = "v6", **opts) -> RafsFs:
         sb = open_bootstrap(golden_path("upstream", "v6", "bootstrap").read_bytes())
         blobs = golden_path("upstream", "v6", "blobs")
     else:
-        sb = open_bootstrap(golden_path("upstream", "v5", "sha256-nocompress-repeatable").read_bytes())
+        sb = open_bootstrap(
+            golden_path("upstream", "v5", "sha256-nocompress-repeatable").read_bytes()
+        )
         blobs = golden_path("upstream", "v5", "blobs")
     dev = ChunkDevice(sb, LocalFsBackend(dir=str(blobs)), validate=True)
     return RafsFs(sb, dev, FsOptions(**opts), uid=4242, gid=4343)
@@ -40,8 +42,10 @@ def test_v6_lookup_getattr_read():
     assert (lib.ino, lib.size, lib.mode, lib.nlink) == (133, 16931, 0o100644, 1)
     assert (lib.uid, lib.gid) == (0, 0)  # EXPLICIT_UID_GID: on-disk ids
     assert fs.getattr(136).size == 13400
-    assert hashlib.sha256(fs.read(133, 0, 1 << 20)).hexdigest() == \
-        "1810eba864521293bb0d6b55a3c82318d4d89f294ed761c456d9088a17de0c69"
+    assert (
+        hashlib.sha256(fs.read(133, 0, 1 << 20)).hexdigest()
+        == "1810eba864521293bb0d6b55a3c82318d4d89f294ed761c456d9088a17de0c69"
+    )
     assert fs.read(133, 16930, 100) == b"\n"
     assert fs.read(133, 16931, 100) == b""
     assert fs.read(133, 5, 0) == b""
@@ -75,7 +79,7 @@ def test_readdir_offsets_are_stable():
     assert full[1].attr.ino == fs.resolve("/normal-file-test")
     # resuming at any offset continues exactly after the entry that produced it
     for k in range(len(full)):
-        assert [i.name for i in fs.readdir(d, full[k].next_offset)] == names[k + 1:]
+        assert [i.name for i in fs.readdir(d, full[k].next_offset)] == names[k + 1 :]
     assert [i.name for i in fs.readdir(d, 0, limit=3)] == names[:3]
     assert fs.readdir(d, len(full)) == []
     root = fs.readdir(fs.root_ino)

@@ -17,9 +17,13 @@ from tests.golden import golden_path
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 
 
-@pytest.fixture(params=[("sha256-nocompress-repeatable", 0x9, Digester.SHA256),
-                        ("blake3-lz4_block-non_repeatable", 0x5, Digester.BLAKE3)],
-                ids=["sha256", "blake3"])
+@pytest.fixture(
+    params=[
+        ("sha256-nocompress-repeatable", 0x9, Digester.SHA256),
+        ("blake3-lz4_block-non_repeatable", 0x5, Digester.BLAKE3),
+    ],
+    ids=["sha256", "blake3"],
+)
 def v5(request):
     name, flags, digester = request.param
     sb = open_bootstrap(golden_path("upstream", "v5", name).read_bytes())
@@ -73,20 +77,31 @@ def test_chunks_and_digests(v5):
     foo = sb.chunks(paths[b"/hardlink-test/foo"])
     assert len(foo) == 1
     c = foo[0]
-    assert (c.blob_index, c.ci_index, c.file_offset, c.compressed_offset, c.compressed_size,
-            c.uncompressed_size, c.compressed) == (0, 0, 0, 0, 944, 944, False)
-    expect = {Digester.SHA256: "fff49cf6925f933ae4e834b5d88d25ed06d40f3d70ff9b1916070596bf5649eb",
-              Digester.BLAKE3: "1d6c6721690cb5399df84c95901afda43192092f6ebecc8c6a10058b460dceeb"}
+    assert (
+        c.blob_index,
+        c.ci_index,
+        c.file_offset,
+        c.compressed_offset,
+        c.compressed_size,
+        c.uncompressed_size,
+        c.compressed,
+    ) == (0, 0, 0, 0, 944, 944, False)
+    expect = {
+        Digester.SHA256: "fff49cf6925f933ae4e834b5d88d25ed06d40f3d70ff9b1916070596bf5649eb",
+        Digester.BLAKE3: "1d6c6721690cb5399df84c95901afda43192092f6ebecc8c6a10058b460dceeb",
+    }
     assert c.digest.hex() == expect[digester]
     # every chunk record checks against the blob with the image's digester
     for info in sb.chunk_table():
-        data = blob[info.compressed_offset:info.compressed_offset + info.compressed_size]
+        data = blob[info.compressed_offset : info.compressed_offset + info.compressed_size]
         assert digester.digest(data) == info.digest
     assert len(sb.chunk_table()) == 23
     hole = sb.chunks(paths[b"/normal-file-test/holefiles/head-hole-1"])
     assert [r.ci_index for r in hole] == [13, 13, 14]
     assert [r.file_offset for r in hole] == [0, 1 << 20, 2 << 20]
-    data = b"".join(blob[r.compressed_offset:r.compressed_offset + r.compressed_size] for r in hole)
+    data = b"".join(
+        blob[r.compressed_offset : r.compressed_offset + r.compressed_size] for r in hole
+    )
     assert hashlib.md5(data).hexdigest() == "ea7ac8dc0ae3673040f3b1d816d972d7"
 
 
@@ -108,8 +123,7 @@ def test_xattr_table_parsing():
     from nydus.format.v5 import unpack_v5_xattrs
 
     pairs = [(b"user.a", b"1"), (b"security.capability", b"\x01\x02")]
-    body = b"".join((len(n) + 1 + len(v)).to_bytes(4, "little") + n + b"\0" + v
-                    for n, v in pairs)
+    body = b"".join((len(n) + 1 + len(v)).to_bytes(4, "little") + n + b"\0" + v for n, v in pairs)
     table = len(body).to_bytes(8, "little") + body + b"\0" * (-len(body) % 8)
     xattrs, used = unpack_v5_xattrs(table, 0)
     assert xattrs == dict(pairs)

@@ -8,7 +8,7 @@ import pytest
 
 from .erofs import kernel_has
 
-__all__ = ["require_tools", "require_kernel_fs"]
+__all__ = ["require_kernel_fs", "require_tools"]
 
 
 def require_tools(*names: str) -> None:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 __all__ = [
     "MountError",
+    "dump_erofs",
+    "fsck_erofs",
     "have_erofs_tools",
     "kernel_has",
     "loop_device",
     "mount_erofs",
     "mount_overlay",
     "umount",
-    "fsck_erofs",
-    "dump_erofs",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -138,7 +138,9 @@ def mount_overlay(lowerdirs: Sequence[PathLike], mountpoint: PathLike) -> Iterat
         lower += ":" + os.fspath(empty)
     r = _run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}", os.fspath(mp)])
     if r.returncode != 0:
-        raise MountError(f"mount -t overlay lowerdir={lower} {mp}: {r.stderr.strip()}\n{_dmesg_tail()}")
+        raise MountError(
+            f"mount -t overlay lowerdir={lower} {mp}: {r.stderr.strip()}\n{_dmesg_tail()}"
+        )
     try:
         yield mp
     finally:

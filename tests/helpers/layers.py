@@ -27,20 +27,20 @@ from pathlib import Path
 from .erofs import mount_overlay
 
 __all__ = [
-    "Member",
-    "F",
-    "D",
-    "L",
-    "H",
-    "CHR",
     "BLK",
+    "CHR",
     "FIFO",
-    "whiteout",
-    "opaque",
-    "write_layer",
-    "unpack_layer",
-    "overlay_view",
     "OPAQUE_XATTR",
+    "D",
+    "F",
+    "H",
+    "L",
+    "Member",
+    "opaque",
+    "overlay_view",
+    "unpack_layer",
+    "whiteout",
+    "write_layer",
 ]
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -117,11 +117,13 @@ class _RawPaxTarInfo(tarfile.TarInfo):
     """TarInfo whose PAX records carry raw bytes (like Go's archive/tar), never hdrcharset."""
 
     @classmethod
-    def _create_pax_generic_header(cls, pax_headers, type, encoding):  # noqa: A002
+    def _create_pax_generic_header(cls, pax_headers, type, encoding):
         records = b""
         for keyword, value in pax_headers.items():
             kw = keyword.encode("utf-8", "surrogateescape")
-            val = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+            val = (
+                value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+            )
             n = len(kw) + len(val) + 3
             p = 0
             while True:
@@ -130,8 +132,15 @@ class _RawPaxTarInfo(tarfile.TarInfo):
                     break
                 p = total
             records += str(p).encode() + b" " + kw + b"=" + val + b"\n"
-        info = {"name": "././@PaxHeader", "type": type, "size": len(records), "magic": tarfile.POSIX_MAGIC}
-        return cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace") + cls._create_payload(records)
+        info = {
+            "name": "././@PaxHeader",
+            "type": type,
+            "size": len(records),
+            "magic": tarfile.POSIX_MAGIC,
+        }
+        return cls._create_header(
+            info, tarfile.USTAR_FORMAT, "ascii", "replace"
+        ) + cls._create_payload(records)
 
 
 _FORMATS = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT}
@@ -151,9 +160,13 @@ def layer_bytes(members: Sequence[Member], fmt: str = "pax") -> bytes:
     """The uncompressed tar stream for ``members``."""
     buf = io.BytesIO()
     tformat = _FORMATS[fmt]
-    with tarfile.open(fileobj=buf, mode="w", format=tformat, encoding=_ENC, errors="surrogateescape") as tf:
+    with tarfile.open(
+        fileobj=buf, mode="w", format=tformat, encoding=_ENC, errors="surrogateescape"
+    ) as tf:
         for m in members:
-            ti = _RawPaxTarInfo(_s(m.name) + ("/" if m.kind == "dir" and not _s(m.name).endswith("/") else ""))
+            ti = _RawPaxTarInfo(
+                _s(m.name) + ("/" if m.kind == "dir" and not _s(m.name).endswith("/") else "")
+            )
             ti.type = _KINDS[m.kind]
             ti.mode = m.mode if m.mode is not None else _DEFAULT_MODES.get(m.kind, 0o644)
             ti.uid, ti.gid = m.uid, m.gid
@@ -179,7 +192,10 @@ def layer_bytes(members: Sequence[Member], fmt: str = "pax") -> bytes:
 
 
 def write_layer(
-    path: str | os.PathLike[str], members: Sequence[Member], fmt: str = "pax", compress: str | None = None
+    path: str | os.PathLike[str],
+    members: Sequence[Member],
+    fmt: str = "pax",
+    compress: str | None = None,
 ) -> Path:
     """Write an OCI layer tar (``compress="gzip"``: a deterministic .tar.gz) and return its path."""
     data = layer_bytes(members, fmt)
@@ -227,7 +243,12 @@ def _apply_meta(path: bytes, ti: tarfile.TarInfo, is_link: bool) -> None:
         os.chmod(path, stat.S_IMODE(ti.mode))
     for key, value in ti.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
-            os.setxattr(path, key[len("SCHILY.xattr."):], value.encode(_ENC, "surrogateescape"), follow_symlinks=False)
+            os.setxattr(
+                path,
+                key[len("SCHILY.xattr.") :],
+                value.encode(_ENC, "surrogateescape"),
+                follow_symlinks=False,
+            )
 
 
 def unpack_layer(tar_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
@@ -364,8 +385,13 @@ def three_layer_members(chunk_size: int = 0x10000, seed: int = 7) -> list[list[M
         F("usr/lib/libfoo.so.1", libfoo, mode=0o755, mtime=t1 + 7),
         L("usr/lib/libfoo.so", "libfoo.so.1", mtime=t1 + 8),
         D("usr/bin", mtime=t1),
-        F("usr/bin/ping", rng.randbytes(3000), mode=0o4755,
-          xattrs={"security.capability": CAPABILITY, "user.note": b"hi \xff\x00 there"}, mtime=t1 + 9),
+        F(
+            "usr/bin/ping",
+            rng.randbytes(3000),
+            mode=0o4755,
+            xattrs={"security.capability": CAPABILITY, "user.note": b"hi \xff\x00 there"},
+            mtime=t1 + 9,
+        ),
         D("usr/share", mtime=t1),
         D(long_dir, mtime=t1 + 10),
         F(long_file, b"long path\n", mtime=t1 + 11),
@@ -412,7 +438,14 @@ def three_layer_members(chunk_size: int = 0x10000, seed: int = 7) -> list[list[M
         F("opt/app/added", b"added\n", mtime=t2 + 9),
         D("home", mtime=t2),
         D("home/user", mode=0o700, uid=1000, gid=1000, mtime=t2 + 10),
-        F("home/user/notes", b"notes\n", uid=1000, gid=1000, xattrs={"user.tag": b"layer2"}, mtime=t2 + 11),
+        F(
+            "home/user/notes",
+            b"notes\n",
+            uid=1000,
+            gid=1000,
+            xattrs={"user.tag": b"layer2"},
+            mtime=t2 + 11,
+        ),
     ]
     layer3 = [
         whiteout("opt"),
@@ -435,7 +468,10 @@ def three_layer_members(chunk_size: int = 0x10000, seed: int = 7) -> list[list[M
 
 
 def write_three_layers(
-    directory: str | os.PathLike[str], chunk_size: int = 0x10000, fmt: str = "pax", compress: str | None = None
+    directory: str | os.PathLike[str],
+    chunk_size: int = 0x10000,
+    fmt: str = "pax",
+    compress: str | None = None,
 ) -> list[Path]:
     """Write the layers of :func:`three_layer_members` as ``layer{1,2,3}.tar[.gz]``; bottom first."""
     d = Path(directory)

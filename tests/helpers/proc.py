@@ -93,4 +93,6 @@ def run_measured(
             stdout = f.read().decode("utf-8", "replace")
         with open(err_path, "rb") as f:
             stderr = f.read().decode("utf-8", "replace")
-    return Measured(args=args, returncode=rc, stdout=stdout, stderr=stderr, seconds=seconds, maxrss_bytes=maxrss)
+    return Measured(
+        args=args, returncode=rc, stdout=stdout, stderr=stderr, seconds=seconds, maxrss_bytes=maxrss
+    )

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Entry", "snapshot_tree", "compare_trees", "hardlink_groups", "show"]
+__all__ = ["Entry", "compare_trees", "hardlink_groups", "show", "snapshot_tree"]
 
 _TYPES = {
     stat.S_IFREG: "reg",
@@ -91,7 +91,9 @@ def _entry(path: bytes, st: os.stat_result, content: bool) -> Entry:
     )
 
 
-def snapshot_tree(root: str | bytes | os.PathLike[str], *, content: bool = True) -> dict[bytes, Entry]:
+def snapshot_tree(
+    root: str | bytes | os.PathLike[str], *, content: bool = True
+) -> dict[bytes, Entry]:
     """Walk ``root`` with ``os.lstat`` on bytes paths and return ``{relative path: Entry}``.
 
     With ``content=False`` regular files are not opened (use it on a metadata-only mount, where
@@ -180,7 +182,10 @@ def compare_trees(
         if ea.type != eb.type:
             diffs.append(f"{show(path)}: type {ea.type} != {eb.type}")
             continue
-        checks: list[tuple[str, object, object]] = [("uid", ea.uid, eb.uid), ("gid", ea.gid, eb.gid)]
+        checks: list[tuple[str, object, object]] = [
+            ("uid", ea.uid, eb.uid),
+            ("gid", ea.gid, eb.gid),
+        ]
         if ea.type != "lnk" or check_symlink_mode:
             checks.insert(0, ("mode", oct(ea.mode & mode_mask), oct(eb.mode & mode_mask)))
         if ea.type != "dir":

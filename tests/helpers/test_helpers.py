@@ -26,11 +26,11 @@ import pytest
 from tests.helpers.erofs import MountError, fsck_erofs, loop_device, mount_erofs
 from tests.helpers.layers import (
     CHR,
+    OPAQUE_XATTR,
     D,
     F,
     H,
     L,
-    OPAQUE_XATTR,
     layer_bytes,
     opaque,
     overlay_view,
@@ -48,7 +48,9 @@ CS = 0x10000
 
 
 def _losetup_for(path: Path) -> str:
-    return subprocess.run(["losetup", "-j", str(path)], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["losetup", "-j", str(path)], capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,15 @@ def mkfs_image(full_tree, tmp_path_factory, erofs_env):
     os.unlink(os.path.join(os.fsencode(src), full_tree.long_name))
     meta, blob = work / "meta.img", work / "blob.img"
     r = subprocess.run(
-        ["mkfs.erofs", "--quiet", f"--chunksize={CS}", f"--blobdev={blob}", "--preserve-mtime", str(meta), str(src)],
+        [
+            "mkfs.erofs",
+            "--quiet",
+            f"--chunksize={CS}",
+            f"--blobdev={blob}",
+            "--preserve-mtime",
+            str(meta),
+            str(src),
+        ],
         capture_output=True,
         text=True,
     )
@@ -173,7 +183,10 @@ def test_compare_trees_detects_each_kind_of_difference(full_tree, tmp_path):
     assert not any("sha256" in x for x in compare_trees(full_tree.root, copy, check_content=False))
     os.utime(c, ns=(0, 1))
     assert not any(x.startswith("/: ") for x in compare_trees(full_tree.root, copy))
-    assert any(x.startswith("/: mtime_ns") for x in compare_trees(full_tree.root, copy, ignore_root_mtime=False))
+    assert any(
+        x.startswith("/: mtime_ns")
+        for x in compare_trees(full_tree.root, copy, ignore_root_mtime=False)
+    )
 
 
 def test_make_large_tree_small(tmp_path):
@@ -217,7 +230,9 @@ def test_fsck_erofs_and_extract(mkfs_image, tmp_path):
     assert rc != 0 and "device" in out
     rc, out = fsck_erofs(meta, device=blob, extract=tmp_path / "out")
     assert rc == 0, out
-    diffs = compare_trees(src, tmp_path / "out", check_xattrs=False, ignore_fields={"ino"}, mode_mask=0o1777)
+    diffs = compare_trees(
+        src, tmp_path / "out", check_xattrs=False, ignore_fields={"ino"}, mode_mask=0o1777
+    )
     assert diffs == []
 
 
@@ -234,11 +249,10 @@ def test_mount_failure_cleans_up(tmp_path, erofs_env):
 def test_loop_device_detached_after_exception(tmp_path, require_root):
     img = tmp_path / "x.img"
     img.write_bytes(bytes(4096))
-    with pytest.raises(RuntimeError, match="boom"):
-        with loop_device(img) as dev:
-            assert dev.startswith("/dev/loop")
-            assert str(img) in _losetup_for(img)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), loop_device(img) as dev:
+        assert dev.startswith("/dev/loop")
+        assert str(img) in _losetup_for(img)
+        raise RuntimeError("boom")
     assert _losetup_for(img) == ""
 
 
@@ -268,9 +282,22 @@ def test_layer_writer_headers(tmp_path):
     p.write_bytes(raw)
     with tarfile.open(p, encoding="utf-8", errors="surrogateescape") as tf:
         names = tf.getnames()
-        assert names == ["d", long_name, "big-uid", "x", "caf\udce9", "hl", "sl", "d/.wh.gone", "d/.wh..wh..opq"]
+        assert names == [
+            "d",
+            long_name,
+            "big-uid",
+            "x",
+            "caf\udce9",
+            "hl",
+            "sl",
+            "d/.wh.gone",
+            "d/.wh..wh..opq",
+        ]
         x = tf.getmember("x")
-        assert x.pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape") == CAPABILITY
+        assert (
+            x.pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
+            == CAPABILITY
+        )
         assert tf.getmember("big-uid").uid == 3_000_000
         assert tf.getmember("hl").islnk() and tf.getmember("hl").linkname == "x"
     gnu = layer_bytes([D("d"), F(long_name, b"long\n"), F("u", uid=3_000_000)], "gnu")
@@ -279,7 +306,10 @@ def test_layer_writer_headers(tmp_path):
         layer_bytes([F("x", xattrs={"user.a": b"1"})], "gnu")
     gz = write_layer(tmp_path / "l.tar.gz", members, compress="gzip")
     assert gz.read_bytes()[:2] == b"\x1f\x8b"
-    assert write_layer(tmp_path / "l2.tar.gz", members, compress="gzip").read_bytes() == gz.read_bytes()
+    assert (
+        write_layer(tmp_path / "l2.tar.gz", members, compress="gzip").read_bytes()
+        == gz.read_bytes()
+    )
 
 
 def test_unpack_layer_converts_whiteouts(tmp_path, require_root):
@@ -304,7 +334,12 @@ def test_unpack_layer_converts_whiteouts(tmp_path, require_root):
     assert (f.st_uid, stat.S_IMODE(f.st_mode), f.st_nlink) == (9, 0o4755, 2)
     assert os.getxattr(os.path.join(b, b"d/f"), "security.capability") == CAPABILITY
     d = os.lstat(os.path.join(b, b"d"))
-    assert (d.st_uid, d.st_gid, stat.S_IMODE(d.st_mode), d.st_mtime_ns) == (7, 8, 0o750, 1_500_000_000 * 10**9)
+    assert (d.st_uid, d.st_gid, stat.S_IMODE(d.st_mode), d.st_mtime_ns) == (
+        7,
+        8,
+        0o750,
+        1_500_000_000 * 10**9,
+    )
     assert os.lstat(os.path.join(b, b"pax-ns")).st_mtime_ns == 1_600_000_000_123_456_789
     with pytest.raises(ValueError, match="escapes"):
         unpack_layer(write_layer(tmp_path / "bad.tar", [F("../evil")]), tmp_path / "out2")
@@ -317,7 +352,10 @@ def test_overlay_view_of_three_layers(tmp_path, overlay_env):
         present = set(snap)
         # layer 2: .wh.hosts deletes etc/hosts; etc/hostname file -> symlink
         assert b"etc/hosts" not in present
-        assert snap[b"etc/hostname"].type == "lnk" and snap[b"etc/hostname"].target == b"/proc/sys/kernel/hostname"
+        assert (
+            snap[b"etc/hostname"].type == "lnk"
+            and snap[b"etc/hostname"].target == b"/proc/sys/kernel/hostname"
+        )
         assert snap[b"etc/newfile"].type == "reg"
         # layer 2: var/cache opaque -> only its own child remains
         assert sorted(p for p in present if p.startswith(b"var/cache/")) == [b"var/cache/new"]
@@ -337,7 +375,10 @@ def test_overlay_view_of_three_layers(tmp_path, overlay_env):
         assert b"tmp/never-existed" not in present
         assert snap[b"home/caf\xe9"].type == "reg"
         assert snap[b"usr/bin/ping"].mode == 0o4755
-        assert snap[b"usr/bin/ping"].xattrs == {"security.capability": CAPABILITY, "user.note": b"hi \xff\x00 there"}
+        assert snap[b"usr/bin/ping"].xattrs == {
+            "security.capability": CAPABILITY,
+            "user.note": b"hi \xff\x00 there",
+        }
         assert snap[b"home/bigid"].uid == 3_000_000 and snap[b"dev/loop0"].rdev == (7, 0)
         # directory attributes come from the top-most layer holding the directory
         assert snap[b"etc"].mtime_ns == 1_700_000_000 * 10**9
@@ -348,7 +389,13 @@ def test_overlay_view_of_three_layers(tmp_path, overlay_env):
 def test_run_measured_reports_child_peak_rss():
     import sys
 
-    big = run_measured([sys.executable, "-c", "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"])
+    big = run_measured(
+        [
+            sys.executable,
+            "-c",
+            "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])",
+        ]
+    )
     assert big.returncode == 0, big.stderr
     assert big.maxrss_bytes > 200 * 1024 * 1024
     # the floor is the tiny wrapper, not this (big) pytest process
@@ -357,7 +404,9 @@ def test_run_measured_reports_child_peak_rss():
     small = run_measured(["true"])
     del ballast
     assert small.returncode == 0 and 0 < small.maxrss_bytes < 30 * 1024 * 1024
-    killed = run_measured([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    killed = run_measured(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    )
     assert killed.returncode == 128 + 9
     with pytest.raises(subprocess.TimeoutExpired):
         run_measured(["sleep", "30"], timeout=0.5)

@@ -89,7 +89,9 @@ class _Maker:
         self.times.append((rel, ns))
         self.info.mtimes_ns[rel] = ns
 
-    def dir(self, rel: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0, ns: int | None = None) -> None:
+    def dir(
+        self, rel: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0, ns: int | None = None
+    ) -> None:
         path = self.p(rel)
         os.mkdir(path)
         os.chown(path, uid, gid)
@@ -114,13 +116,17 @@ class _Maker:
         self.info.regular.append(rel)
         self.mtime(rel, ns)
 
-    def symlink(self, rel: bytes, target: bytes, uid: int = 0, gid: int = 0, ns: int | None = None) -> None:
+    def symlink(
+        self, rel: bytes, target: bytes, uid: int = 0, gid: int = 0, ns: int | None = None
+    ) -> None:
         path = self.p(rel)
         os.symlink(target, path)
         os.chown(path, uid, gid, follow_symlinks=False)
         self.mtime(rel, ns)
 
-    def node(self, rel: bytes, kind: str, major: int = 0, minor: int = 0, mode: int = 0o644) -> None:
+    def node(
+        self, rel: bytes, kind: str, major: int = 0, minor: int = 0, mode: int = 0o644
+    ) -> None:
         fmt = {"chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "fifo": stat.S_IFIFO}[kind]
         path = self.p(rel)
         os.mknod(path, fmt | mode, os.makedev(major, minor))
@@ -141,7 +147,9 @@ class _Maker:
             os.utime(self.p(rel), ns=(ns, ns), follow_symlinks=False)
 
 
-def make_sparse_file(path: str | os.PathLike[str] | bytes, size: int, pieces: dict[int, bytes]) -> None:
+def make_sparse_file(
+    path: str | os.PathLike[str] | bytes, size: int, pieces: dict[int, bytes]
+) -> None:
     """Create a sparse file of apparent ``size`` bytes holding ``pieces`` (offset -> data)."""
     with open(path, "wb") as f:
         f.truncate(size)
@@ -150,7 +158,9 @@ def make_sparse_file(path: str | os.PathLike[str] | bytes, size: int, pieces: di
             f.write(data)
 
 
-def make_full_tree(path: str | os.PathLike[str], chunk_size: int = 0x10000, seed: int = SEED) -> FullTreeInfo:
+def make_full_tree(
+    path: str | os.PathLike[str], chunk_size: int = 0x10000, seed: int = SEED
+) -> FullTreeInfo:
     """Create (under the existing or new directory ``path``) a tree with every entry type.
 
     ``chunk_size`` sizes the chunk-related files (one chunk, several chunks plus a short tail,

@@ -19,8 +19,12 @@ def _extract(boot: bytes, blob: bytes, dest: Path) -> None:
     for ent in sb.readdir(sb.root_ino):
         a = sb.attr(ent.ino)
         data = b"".join(
-            Compressor.ZSTD.decompress(blob[c.compressed_offset:c.compressed_offset + c.compressed_size],
-                                       c.uncompressed_size) for c in sb.chunks(ent.ino))
+            Compressor.ZSTD.decompress(
+                blob[c.compressed_offset : c.compressed_offset + c.compressed_size],
+                c.uncompressed_size,
+            )
+            for c in sb.chunks(ent.ino)
+        )
         p = dest / ent.name.decode()
         p.write_bytes(data)
         p.chmod(a.mode & 0o7777)
@@ -41,23 +45,38 @@ def test_rebuild_matches_upstream_layout(tmp_path: Path) -> None:
     _extract(gboot, gblob, src)
     out = tmp_path / "boot"
     blob = tmp_path / "blob"
-    subprocess.run([sys.executable, "-m", "nydus.cli.image", "create", str(src), "--bootstrap",
-                    str(out), "--blob", str(blob), "--features", "blob-toc", "-l", "warn"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nydus.cli.image",
+            "create",
+            str(src),
+            "--bootstrap",
+            str(out),
+            "--blob",
+            str(blob),
+            "--features",
+            "blob-toc",
+            "-l",
+            "warn",
+        ],
+        check=True,
+    )
     ours = out.read_bytes()
     assert len(ours) == len(gboot) == 20480
     diffs = _diff_offsets(ours, gboot)
     allowed = set()
-    allowed |= {1024 + 128 + 3}               # ENCRYPTION_NONE flag (newer builders set it)
-    allowed |= set(range(1408, 1408 + 64))    # device slot tag = blob id (zstd output differs)
-    allowed |= {1408 + 68, 1408 + 69}         # mapped_blkaddr: 512 KiB vs 2 MiB alignment
-    allowed |= set(range(4096, 4096 + 64))    # blob table id
-    allowed |= set(range(4096 + 88, 4096 + 96))    # compressed_size (file size)
+    allowed |= {1024 + 128 + 3}  # ENCRYPTION_NONE flag (newer builders set it)
+    allowed |= set(range(1408, 1408 + 64))  # device slot tag = blob id (zstd output differs)
+    allowed |= {1408 + 68, 1408 + 69}  # mapped_blkaddr: 512 KiB vs 2 MiB alignment
+    allowed |= set(range(4096, 4096 + 64))  # blob table id
+    allowed |= set(range(4096 + 88, 4096 + 96))  # compressed_size (file size)
     allowed |= set(range(4096 + 112, 4096 + 120))  # ci_offset (chunk data size differs)
     allowed |= set(range(4096 + 136, 4096 + 168))  # ToC digest
-    allowed |= {12288 + 16}                   # root raw_blkaddr: meaningless for inline dirs
-    allowed |= {12288 + 20}                   # root i_ino: 2.2-era builders wrote 0
-    for rec in (16384, 16464):                # chunk table: compressed offset/size
+    allowed |= {12288 + 16}  # root raw_blkaddr: meaningless for inline dirs
+    allowed |= {12288 + 20}  # root i_ino: 2.2-era builders wrote 0
+    for rec in (16384, 16464):  # chunk table: compressed offset/size
         allowed |= set(range(rec + 40, rec + 44)) | set(range(rec + 48, rec + 56))
     unexpected = [d for d in diffs if d not in allowed]
     assert unexpected == [], f"bytes differ at {unexpected[:20]}"
@@ -69,5 +88,9 @@ def test_rebuild_matches_upstream_layout(tmp_path: Path) -> None:
     data = blob.read_bytes()
     from nydus.format.blobmeta import parse_toc
 
-    assert [e.name for e in parse_toc(data[-1024:])] == \
-        ["image.blob", "blob.meta", "blob.meta.header", "blob.digest"]
+    assert [e.name for e in parse_toc(data[-1024:])] == [
+        "image.blob",
+        "blob.meta",
+        "blob.meta.header",
+        "blob.digest",
+    ]

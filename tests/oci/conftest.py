@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,9 @@ USERS = {"alice": "s3cret-Pa55word"}
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
 
 
-def _registry(factory: pytest.TempPathFactory, name: str, **options: Any
-              ) -> Iterator[RunningRegistry]:
+def _registry(
+    factory: pytest.TempPathFactory, name: str, **options: Any
+) -> Iterator[RunningRegistry]:
     if not registry_available():
         pytest.skip("docker-registry or openssl not installed")
     running = start_registry(factory.mktemp(name), **options)
@@ -51,7 +53,8 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServ
 
 
 @pytest.fixture(scope="module")
-def token_registry(tmp_path_factory: pytest.TempPathFactory,
-                   token_server: TokenServer) -> Iterator[RunningRegistry]:
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory, token_server: TokenServer
+) -> Iterator[RunningRegistry]:
     """A registry with Bearer token auth, tokens from `token_server` (USERS, no anonymous)."""
     yield from _registry(tmp_path_factory, "token-registry", token=token_server)

@@ -89,8 +89,13 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                  length: int | None = None) -> None:
+        def reply(
+            self,
+            status: int,
+            body: bytes = b"",
+            headers: dict[str, str] | None = None,
+            length: int | None = None,
+        ) -> None:
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -102,18 +107,28 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def handle_one(self) -> None:
             url = urlsplit(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            state.seen.append(Seen(self.command, url.path, self.headers.get("Range"),
-                                   self.headers.get("Authorization")))
+            state.seen.append(
+                Seen(
+                    self.command,
+                    url.path,
+                    self.headers.get("Range"),
+                    self.headers.get("Authorization"),
+                )
+            )
             action = state.take_fault(self.command, url.path)
             if action == "reset":
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
                 self.close_connection = True
                 return
             if isinstance(action, int):
                 extra = {"Retry-After": "0"} if action == 429 else {}
-                return self.reply(action, b'{"errors":[{"code":"UNAVAILABLE","message":"x"}]}',
-                                  {"Content-Type": "application/json", **extra})
+                return self.reply(
+                    action,
+                    b'{"errors":[{"code":"UNAVAILABLE","message":"x"}]}',
+                    {"Content-Type": "application/json", **extra},
+                )
             if url.path.startswith("/storage/"):
                 return self.storage(url.path, parse_qs(url.query), action)
             match = re.fullmatch(r"/v2/(.+)/(blobs|manifests)/(.+)", url.path)
@@ -133,8 +148,9 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 if server.redirect_to is not None and self.command == "GET":
                     hexd = match.group(3).split(":")[1]
                     port = server.redirect_to.httpd.server_address[1]
-                    location = (f"http://{server.redirect_host}:{port}/storage/{hexd}"
-                                f"?sig={state.signature}")
+                    location = (
+                        f"http://{server.redirect_host}:{port}/storage/{hexd}?sig={state.signature}"
+                    )
                     return self.reply(307, headers={"Location": location})
                 return self.send_blob(state.blobs[match.group(3)], action)
             return self.reply(404)
@@ -153,7 +169,7 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 start = int(rng.group(1))
                 end = int(rng.group(2)) if rng.group(2) else len(data) - 1
                 status = 206
-            part = data[start:end + 1]
+            part = data[start : end + 1]
             headers = {"Content-Type": "application/octet-stream"}
             if status == 206:
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
@@ -175,14 +191,15 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 return self.reply(404)
             buf.extend(body)
             if self.command == "PATCH":
-                return self.reply(202, headers={"Location": self.path,
-                                                "Range": f"0-{len(buf) - 1}"})
+                return self.reply(
+                    202, headers={"Location": self.path, "Range": f"0-{len(buf) - 1}"}
+                )
             digest = query["digest"][0]
             if "sha256:" + hashlib.sha256(buf).hexdigest() != digest:
                 return self.reply(400, b'{"errors":[{"code":"DIGEST_INVALID","message":"x"}]}')
             state.blobs[digest] = bytes(buf)
             self.reply(201, headers={"Docker-Content-Digest": digest})
 
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = handle_one  # noqa: N815
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = handle_one
 
     return Handler

@@ -61,24 +61,32 @@ def make_image(layer_files: list[dict[str, bytes]], arch: str = "amd64") -> Imag
         blob, diff_id = tar_layer(files)
         layers.append(blob)
         diff_ids.append(diff_id)
-    config = json.dumps({
-        "architecture": arch, "os": "linux",
-        "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
-    }, separators=(",", ":")).encode()
+    config = json.dumps(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
+        },
+        separators=(",", ":"),
+    ).encode()
     return Image(manifest_json(config, layers), config, layers)
 
 
 def manifest_json(config: bytes, layers: list[bytes]) -> bytes:
     """An OCI manifest of gzip tar layers for these config and layer bytes."""
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": sha256(b), "size": len(b)}
-                   for b in layers],
-    }, indent=2).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+            "layers": [
+                {"mediaType": OCI_LAYER_GZIP, "digest": sha256(b), "size": len(b)} for b in layers
+            ],
+        },
+        indent=2,
+    ).encode()
 
 
 def write_layout(directory: Path, image: Image, tag: str) -> None:
@@ -87,12 +95,21 @@ def write_layout(directory: Path, image: Image, tag: str) -> None:
     for data in (image.manifest, image.config, *image.layers):
         (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
     (directory / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (directory / "index.json").write_text(json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
-                       "size": len(image.manifest),
-                       "annotations": {"org.opencontainers.image.ref.name": tag}}],
-    }))
+    (directory / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": image.manifest_digest,
+                        "size": len(image.manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": tag},
+                    }
+                ],
+            }
+        )
+    )
 
 
 def read_layout_blob(directory: Path, digest: str) -> bytes:
@@ -101,8 +118,9 @@ def read_layout_blob(directory: Path, digest: str) -> bytes:
 
 def skopeo(*args: str) -> str:
     """Run skopeo, return stdout; a failure shows skopeo's stderr."""
-    done = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        ["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=120
+    )
     if done.returncode != 0:
         raise AssertionError(f"skopeo {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout

@@ -31,13 +31,22 @@ def b64(text: str) -> str:
 def docker_config(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"auths": {
-        "https://index.docker.io/v1/": {"auth": b64("hubuser:hubpass")},
-        "localhost:5000": {"auth": b64("local:pa:ss")},
-        "http://registry.example.com:8443/some/path": {"username": "u2", "password": "p2"},
-        "ghcr.io": {"identitytoken": "refresh-me"},
-        "empty.example.com": {},
-    }}))
+    path.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": b64("hubuser:hubpass")},
+                    "localhost:5000": {"auth": b64("local:pa:ss")},
+                    "http://registry.example.com:8443/some/path": {
+                        "username": "u2",
+                        "password": "p2",
+                    },
+                    "ghcr.io": {"identitytoken": "refresh-me"},
+                    "empty.example.com": {},
+                }
+            }
+        )
+    )
     return path
 
 
@@ -48,14 +57,17 @@ def test_config_path_from_env(docker_config, tmp_path, monkeypatch):
     assert docker_config_path() == tmp_path / "home" / ".docker" / "config.json"
 
 
-@pytest.mark.parametrize("host, username, password", [
-    ("docker.io", "hubuser", "hubpass"),
-    ("registry-1.docker.io", "hubuser", "hubpass"),
-    ("index.docker.io", "hubuser", "hubpass"),
-    ("localhost:5000", "local", "pa:ss"),  # only the first ':' separates
-    ("registry.example.com:8443", "u2", "p2"),
-    ("REGISTRY.example.com:8443", "u2", "p2"),
-])
+@pytest.mark.parametrize(
+    "host, username, password",
+    [
+        ("docker.io", "hubuser", "hubpass"),
+        ("registry-1.docker.io", "hubuser", "hubpass"),
+        ("index.docker.io", "hubuser", "hubpass"),
+        ("localhost:5000", "local", "pa:ss"),  # only the first ':' separates
+        ("registry.example.com:8443", "u2", "p2"),
+        ("REGISTRY.example.com:8443", "u2", "p2"),
+    ],
+)
 def test_lookup_by_host(docker_config, host, username, password):
     creds = load_credentials(host)
     assert creds == Credentials(username, password)
@@ -95,13 +107,20 @@ def test_credential_helper(tmp_path, monkeypatch):
         '  helped.io) echo \'{"ServerURL":"helped.io","Username":"hu","Secret":"hs"}\' ;;\n'
         '  https://index.docker.io/v1/) echo \'{"Username":"<token>","Secret":"idt"}\' ;;\n'
         '  *) echo "credentials not found in native keychain"; exit 1 ;;\n'
-        "esac\n")
+        "esac\n"
+    )
     helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"credHelpers": {"helped.io": "fake"},
-                                "auths": {"plain.io": {"auth": b64("a:b")}},
-                                "credsStore": "fake"}))
+    path.write_text(
+        json.dumps(
+            {
+                "credHelpers": {"helped.io": "fake"},
+                "auths": {"plain.io": {"auth": b64("a:b")}},
+                "credsStore": "fake",
+            }
+        )
+    )
     assert load_credentials("helped.io", path) == Credentials("hu", "hs")
     assert load_credentials("plain.io", path) == Credentials("a", "b")
     assert load_credentials("docker.io", path) == Credentials(identity_token="idt")
@@ -117,34 +136,56 @@ def test_credentials_never_show_secrets():
 
 
 def test_parse_www_authenticate():
-    header = ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-              'scope="repository:library/ubuntu:pull,push"')
-    assert parse_www_authenticate(header) == [Challenge("bearer", {
-        "realm": "https://auth.docker.io/token", "service": "registry.docker.io",
-        "scope": "repository:library/ubuntu:pull,push"})]
-    assert parse_www_authenticate('Basic realm="Registry Realm"') == \
-        [Challenge("basic", {"realm": "Registry Realm"})]
+    header = (
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/ubuntu:pull,push"'
+    )
+    assert parse_www_authenticate(header) == [
+        Challenge(
+            "bearer",
+            {
+                "realm": "https://auth.docker.io/token",
+                "service": "registry.docker.io",
+                "scope": "repository:library/ubuntu:pull,push",
+            },
+        )
+    ]
+    assert parse_www_authenticate('Basic realm="Registry Realm"') == [
+        Challenge("basic", {"realm": "Registry Realm"})
+    ]
     assert parse_www_authenticate('Basic realm=x, BEARER realm="a\\"b" , service=s') == [
-        Challenge("basic", {"realm": "x"}), Challenge("bearer", {"realm": 'a"b', "service": "s"})]
+        Challenge("basic", {"realm": "x"}),
+        Challenge("bearer", {"realm": 'a"b', "service": "s"}),
+    ]
     assert parse_www_authenticate("") == []
     assert repo_scope("a/b") == "repository:a/b:pull"
     assert repo_scope("a/b", push=True) == "repository:a/b:pull,push"
-    assert merge_scopes("repository:a:pull,push", "repository:a:pull repository:b:pull") == \
-        "repository:a:pull,push repository:b:pull"
+    assert (
+        merge_scopes("repository:a:pull,push", "repository:a:pull repository:b:pull")
+        == "repository:a:pull,push repository:b:pull"
+    )
     assert merge_scopes("registry:catalog:*", "") == "registry:catalog:*"
 
 
 def test_redact():
-    text = ("Authorization: Bearer abc.def.ghi\n"
-            "form password=hunter2&user=bob {\"token\": \"tok1\", \"access_token\":\"tok2\"} "
-            "header Basic dXNlcjpwYXNz end")
+    text = (
+        "Authorization: Bearer abc.def.ghi\n"
+        'form password=hunter2&user=bob {"token": "tok1", "access_token":"tok2"} '
+        "header Basic dXNlcjpwYXNz end"
+    )
     out = redact(text)
     for secret in ("abc.def.ghi", "hunter2", "tok1", "tok2", "dXNlcjpwYXNz"):
         assert secret not in out
-    assert out == ("Authorization: ***\n"
-                   "form password=***&user=bob {\"token\": \"***\", \"access_token\":\"***\"} "
-                   "header Basic *** end")
-    assert redact_url("https://u:p@s3.example.com/bucket/blob?X-Amz-Signature=abc") == \
-        "https://s3.example.com/bucket/blob?…"
-    assert redact_url("http://127.0.0.1:5000/v2/x/blobs/sha256:1") == \
-        "http://127.0.0.1:5000/v2/x/blobs/sha256:1"
+    assert out == (
+        "Authorization: ***\n"
+        'form password=***&user=bob {"token": "***", "access_token":"***"} '
+        "header Basic *** end"
+    )
+    assert (
+        redact_url("https://u:p@s3.example.com/bucket/blob?X-Amz-Signature=abc")
+        == "https://s3.example.com/bucket/blob?…"
+    )
+    assert (
+        redact_url("http://127.0.0.1:5000/v2/x/blobs/sha256:1")
+        == "http://127.0.0.1:5000/v2/x/blobs/sha256:1"
+    )

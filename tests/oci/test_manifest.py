@@ -26,11 +26,21 @@ D1, D2, D3, D4 = ("sha256:" + c * 64 for c in "1234")
 # A Nydus manifest as nydusify writes it (fields deliberately out of Go order here).
 NYDUS_MANIFEST = {
     "layers": [
-        {"size": 100, "digest": D2, "mediaType": mt.NYDUS_BLOB,
-         "annotations": {mt.NYDUS_BLOB_ANNOTATION: "true"}},
-        {"annotations": {mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
-                         mt.NYDUS_FS_VERSION_ANNOTATION: "6"},
-         "mediaType": mt.OCI_LAYER_GZIP, "digest": D3, "size": 200},
+        {
+            "size": 100,
+            "digest": D2,
+            "mediaType": mt.NYDUS_BLOB,
+            "annotations": {mt.NYDUS_BLOB_ANNOTATION: "true"},
+        },
+        {
+            "annotations": {
+                mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
+                mt.NYDUS_FS_VERSION_ANNOTATION: "6",
+            },
+            "mediaType": mt.OCI_LAYER_GZIP,
+            "digest": D3,
+            "size": 200,
+        },
     ],
     "annotations": {mt.NYDUS_SOURCE_REFERENCE_ANNOTATION: "docker.io/library/nginx:latest"},
     "config": {"digest": D1, "mediaType": mt.OCI_CONFIG, "size": 50},
@@ -68,14 +78,32 @@ def test_manifest_round_trip_in_go_field_order():
 
 
 def test_descriptor_go_order_and_omitempty():
-    desc = Descriptor(mt.OCI_MANIFEST, D1, 7, urls=["https://x/y"], annotations={"a": "b"},
-                      data="e30=", platform=Platform("linux", "arm64", "v8"),
-                      artifact_type=mt.NYDUS_MANIFEST_ARTIFACT)
-    assert list(desc.to_json()) == ["mediaType", "digest", "size", "urls", "annotations", "data",
-                                    "platform", "artifactType"]
+    desc = Descriptor(
+        mt.OCI_MANIFEST,
+        D1,
+        7,
+        urls=["https://x/y"],
+        annotations={"a": "b"},
+        data="e30=",
+        platform=Platform("linux", "arm64", "v8"),
+        artifact_type=mt.NYDUS_MANIFEST_ARTIFACT,
+    )
+    assert list(desc.to_json()) == [
+        "mediaType",
+        "digest",
+        "size",
+        "urls",
+        "annotations",
+        "data",
+        "platform",
+        "artifactType",
+    ]
     assert desc.to_json()["platform"] == {"architecture": "arm64", "os": "linux", "variant": "v8"}
-    assert Descriptor(mt.OCI_MANIFEST, D1, 0).to_json() == \
-        {"mediaType": mt.OCI_MANIFEST, "digest": D1, "size": 0}
+    assert Descriptor(mt.OCI_MANIFEST, D1, 0).to_json() == {
+        "mediaType": mt.OCI_MANIFEST,
+        "digest": D1,
+        "size": 0,
+    }
     assert Descriptor.from_json(desc.to_json()) == desc
 
 
@@ -88,16 +116,35 @@ def test_index_without_media_type_and_selection():
     raw = {
         "schemaVersion": 2,
         "manifests": [
-            {"mediaType": mt.OCI_MANIFEST, "digest": D1, "size": 1,
-             "platform": {"architecture": "amd64", "os": "linux"}},
-            {"mediaType": mt.OCI_MANIFEST, "digest": D2, "size": 2,
-             "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
-            {"mediaType": mt.OCI_MANIFEST, "digest": D3, "size": 3,
-             "artifactType": mt.NYDUS_MANIFEST_ARTIFACT,
-             "platform": {"architecture": "amd64", "os": "linux"}},
-            {"mediaType": mt.OCI_MANIFEST, "digest": D4, "size": 4,
-             "platform": {"architecture": "arm64", "os": "linux",
-                          "os.features": [mt.NYDUS_OS_FEATURE]}},
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": D1,
+                "size": 1,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            },
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": D2,
+                "size": 2,
+                "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"},
+            },
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": D3,
+                "size": 3,
+                "artifactType": mt.NYDUS_MANIFEST_ARTIFACT,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            },
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": D4,
+                "size": 4,
+                "platform": {
+                    "architecture": "arm64",
+                    "os": "linux",
+                    "os.features": [mt.NYDUS_OS_FEATURE],
+                },
+            },
         ],
     }
     index = parse_manifest(json.dumps(raw))
@@ -112,21 +159,26 @@ def test_index_without_media_type_and_selection():
     assert [is_nydus_index_entry(e) for e in index.manifests] == [False, False, True, True]
     with pytest.raises(PlatformNotFound) as info:
         select_manifest(index, "linux/s390x")
-    assert str(info.value) == ("no manifest for platform linux/s390x in index "
-                               "(platforms: linux/amd64, linux/arm64, linux/arm64/v8)")
+    assert str(info.value) == (
+        "no manifest for platform linux/s390x in index "
+        "(platforms: linux/amd64, linux/arm64, linux/arm64/v8)"
+    )
 
 
-@pytest.mark.parametrize("want, have, matches", [
-    ("linux/amd64", Platform("linux", "amd64"), True),
-    ("linux/amd64", Platform("linux", "x86_64"), True),
-    ("linux/arm64", Platform("linux", "arm64", "v8"), True),
-    ("linux/arm64/v8", Platform("linux", "arm64"), True),
-    ("linux/arm64/v8", Platform("linux", "aarch64", "8"), True),
-    ("linux/arm/v7", Platform("linux", "arm"), True),
-    ("linux/arm/v6", Platform("linux", "arm", "v7"), False),
-    ("linux/arm64", Platform("linux", "amd64"), False),
-    ("linux/amd64", Platform("windows", "amd64"), False),
-])
+@pytest.mark.parametrize(
+    "want, have, matches",
+    [
+        ("linux/amd64", Platform("linux", "amd64"), True),
+        ("linux/amd64", Platform("linux", "x86_64"), True),
+        ("linux/arm64", Platform("linux", "arm64", "v8"), True),
+        ("linux/arm64/v8", Platform("linux", "arm64"), True),
+        ("linux/arm64/v8", Platform("linux", "aarch64", "8"), True),
+        ("linux/arm/v7", Platform("linux", "arm"), True),
+        ("linux/arm/v6", Platform("linux", "arm", "v7"), False),
+        ("linux/arm64", Platform("linux", "amd64"), False),
+        ("linux/amd64", Platform("windows", "amd64"), False),
+    ],
+)
 def test_platform_matching(want, have, matches):
     assert Platform.parse(want).matches(have) is matches
 
@@ -150,22 +202,41 @@ def test_nydus_manifest_detection():
     assert not is_nydus_manifest(Manifest(Descriptor(mt.OCI_CONFIG, D1, 1), []))
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"not json", "manifest is not valid JSON"),
-    (b"[1]", "manifest is not a JSON object"),
-    (b'{"schemaVersion": 1, "layers": []}', "schemaVersion 1, expected 2"),
-    (b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:1", "size": 1}, '
-     b'"layers": []}', "invalid manifest config digest 'sha256:1'"),
-    (b'{"schemaVersion": 2, "config": {"mediaType": "x", "size": 1}, "layers": []}',
-     "manifest config: missing 'digest'"),
-    (b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "' + D1.encode() +
-     b'", "size": true}, "layers": []}', "manifest config: 'size' has the wrong type (bool)"),
-    (b'{"schemaVersion": 2, "mediaType": "' + mt.OCI_INDEX.encode() + b'", "layers": []}',
-     "manifest: unexpected mediaType"),
-    (b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "' + D1.encode() +
-     b'", "size": 1}, "layers": [{"mediaType": "y", "digest": "' + D2.encode() +
-     b'", "size": -5}]}', "manifest layer 0: negative size -5"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"not json", "manifest is not valid JSON"),
+        (b"[1]", "manifest is not a JSON object"),
+        (b'{"schemaVersion": 1, "layers": []}', "schemaVersion 1, expected 2"),
+        (
+            b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:1", "size": 1}, '
+            b'"layers": []}',
+            "invalid manifest config digest 'sha256:1'",
+        ),
+        (
+            b'{"schemaVersion": 2, "config": {"mediaType": "x", "size": 1}, "layers": []}',
+            "manifest config: missing 'digest'",
+        ),
+        (
+            b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "'
+            + D1.encode()
+            + b'", "size": true}, "layers": []}',
+            "manifest config: 'size' has the wrong type (bool)",
+        ),
+        (
+            b'{"schemaVersion": 2, "mediaType": "' + mt.OCI_INDEX.encode() + b'", "layers": []}',
+            "manifest: unexpected mediaType",
+        ),
+        (
+            b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "'
+            + D1.encode()
+            + b'", "size": 1}, "layers": [{"mediaType": "y", "digest": "'
+            + D2.encode()
+            + b'", "size": -5}]}',
+            "manifest layer 0: negative size -5",
+        ),
+    ],
+)
 def test_invalid_manifests(data, message):
     with pytest.raises(InvalidManifest) as info:
         Manifest.from_json(data)

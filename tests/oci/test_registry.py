@@ -47,10 +47,20 @@ def pushed_by_skopeo(registry, image, tmp_path_factory) -> str:
     """`src/oci:v1` (OCI) and `src/docker:v1` (Docker schema2) pushed by skopeo."""
     layout = tmp_path_factory.mktemp("layout")
     write_layout(layout, image, "v1")
-    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:v1",
-           f"docker://{registry.host}/src/oci:v1")
-    skopeo("copy", "--dest-tls-verify=false", "--format", "v2s2", f"oci:{layout}:v1",
-           f"docker://{registry.host}/src/docker:v1")
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        f"oci:{layout}:v1",
+        f"docker://{registry.host}/src/oci:v1",
+    )
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        f"oci:{layout}:v1",
+        f"docker://{registry.host}/src/docker:v1",
+    )
     return registry.host
 
 
@@ -107,15 +117,17 @@ def test_push_image_then_skopeo_inspects_and_copies_it(client, registry, tmp_pat
     digest = _push_image(client, "pushed/img", image, "v1")
     assert digest == image.manifest_digest
 
-    info = json.loads(skopeo("inspect", "--tls-verify=false",
-                             f"docker://{registry.host}/pushed/img:v1"))
+    info = json.loads(
+        skopeo("inspect", "--tls-verify=false", f"docker://{registry.host}/pushed/img:v1")
+    )
     assert info["Digest"] == image.manifest_digest
     assert info["Layers"] == image.layer_digests
     assert (info["Os"], info["Architecture"]) == ("linux", "arm64")
 
     out = tmp_path / "copy"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{registry.host}/pushed/img:v1",
-           f"oci:{out}:v1")
+    skopeo(
+        "copy", "--src-tls-verify=false", f"docker://{registry.host}/pushed/img:v1", f"oci:{out}:v1"
+    )
     index = json.loads((out / "index.json").read_text())
     assert index["manifests"][0]["digest"] == image.manifest_digest
     assert read_layout_blob(out, image.config_digest) == image.config
@@ -167,10 +179,18 @@ def test_range_get_returns_exact_bytes(client):
     blob = os.urandom(200_000)
     digest = sha256(blob)
     client.push_blob("range/blob", digest, blob)
-    for start, length in [(0, 1), (0, 4096), (1000, 5000), (199_990, 10), (0, 200_000),
-                          (65_536, 65_536)]:
-        assert client.get_blob_range("range/blob", digest, start, length) == \
-            blob[start:start + length]
+    for start, length in [
+        (0, 1),
+        (0, 4096),
+        (1000, 5000),
+        (199_990, 10),
+        (0, 200_000),
+        (65_536, 65_536),
+    ]:
+        assert (
+            client.get_blob_range("range/blob", digest, start, length)
+            == blob[start : start + length]
+        )
     assert client.get_blob_range("range/blob", digest, 10, 0) == b""
     with pytest.raises(RegistryError) as info:
         client.get_blob_range("range/blob", digest, 300_000, 10)
@@ -199,12 +219,22 @@ def test_index_round_trip_and_platform_selection(client):
     arm = make_image([{"arm": b"2"}], "arm64")
     _push_image(client, "multi/img", amd, "amd64")
     _push_image(client, "multi/img", arm, "arm64")
-    index = Index(manifests=[
-        Descriptor(mt.OCI_MANIFEST, amd.manifest_digest, len(amd.manifest),
-                   platform=Platform("linux", "amd64")),
-        Descriptor(mt.OCI_MANIFEST, arm.manifest_digest, len(arm.manifest),
-                   platform=Platform("linux", "arm64", "v8")),
-    ])
+    index = Index(
+        manifests=[
+            Descriptor(
+                mt.OCI_MANIFEST,
+                amd.manifest_digest,
+                len(amd.manifest),
+                platform=Platform("linux", "amd64"),
+            ),
+            Descriptor(
+                mt.OCI_MANIFEST,
+                arm.manifest_digest,
+                len(arm.manifest),
+                platform=Platform("linux", "arm64", "v8"),
+            ),
+        ]
+    )
     index_digest = client.put_manifest("multi/img", "latest", index.to_json(2), mt.OCI_INDEX)
 
     fetched = client.get_manifest("multi/img", "latest")

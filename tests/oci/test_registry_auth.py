@@ -36,8 +36,14 @@ class CountingTransport(httpx.HTTPTransport):
 
 
 def client_for(registry, creds: Credentials | None, transport=None) -> RegistryClient:
-    return RegistryClient(registry.host, insecure=True, credentials=creds, retries=3,
-                          backoff=0.01, transport=transport)
+    return RegistryClient(
+        registry.host,
+        insecure=True,
+        credentials=creds,
+        retries=3,
+        backoff=0.01,
+        transport=transport,
+    )
 
 
 def secrets_in(text: str, *secrets: str) -> list[str]:
@@ -139,8 +145,10 @@ def test_token_auth_wrong_password_and_anonymous(token_registry, token_server, d
         with pytest.raises(AuthError) as info:
             client.get_manifest("tok/img", "v1")
     message = str(info.value)
-    assert message.startswith(f"authentication failed for {token_registry.host}/tok/img: "
-                              "token server refused user 'alice'")
+    assert message.startswith(
+        f"authentication failed for {token_registry.host}/tok/img: "
+        "token server refused user 'alice'"
+    )
     # registry probe + token POST + token GET (fallback for servers without OAuth2), no more
     assert len(transport.sent) == 3
     assert [r["method"] for r in token_server.requests] == ["POST", "GET"]
@@ -161,7 +169,10 @@ def test_token_server_without_post_falls_back_to_get(token_registry, token_serve
     finally:
         token_server.post_supported = True
     assert [(r["method"], r["user"]) for r in token_server.requests] == [
-        ("POST", ""), ("GET", "alice"), ("GET", "alice")]  # POST is not tried again
+        ("POST", ""),
+        ("GET", "alice"),
+        ("GET", "alice"),
+    ]  # POST is not tried again
 
 
 def test_token_the_registry_rejects_gives_one_auth_error(token_registry, token_server):
@@ -197,17 +208,24 @@ def test_skopeo_reads_image_pushed_with_token_auth(token_registry):
         for blob in (image.config, *image.layers):
             client.push_blob("tok/skopeo", sha256(blob), blob)
         client.put_manifest("tok/skopeo", "v1", image.manifest, mt.OCI_MANIFEST)
-    info = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", f"alice:{PASSWORD}",
-                             f"docker://{token_registry.host}/tok/skopeo:v1"))
+    info = json.loads(
+        skopeo(
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            f"alice:{PASSWORD}",
+            f"docker://{token_registry.host}/tok/skopeo:v1",
+        )
+    )
     assert info["Digest"] == image.manifest_digest
     assert info["Layers"] == image.layer_digests
 
 
-def test_for_reference_takes_credentials_from_docker_config(basic_registry, tmp_path,
-                                                           monkeypatch):
+def test_for_reference_takes_credentials_from_docker_config(basic_registry, tmp_path, monkeypatch):
     auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
     (tmp_path / "config.json").write_text(
-        json.dumps({"auths": {f"http://{basic_registry.host}": {"auth": auth}}}))
+        json.dumps({"auths": {f"http://{basic_registry.host}": {"auth": auth}}})
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     ref = f"{basic_registry.host}/basic/ref:v1"
     with RegistryClient.for_reference(ref, insecure=True) as client:
@@ -225,7 +243,6 @@ def test_concurrent_range_reads_share_one_client(token_registry, token_server):
         token_server.requests.clear()
         spans = [(i * 997 % 60_000, 1 + i * 131 % 4096) for i in range(64)]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            got = list(pool.map(lambda s: client.get_blob_range("tok/threads", digest, *s),
-                                spans))
-    assert got == [blob[start:start + n] for start, n in spans]
+            got = list(pool.map(lambda s: client.get_blob_range("tok/threads", digest, *s), spans))
+    assert got == [blob[start : start + n] for start, n in spans]
     assert len(token_server.requests) == 1  # threads wait for the one fetch of their scope

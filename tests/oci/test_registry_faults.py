@@ -40,9 +40,8 @@ def test_429_and_5xx_are_retried_until_success(fake):
 def test_retries_are_bounded(fake):
     digest = fake.add_blob(BLOB)
     fake.fail("GET", "/v2/r/manifests/", *[503] * 10)
-    with client_for(fake, retries=2) as client:
-        with pytest.raises(RegistryError) as info:
-            client.get_manifest("r", "v1")
+    with client_for(fake, retries=2) as client, pytest.raises(RegistryError) as info:
+        client.get_manifest("r", "v1")
     assert (info.value.status, info.value.retryable) == (503, True)
     assert str(info.value) == f"{fake.host}/r manifest v1: HTTP 503 UNAVAILABLE: x"
     assert len(fake.seen("GET")) == 3
@@ -79,11 +78,12 @@ def test_download_resumes_after_dropped_connection(fake, tmp_path):
 def test_digest_mismatch_leaves_no_file(fake, tmp_path):
     digest = fake.add_blob(b"tampered content", digest=sha256(b"original content"))
     dest = tmp_path / "blob"
-    with client_for(fake) as client:
-        with pytest.raises(DigestMismatch) as info:
-            client.get_blob("r", digest, dest)
-    assert str(info.value) == (f"{fake.host}/r blob {digest}: downloaded 16 bytes with digest "
-                               f"{sha256(b'tampered content')}")
+    with client_for(fake) as client, pytest.raises(DigestMismatch) as info:
+        client.get_blob("r", digest, dest)
+    assert str(info.value) == (
+        f"{fake.host}/r blob {digest}: downloaded 16 bytes with digest "
+        f"{sha256(b'tampered content')}"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -112,12 +112,19 @@ def test_range_redirect_is_cached_and_resolved_again(fake):
     hits = [(s.path.split("/")[1], s.range, s.authorization) for s in fake.seen()]
     registry_hits = [(r, a) for where, r, a in hits if where == "v2"]
     storage_hits = [(r, a) for where, r, a in hits if where == "storage"]
-    assert registry_hits == [("bytes=10-109", "Bearer static-token"),
-                             ("bytes=0-2", "Bearer static-token"),
-                             (None, "Bearer static-token")]
+    assert registry_hits == [
+        ("bytes=10-109", "Bearer static-token"),
+        ("bytes=0-2", "Bearer static-token"),
+        (None, "Bearer static-token"),
+    ]
     # Storage never sees the registry's credentials.
-    assert storage_hits == [("bytes=10-109", None), ("bytes=5000-5006", None),
-                            ("bytes=0-2", None), ("bytes=0-2", None), (None, None)]
+    assert storage_hits == [
+        ("bytes=10-109", None),
+        ("bytes=5000-5006", None),
+        ("bytes=0-2", None),
+        ("bytes=0-2", None),
+        (None, None),
+    ]
 
 
 def test_refused_redirect_target_is_an_auth_error(fake):
@@ -164,7 +171,15 @@ def test_chunked_upload_patch_failure_starts_again(fake):
         assert client.push_blob("r", sha256(blob), blob, chunk_size=4096) == "uploaded"
     assert fake.state.blobs[sha256(blob)] == blob
     assert [s.method for s in fake.seen()] == [
-        "HEAD", "POST", "PATCH", "POST", "PATCH", "PATCH", "PATCH", "PUT"]
+        "HEAD",
+        "POST",
+        "PATCH",
+        "POST",
+        "PATCH",
+        "PATCH",
+        "PATCH",
+        "PUT",
+    ]
 
 
 def test_server_ignoring_range_is_sliced(fake):

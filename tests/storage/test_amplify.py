@@ -23,8 +23,9 @@ def image(tmp_path: Path):
         (src / f"f{i}").write_bytes(os.urandom(20000) + bytes([i]))
     blobs = tmp_path / "blobs"
     blobs.mkdir()
-    res = create(CreateOptions(source=str(src), bootstrap=str(tmp_path / "boot"),
-                               blob_dir=str(blobs)))
+    res = create(
+        CreateOptions(source=str(src), bootstrap=str(tmp_path / "boot"), blob_dir=str(blobs))
+    )
     sb = open_bootstrap((tmp_path / "boot").read_bytes())
     files = {p: i for p, i in walk(sb) if p != b"/"}
     return sb, blobs, res.blob_ids[0], files, src
@@ -38,8 +39,14 @@ def _read(dev: ChunkDevice, sb, ino: int) -> bytes:
 def test_a_read_fetches_the_following_chunks_once(image, tmp_path):
     sb, blobs, blob_id, files, src = image
     be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, batch_size=64 << 10,
-                      cache_dir=str(_mk(tmp_path / "cache")))
+    dev = ChunkDevice(
+        sb,
+        be,
+        readahead_chunks=0,
+        validate=True,
+        batch_size=64 << 10,
+        cache_dir=str(_mk(tmp_path / "cache")),
+    )
     dev.load()
     del be.calls[:]  # blob meta reads
     assert _read(dev, sb, files[b"/f0"]) == (src / "f0").read_bytes()
@@ -70,8 +77,14 @@ def test_a_bad_amplified_chunk_fails_only_its_own_reads(image, tmp_path):
     be = SlowBackend(blobs)
     f1 = sb.chunks(files[b"/f1"])[0]
     be.flip = f1.compressed_offset + 10  # corrupt the chunk of f1 only
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, batch_size=64 << 10,
-                      cache_dir=str(_mk(tmp_path / "cache")))
+    dev = ChunkDevice(
+        sb,
+        be,
+        readahead_chunks=0,
+        validate=True,
+        batch_size=64 << 10,
+        cache_dir=str(_mk(tmp_path / "cache")),
+    )
     assert _read(dev, sb, files[b"/f0"]) == (src / "f0").read_bytes()
     with pytest.raises(DigestMismatch, match="digest mismatch"):
         _read(dev, sb, files[b"/f1"])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from nydus.config import BackendConfig, LocalFsConfig
 from nydus.errors import ConfigError, DigestMismatch, FormatError, StorageError
 from nydus.format.rafs import open_bootstrap, walk
 from nydus.storage import BackendBase, ChunkDevice, ChunkMap, LocalFsBackend, create_backend
 from nydus.storage.backend import size_bucket
-from nydus.config import BackendConfig, LocalFsConfig
 from tests.golden import V6_BLOB_ID, golden_path
 
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
@@ -38,7 +38,7 @@ class SlowBackend(BackendBase):
         with self._lock:
             self.calls.append((blob_id, offset, size))
         time.sleep(self.delay)
-        data = bytearray((self.root / blob_id).read_bytes()[offset:offset + size])
+        data = bytearray((self.root / blob_id).read_bytes()[offset : offset + size])
         if self.flip is not None and offset <= self.flip < offset + size:
             data[self.flip - offset] ^= 0xFF
         return bytes(data)
@@ -81,8 +81,9 @@ def test_one_fetch_per_chunk_under_concurrency():
     for t in threads:
         t.join()
     blob = (blobs / V5_BLOB).read_bytes()
-    expect = b"".join(blob[c.compressed_offset:c.compressed_offset + c.compressed_size]
-                      for c in chunks)[1048576 - 100:1048576 + 100]
+    expect = b"".join(
+        blob[c.compressed_offset : c.compressed_offset + c.compressed_size] for c in chunks
+    )[1048576 - 100 : 1048576 + 100]
     assert results == [expect] * 16
     # this file is chunk 13 twice (a sparse file): one distinct chunk, one backend read
     assert {c.ci_index for c in chunks} == {13, 14}
@@ -95,14 +96,22 @@ def test_adjacent_chunks_are_merged_into_one_backend_read():
     be = SlowBackend(blobs)
     dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, batch_size=4 << 20)
     # the layer.tar of the busybox fixture spans chunks 6 and 7, adjacent in the blob
-    ino = _ino(sb, b"/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar")
+    ino = _ino(
+        sb,
+        b"/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar",
+    )
     a = sb.attr(ino)
     chunks = sb.chunks(ino)
     assert [c.ci_index for c in chunks] == [6, 7]
     data = dev.read(chunks, a.size, 0, a.size)
     assert len(data) == a.size
-    assert be.calls == [(V5_BLOB, chunks[0].compressed_offset,
-                         chunks[0].compressed_size + chunks[1].compressed_size)]
+    assert be.calls == [
+        (
+            V5_BLOB,
+            chunks[0].compressed_offset,
+            chunks[0].compressed_size + chunks[1].compressed_size,
+        )
+    ]
     # the merged read is capped by the batch size (amplify_io): 1 MiB splits them again
     be2 = SlowBackend(blobs)
     dev2 = ChunkDevice(sb, be2, readahead_chunks=0, batch_size=1 << 20)
@@ -150,8 +159,10 @@ def test_corrupt_compressed_chunk_is_storage_error():
     with pytest.raises(StorageError, match=f"blob {V6_BLOB_ID} chunk 0"):
         dev.read(sb.chunks(ino), 16931, 0, 4096)
     ino2 = _ino(sb, b"/sync_io.rs")
-    assert hashlib.sha256(dev.read(sb.chunks(ino2), 13400, 0, 13400)).hexdigest() == \
-        "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96"
+    assert (
+        hashlib.sha256(dev.read(sb.chunks(ino2), 13400, 0, 13400)).hexdigest()
+        == "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96"
+    )
 
 
 def test_v6_meta_loading_and_cache_files(tmp_path):
@@ -160,15 +171,24 @@ def test_v6_meta_loading_and_cache_files(tmp_path):
     dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
     dev.load()
     # CI array + header, ToC, digest array: the three reads of the blob meta path
-    assert be.calls == [(V6_BLOB_ID, 8314, 32 + 4096), (V6_BLOB_ID, 14554 - 1024, 1024),
-                        (V6_BLOB_ID, 12954, 64)]
+    assert be.calls == [
+        (V6_BLOB_ID, 8314, 32 + 4096),
+        (V6_BLOB_ID, 14554 - 1024, 1024),
+        (V6_BLOB_ID, 12954, 64),
+    ]
     meta = dev.meta(0)
-    assert [(c.uncompressed_offset, c.uncompressed_size, c.compressed_offset, c.compressed_size)
-            for c in meta.chunks] == [(0, 16931, 0, 4828), (20480, 13400, 4828, 2974)]
-    assert meta.chunks[0].digest.hex() == \
-        "f7e2735f1c6ae9cde91e537416b09d8bb71b306a421d19cc1012a51f93a7fe69"
-    assert meta.chunks[1].digest.hex() == \
-        "812465bcc9e88393598311dc5fc93abaeccef0185bcd99f9701d17ebdf9adc3f"
+    assert [
+        (c.uncompressed_offset, c.uncompressed_size, c.compressed_offset, c.compressed_size)
+        for c in meta.chunks
+    ] == [(0, 16931, 0, 4828), (20480, 13400, 4828, 2974)]
+    assert (
+        meta.chunks[0].digest.hex()
+        == "f7e2735f1c6ae9cde91e537416b09d8bb71b306a421d19cc1012a51f93a7fe69"
+    )
+    assert (
+        meta.chunks[1].digest.hex()
+        == "812465bcc9e88393598311dc5fc93abaeccef0185bcd99f9701d17ebdf9adc3f"
+    )
     dev.close()
     # a second device on the same cache dir reads no metadata from the backend
     be2 = SlowBackend(blobs)
@@ -219,7 +239,7 @@ def test_chunk_map_persists_and_matches_upstream_layout(tmp_path):
     m.close()
     raw = path.read_bytes()
     assert len(raw) == 4096 + 2
-    assert raw[:12] == bytes.fromhex("50414d42" "01000000" "50414d43")
+    assert raw[:12] == bytes.fromhex("50414d420100000050414d43")
     assert raw[12:16] == b"\0\0\0\0"  # not all ready
     assert raw[4096] == 0b1001_0000 and raw[4097] == 0b0100_0000
     m2 = ChunkMap(str(path), 10)
@@ -257,8 +277,9 @@ def test_localfs_backend(tmp_path):
         be.read("../b/blob1", 0, 1)
     assert be.metrics.read_count == 1 and be.metrics.read_errors == 3
     assert be.metrics.read_amount_total == 3
-    single = create_backend(BackendConfig("localfs", LocalFsConfig(
-        blob_file=str(tmp_path / "b" / "blob1"))))
+    single = create_backend(
+        BackendConfig("localfs", LocalFsConfig(blob_file=str(tmp_path / "b" / "blob1")))
+    )
     assert single.read("anything-at-all", 0, 4) == b"0123"
     be.close()
 
@@ -268,8 +289,15 @@ def test_backend_registry():
         create_backend(BackendConfig("ftp"))
     with pytest.raises(ConfigError, match="not supported yet"):
         create_backend(BackendConfig("s3"))
-    assert [size_bucket(n) for n in (1, 1024, 4096, 65536, 131072, 600000, 1 << 20)] == \
-        [0, 1, 2, 4, 5, 6, 7]
+    assert [size_bucket(n) for n in (1, 1024, 4096, 65536, 131072, 600000, 1 << 20)] == [
+        0,
+        1,
+        2,
+        4,
+        5,
+        6,
+        7,
+    ]
 
 
 def test_prefetch_fills_the_cache(tmp_path):
@@ -300,8 +328,12 @@ def test_sequential_reads_fetch_the_next_chunks_in_the_background():
     offsets = sorted(off for _b, off, _s in be.calls)
     assert offsets == sorted({c.compressed_offset for c in chunks})
     calls = len(be.calls)
-    assert dev.read(chunks, 2097159, 2 << 20, 7) == (blobs / V5_BLOB).read_bytes()[
-        chunks[2].compressed_offset:chunks[2].compressed_offset + 7]
+    assert (
+        dev.read(chunks, 2097159, 2 << 20, 7)
+        == (blobs / V5_BLOB).read_bytes()[
+            chunks[2].compressed_offset : chunks[2].compressed_offset + 7
+        ]
+    )
     assert len(be.calls) == calls  # already fetched ahead
     dev.close()
 

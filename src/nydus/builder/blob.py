@@ -13,16 +13,17 @@ import os
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, ClassVar
+from typing import BinaryIO, ClassVar
 
 from nydus.builder.tree import Chunk
 from nydus.errors import BuildError
 from nydus.format.blobmeta import (
     TOC_FLAG_OF_COMPRESSOR,
-    TOC_NONE,
     TOC_NAME,
+    TOC_NONE,
     BlobMetaHeader,
     ChunkMeta,
     TocEntry,
@@ -79,8 +80,9 @@ def _read_chunk(path: bytes, offset: int, size: int) -> bytes:
 _Task = tuple[bytes | None, bytes, int, int]
 
 
-def _work_batch(digester: Digester, compressor: Compressor, tasks: list[_Task]
-                ) -> list[tuple[bytes, bytes, bool]]:
+def _work_batch(
+    digester: Digester, compressor: Compressor, tasks: list[_Task]
+) -> list[tuple[bytes, bytes, bool]]:
     """Read (when given a path), digest and compress a batch of chunks in a worker: one
     job per batch keeps the per-chunk overhead of many small files low."""
     out = []
@@ -95,7 +97,7 @@ class _OutputThread:
     """Hashes (blob id) and writes the blob in order on its own thread, so the main
     thread keeps feeding the chunk workers."""
 
-    def __init__(self, out: BinaryIO, hasher: "hashlib._Hash") -> None:
+    def __init__(self, out: BinaryIO, hasher: hashlib._Hash) -> None:
         self.out, self.hasher = out, hasher
         self.queue: queue.Queue[tuple[bytes, bool] | None] = queue.Queue(maxsize=64)
         self.error: BaseException | None = None
@@ -141,7 +143,7 @@ class _OutputThread:
 
 @dataclass(slots=True)
 class _Pending:
-    future: "Future[list[tuple[bytes, bytes, bool]]]"
+    future: Future[list[tuple[bytes, bytes, bool]]]
     places: list[tuple[int, list[Chunk | None], int]]  # (size, target list, position)
 
 
@@ -161,7 +163,7 @@ class BlobWriter:
     _writer: _OutputThread | None = None
     _pos: int = 0
     _upos: int = 0
-    _hash: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     _metas: list[ChunkMeta] = field(default_factory=list)
     _digests: list[bytes] = field(default_factory=list)
     _pending: deque[_Pending] = field(default_factory=deque)
@@ -222,7 +224,9 @@ class BlobWriter:
     def _drain_one(self) -> None:
         p = self._pending.popleft()
         out: list[bytes] = []
-        for (size, target, pos), (digest, stored, compressed) in zip(p.places, p.future.result()):
+        for (size, target, pos), (digest, stored, compressed) in zip(
+            p.places, p.future.result(), strict=False
+        ):
             hit = self.dedup.get(digest)
             if hit is not None and hit.uncompressed_size == size:
                 target[pos] = hit
@@ -231,12 +235,27 @@ class BlobWriter:
                 # identity layout: compressed offset == uncompressed offset
                 out.append(b"\0" * (self._upos - self._pos))
                 self._pos = self._upos
-            chunk = Chunk(digest, self.blob_index, len(self._metas), self._upos, size,
-                          self._pos, len(stored), compressed)
+            chunk = Chunk(
+                digest,
+                self.blob_index,
+                len(self._metas),
+                self._upos,
+                size,
+                self._pos,
+                len(stored),
+                compressed,
+            )
             out.append(stored)
             self._pos += len(stored)
-            self._metas.append(ChunkMeta(chunk.uncompressed_offset, size,
-                                         chunk.compressed_offset, len(stored), compressed))
+            self._metas.append(
+                ChunkMeta(
+                    chunk.uncompressed_offset,
+                    size,
+                    chunk.compressed_offset,
+                    len(stored),
+                    compressed,
+                )
+            )
             self._digests.append(digest)
             self._upos += align(size, BLOCK_SIZE)
             self.dedup[digest] = chunk
@@ -270,8 +289,9 @@ class BlobWriter:
         return self._upos
 
     # ---- trailer ------------------------------------------------------------
-    def finish(self, *, blob_toc: bool, inline_bootstrap: Callable[[BlobInfo], bytes] | None
-               ) -> BlobResult | None:
+    def finish(
+        self, *, blob_toc: bool, inline_bootstrap: Callable[[BlobInfo], bytes] | None
+    ) -> BlobResult | None:
         """Write the blob meta trailer. `inline_bootstrap(info)` returns the bootstrap to
         embed (built with this blob's table entry). Returns None if nothing was written."""
         self.flush()
@@ -304,38 +324,71 @@ class BlobWriter:
             ci_stored, compressed = compress_if_smaller(self.compressor, ci_raw)
             ci_comp = self.compressor if compressed else Compressor.NONE
             ci_offset, ci_stored_size = self._pos, len(ci_stored)
-            header = BlobMetaHeader(int(features), int(ci_comp), count, ci_offset, len(ci_stored),
-                                    len(ci_raw)).pack()
+            header = BlobMetaHeader(
+                int(features), int(ci_comp), count, ci_offset, len(ci_stored), len(ci_raw)
+            ).pack()
             self._write(ci_stored)
             self._write(header)
             if tar:
                 self._write(tar_header("blob.meta", len(ci_stored) + len(header)))
         if data_digest is not None:
-            toc.append(TocEntry(TOC_NONE, "image.blob", data_digest, 0, data_size,
-                                self._upos))
+            toc.append(TocEntry(TOC_NONE, "image.blob", data_digest, 0, data_size, self._upos))
         if count:
-            toc.append(TocEntry(TOC_FLAG_OF_COMPRESSOR[int(ci_comp)], "blob.meta",
-                                hashlib.sha256(ci_raw).digest(), ci_offset, ci_stored_size,
-                                len(ci_raw)))
-            toc.append(TocEntry(TOC_NONE, "blob.meta.header", hashlib.sha256(header).digest(),
-                                ci_offset + ci_stored_size, len(header), len(header)))
+            toc.append(
+                TocEntry(
+                    TOC_FLAG_OF_COMPRESSOR[int(ci_comp)],
+                    "blob.meta",
+                    hashlib.sha256(ci_raw).digest(),
+                    ci_offset,
+                    ci_stored_size,
+                    len(ci_raw),
+                )
+            )
+            toc.append(
+                TocEntry(
+                    TOC_NONE,
+                    "blob.meta.header",
+                    hashlib.sha256(header).digest(),
+                    ci_offset + ci_stored_size,
+                    len(header),
+                    len(header),
+                )
+            )
         if blob_toc and count:
             digests = b"".join(self._digests)
-            toc.append(TocEntry(TOC_NONE, "blob.digest", hashlib.sha256(digests).digest(),
-                                self._pos, len(digests), len(digests)))
+            toc.append(
+                TocEntry(
+                    TOC_NONE,
+                    "blob.digest",
+                    hashlib.sha256(digests).digest(),
+                    self._pos,
+                    len(digests),
+                    len(digests),
+                )
+            )
             self._write(digests, hashed=False)
             self._write(tar_header("blob.digest", len(digests)))
 
-        def info(compressed_size: int, toc_size: int = 0, toc_digest: bytes = b"\0" * 32
-                 ) -> BlobInfo:
+        def info(
+            compressed_size: int, toc_size: int = 0, toc_digest: bytes = b"\0" * 32
+        ) -> BlobInfo:
             return BlobInfo(
-                blob_id="", blob_index=self.blob_index, chunk_size=self.chunk_size,
-                chunk_count=count, compressor=int(self.compressor), digester=int(self.digester),
-                features=int(features), compressed_size=compressed_size,
-                uncompressed_size=self._upos, blob_toc_size=toc_size,
-                ci_compressor=int(ci_comp), ci_offset=ci_offset,
-                ci_compressed_size=ci_stored_size, ci_uncompressed_size=len(ci_raw),
-                blob_toc_digest=toc_digest)
+                blob_id="",
+                blob_index=self.blob_index,
+                chunk_size=self.chunk_size,
+                chunk_count=count,
+                compressor=int(self.compressor),
+                digester=int(self.digester),
+                features=int(features),
+                compressed_size=compressed_size,
+                uncompressed_size=self._upos,
+                blob_toc_size=toc_size,
+                ci_compressor=int(ci_comp),
+                ci_offset=ci_offset,
+                ci_compressed_size=ci_stored_size,
+                ci_uncompressed_size=len(ci_raw),
+                blob_toc_digest=toc_digest,
+            )
 
         if inline_bootstrap is not None:
             boot = inline_bootstrap(info(self._pos))
@@ -344,8 +397,16 @@ class BlobWriter:
                 flag = TOC_FLAG_OF_COMPRESSOR[3] if compressed else TOC_NONE
             else:
                 stored, flag = boot, TOC_NONE
-            toc.append(TocEntry(flag, "image.boot", hashlib.sha256(boot).digest(), self._pos,
-                                len(stored), len(boot)))
+            toc.append(
+                TocEntry(
+                    flag,
+                    "image.boot",
+                    hashlib.sha256(boot).digest(),
+                    self._pos,
+                    len(stored),
+                    len(boot),
+                )
+            )
             self._write(stored)
             self._write(tar_header("image.boot", len(stored)))
         toc_size, toc_digest = 0, b"\0" * 32

@@ -64,7 +64,7 @@ class _Rec:
     size: int = 0
     content: bytes = b""  # directory or symlink data
     node: Node | None = None  # directory node (for dirents)
-    parent_rec: "_Rec | None" = None
+    parent_rec: _Rec | None = None
     blkaddr: int = 0  # first full data block (flat layouts)
 
     @property
@@ -100,8 +100,9 @@ def super_flags(opts: BootstrapOptions, blobs: list[BlobInfo], has_xattr: bool) 
     return int(flags)
 
 
-def write_bootstrap(root: Node, blobs: list[BlobInfo], opts: BootstrapOptions,
-                    prefetch: list[Node] | None = None) -> bytes:
+def write_bootstrap(
+    root: Node, blobs: list[BlobInfo], opts: BootstrapOptions, prefetch: list[Node] | None = None
+) -> bytes:
     """Serialise the tree. `blobs` are the blob table entries in index order."""
     if len(blobs) > MAX_BLOBS:
         raise BuildError(f"too many blobs: {len(blobs)} (RAFS v6 allows {MAX_BLOBS})")
@@ -114,8 +115,11 @@ def write_bootstrap(root: Node, blobs: list[BlobInfo], opts: BootstrapOptions,
     blob_table_off = align(DEVICE_TABLE_OFFSET + 128 * nblobs, BLOCK_SIZE)
     prefetch_nodes = prefetch or []
     prefetch_size = 4 * len(prefetch_nodes) if nblobs else 0
-    meta_blkaddr = (align(blob_table_off + 256 * nblobs + prefetch_size, BLOCK_SIZE) // BLOCK_SIZE
-                    if nblobs else 0)
+    meta_blkaddr = (
+        align(blob_table_off + 256 * nblobs + prefetch_size, BLOCK_SIZE) // BLOCK_SIZE
+        if nblobs
+        else 0
+    )
     meta_base = meta_blkaddr * BLOCK_SIZE
 
     # ---- place inodes ----
@@ -155,7 +159,7 @@ def write_bootstrap(root: Node, blobs: list[BlobInfo], opts: BootstrapOptions,
     for rec in order:
         _write_inode(out, rec, opts)
     for i, info in enumerate(chunk_table):
-        out[chunk_table_off + 80 * i:chunk_table_off + 80 * (i + 1)] = info.pack()
+        out[chunk_table_off + 80 * i : chunk_table_off + 80 * (i + 1)] = info.pack()
 
     # ---- tables and superblocks ----
     mapped = align(total, MAPPED_BLKADDR_ALIGN) // BLOCK_SIZE
@@ -165,29 +169,35 @@ def write_bootstrap(root: Node, blobs: list[BlobInfo], opts: BootstrapOptions,
         blocks = b.uncompressed_size // BLOCK_SIZE
         slot = DeviceSlot(b.blob_id, blocks, mapped)
         off = DEVICE_TABLE_OFFSET + 128 * i
-        out[off:off + 128] = slot.pack()
+        out[off : off + 128] = slot.pack()
         mapped = align((mapped + blocks) * BLOCK_SIZE, MAPPED_BLKADDR_ALIGN) // BLOCK_SIZE
-        out[blob_table_off + 256 * i:blob_table_off + 256 * (i + 1)] = b.pack()
+        out[blob_table_off + 256 * i : blob_table_off + 256 * (i + 1)] = b.pack()
     pt_off = blob_table_off + 256 * nblobs
     if prefetch_size:
         for i, node in enumerate(prefetch_nodes):
             nid = recs[id(node.inode)].nid
-            out[pt_off + 4 * i:pt_off + 4 * i + 4] = nid.to_bytes(4, "little")
+            out[pt_off + 4 * i : pt_off + 4 * i + 4] = nid.to_bytes(4, "little")
     has_xattr = any(r.xattrs for r in order)
     ext = ExtSuperBlock(
         flags=super_flags(opts, blobs, has_xattr),
-        blob_table_offset=blob_table_off, blob_table_size=256 * nblobs,
+        blob_table_offset=blob_table_off,
+        blob_table_size=256 * nblobs,
         chunk_size=opts.chunk_size,
         chunk_table_offset=chunk_table_off if chunk_table else 0,
         chunk_table_size=80 * len(chunk_table),
         prefetch_table_offset=pt_off if prefetch_size else 0,
-        prefetch_table_size=prefetch_size)
+        prefetch_table_size=prefetch_size,
+    )
     inos = _count_entries(root)
-    sb = SuperBlock(root_nid=order[0].nid, inos=inos,
-                    blocks=sum(b.uncompressed_size // BLOCK_SIZE for b in blobs),
-                    meta_blkaddr=meta_blkaddr, extra_devices=nblobs)
-    out[EROFS_SUPER_OFFSET:EROFS_SUPER_OFFSET + 128] = sb.pack()
-    out[EXT_SUPER_OFFSET:EXT_SUPER_OFFSET + 256] = ext.pack()
+    sb = SuperBlock(
+        root_nid=order[0].nid,
+        inos=inos,
+        blocks=sum(b.uncompressed_size // BLOCK_SIZE for b in blobs),
+        meta_blkaddr=meta_blkaddr,
+        extra_devices=nblobs,
+    )
+    out[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + 128] = sb.pack()
+    out[EXT_SUPER_OFFSET : EXT_SUPER_OFFSET + 256] = ext.pack()
     return bytes(out)
 
 
@@ -209,7 +219,7 @@ def _collect(root: Node, opts: BootstrapOptions) -> tuple[dict[int, _Rec], list[
         if node.children is not None:
             rec.node = node
             rec.parent_rec = parent
-            names = [b".", b".."] + list(node.children)
+            names = [b".", b"..", *list(node.children)]
             _, rec.size = pack_dir_blocks(Dirent(0, 0, n) for n in sorted(names))
             rec.nlink = 2 + sum(1 for c in node.children.values() if c.children is not None)
             rec.content = b"\0" * rec.size  # placeholder until nids are known
@@ -303,33 +313,46 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
     if rec.node is not None and rec.parent_rec is None:
         mtime, nsec = 0, 0  # root mtime zeroed for reproducibility
     size = rec.size if (rec.content or rec.layout == LAYOUT_CHUNK_BASED) else 0
-    inode = Inode(rec.layout, xattr_icount(len(rec.xattrs)), d.mode, size, i_u, rec.ino,
-                  uid, gid, mtime, nsec, rec.nlink)
+    inode = Inode(
+        rec.layout,
+        xattr_icount(len(rec.xattrs)),
+        d.mode,
+        size,
+        i_u,
+        rec.ino,
+        uid,
+        gid,
+        mtime,
+        nsec,
+        rec.nlink,
+    )
     pos = rec.pos
-    out[pos:pos + 64] = inode.pack()
+    out[pos : pos + 64] = inode.pack()
     pos += 64
-    out[pos:pos + len(rec.xattrs)] = rec.xattrs
+    out[pos : pos + len(rec.xattrs)] = rec.xattrs
     pos += len(rec.xattrs)
     if rec.layout == LAYOUT_CHUNK_BASED:
         pos = align(pos, 8)
         expected = (rec.size + opts.chunk_size - 1) // opts.chunk_size
         if len(d.chunks) != expected:
-            raise BuildError(f"file of {rec.size} bytes has {len(d.chunks)} chunks, "
-                             f"expected {expected}")
+            raise BuildError(
+                f"file of {rec.size} bytes has {len(d.chunks)} chunks, expected {expected}"
+            )
         for c in d.chunks:
-            out[pos:pos + 8] = ChunkAddr(c.blob_index, c.ci_index,
-                                         c.uncompressed_offset // BLOCK_SIZE).pack()
+            out[pos : pos + 8] = ChunkAddr(
+                c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK_SIZE
+            ).pack()
             pos += 8
         return
     content = rec.content
     nfull = rec.full_blocks
     if nfull:
         start = rec.blkaddr * BLOCK_SIZE
-        body = content[:nfull * BLOCK_SIZE] if rec.layout == LAYOUT_FLAT_INLINE else content
-        out[start:start + len(body)] = body
+        body = content[: nfull * BLOCK_SIZE] if rec.layout == LAYOUT_FLAT_INLINE else content
+        out[start : start + len(body)] = body
     if rec.tail:
-        tail = content[nfull * BLOCK_SIZE:]
-        out[pos:pos + len(tail)] = tail
+        tail = content[nfull * BLOCK_SIZE :]
+        out[pos : pos + len(tail)] = tail
 
 
 def _chunk_table(order: list[_Rec], opts: BootstrapOptions) -> list[ChunkInfo]:
@@ -346,6 +369,15 @@ def _chunk_table(order: list[_Rec], opts: BootstrapOptions) -> list[ChunkInfo]:
 
 
 def _chunk_info(c: Chunk, file_offset: int) -> ChunkInfo:
-    return ChunkInfo(c.digest, c.blob_index, ChunkFlags.COMPRESSED if c.compressed else 0,
-                     c.compressed_size, c.uncompressed_size, c.compressed_offset,
-                     c.uncompressed_offset, file_offset, c.ci_index, 0)
+    return ChunkInfo(
+        c.digest,
+        c.blob_index,
+        ChunkFlags.COMPRESSED if c.compressed else 0,
+        c.compressed_size,
+        c.uncompressed_size,
+        c.compressed_offset,
+        c.uncompressed_offset,
+        file_offset,
+        c.ci_index,
+        0,
+    )

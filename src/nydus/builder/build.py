@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
+from typing import NoReturn
 
 from nydus.builder.blob import BlobWriter
 from nydus.builder.bootstrap import BootstrapOptions, write_bootstrap
@@ -78,11 +79,14 @@ def load_bootstrap(path: str, what: str = "bootstrap") -> RafsSuper:
 def _check_options(o: CreateOptions) -> str:
     kind = SOURCE_TYPES.get(o.source_type)
     if kind is None:
-        raise BuildError(f"unsupported source type {o.source_type!r} "
-                         "(dir-rafs, tar-rafs or targz-rafs)")
+        raise BuildError(
+            f"unsupported source type {o.source_type!r} (dir-rafs, tar-rafs or targz-rafs)"
+        )
     if not valid_chunk_size(o.chunk_size):
-        raise BuildError(f"invalid chunk size 0x{o.chunk_size:x}: must be a power of two "
-                         "between 0x1000 and 0x1000000")
+        raise BuildError(
+            f"invalid chunk size 0x{o.chunk_size:x}: must be a power of two "
+            "between 0x1000 and 0x1000000"
+        )
     if o.whiteout_spec not in ("oci", "overlayfs", "none"):
         raise BuildError(f"invalid whiteout spec {o.whiteout_spec!r}")
     if not o.bootstrap and not o.blob_dir and not o.blob_inline_meta:
@@ -111,24 +115,38 @@ def create(o: CreateOptions) -> BuildResult:
     if o.parent_bootstrap:
         parent = load_bootstrap(o.parent_bootstrap, "parent bootstrap")
         if parent.version != 6:
-            raise BuildError(f"parent bootstrap {o.parent_bootstrap} is RAFS v5; "
-                             "layers are built as RAFS v6 only")
+            raise BuildError(
+                f"parent bootstrap {o.parent_bootstrap} is RAFS v5; "
+                "layers are built as RAFS v6 only"
+            )
         if parent.chunk_size != o.chunk_size:
-            raise BuildError(f"parent bootstrap chunk size 0x{parent.chunk_size:x} differs from "
-                             f"--chunk-size 0x{o.chunk_size:x}")
+            raise BuildError(
+                f"parent bootstrap chunk size 0x{parent.chunk_size:x} differs from "
+                f"--chunk-size 0x{o.chunk_size:x}"
+            )
         if parent.digester != o.digester:
-            raise BuildError(f"parent bootstrap uses digester {parent.digester.label}, "
-                             f"not {o.digester.label}")
+            raise BuildError(
+                f"parent bootstrap uses digester {parent.digester.label}, not {o.digester.label}"
+            )
         lower = load_tree(parent)
         blobs = list(parent.blobs)
-        for path, node in lower.walk():
+        for _path, node in lower.walk():
             for c in node.inode.chunks:
                 dedup.setdefault(c.digest, c)
     blob_index = len(blobs)
-    blob_out = AtomicFile(o.blob) if o.blob else (
-        AtomicFile(os.path.join(o.blob_dir, ".blob")) if o.blob_dir else None)
-    writer = BlobWriter(blob_out.open if blob_out else _no_blob, blob_index, o.compressor,
-                        o.digester, o.chunk_size, dedup)
+    blob_out = (
+        AtomicFile(o.blob)
+        if o.blob
+        else (AtomicFile(os.path.join(o.blob_dir, ".blob")) if o.blob_dir else None)
+    )
+    writer = BlobWriter(
+        blob_out.open if blob_out else _no_blob,
+        blob_index,
+        o.compressor,
+        o.digester,
+        o.chunk_size,
+        dedup,
+    )
     boot_out = AtomicFile(o.bootstrap) if o.bootstrap else None
     try:
         tree = _read_source(o, kind, writer)
@@ -138,17 +156,20 @@ def create(o: CreateOptions) -> BuildResult:
             root = tree
         else:
             root = apply_layer(lower, tree, o.whiteout_spec)
-        bopts = BootstrapOptions(o.chunk_size, o.compressor, o.digester,
-                                 explicit_uid_gid=not o.repeatable)
+        bopts = BootstrapOptions(
+            o.chunk_size, o.compressor, o.digester, explicit_uid_gid=not o.repeatable
+        )
         prefetch = _prefetch_nodes(root, o.prefetch_patterns)
 
         def inline(info: BlobInfo) -> bytes:
-            table = blobs + ([replace(info, blob_id=PLACEHOLDER_BLOB_ID)]
-                             if writer.chunk_count else [])
+            table = blobs + (
+                [replace(info, blob_id=PLACEHOLDER_BLOB_ID)] if writer.chunk_count else []
+            )
             return write_bootstrap(root, table, bopts, prefetch)
 
-        res = writer.finish(blob_toc=o.blob_toc,
-                            inline_bootstrap=inline if o.blob_inline_meta else None)
+        res = writer.finish(
+            blob_toc=o.blob_toc, inline_bootstrap=inline if o.blob_inline_meta else None
+        )
         blob_id = None
         blob_path = None
         if res is not None:
@@ -186,20 +207,27 @@ def create(o: CreateOptions) -> BuildResult:
             boot_out.discard()
         raise
     info = blobs[-1] if res is not None and res.chunk_count else None
-    return BuildResult(boot_path, [b.blob_id for b in blobs], blob_path,
-                       res.size if res else 0, blob_id, tree=root if o.keep_tree else None,
-                       blob_info=info)
+    return BuildResult(
+        boot_path,
+        [b.blob_id for b in blobs],
+        blob_path,
+        res.size if res else 0,
+        blob_id,
+        tree=root if o.keep_tree else None,
+        blob_info=info,
+    )
 
 
-def _no_blob():  # noqa: ANN202
+def _no_blob() -> NoReturn:
     raise BuildError("file data present but no --blob or --blob-dir given")
 
 
 def _read_source(o: CreateOptions, kind: str, writer: BlobWriter) -> Node:
     if kind == "dir":
         if not os.path.isdir(o.source):
-            raise BuildError(f"source {o.source} is not a directory (use --type tar-rafs "
-                             "for a tar layer)")
+            raise BuildError(
+                f"source {o.source} is not a directory (use --type tar-rafs for a tar layer)"
+            )
         return read_dir_tree(o.source, writer)
     if os.path.isdir(o.source):
         raise BuildError(f"source {o.source} is a directory, not a tar layer")
@@ -260,11 +288,13 @@ def merge(o: MergeOptions) -> BuildResult:
     if not o.sources:
         raise BuildError("merge needs at least one source bootstrap")
     if o.blob_digests is not None and len(o.blob_digests) != len(o.sources):
-        raise BuildError(f"--blob-digests has {len(o.blob_digests)} values for "
-                         f"{len(o.sources)} sources")
+        raise BuildError(
+            f"--blob-digests has {len(o.blob_digests)} values for {len(o.sources)} sources"
+        )
     if o.blob_sizes is not None and len(o.blob_sizes) != len(o.sources):
-        raise BuildError(f"--blob-sizes has {len(o.blob_sizes)} values for "
-                         f"{len(o.sources)} sources")
+        raise BuildError(
+            f"--blob-sizes has {len(o.blob_sizes)} values for {len(o.sources)} sources"
+        )
     named: list[tuple[str | None, int | None, RafsSuper]] = []
     if o.parent_bootstrap:
         named.append((None, None, load_bootstrap(o.parent_bootstrap, "parent bootstrap")))
@@ -287,19 +317,30 @@ def merge(o: MergeOptions) -> BuildResult:
             bid = b.blob_id
             if bid == PLACEHOLDER_BLOB_ID or b.features & BlobFeatures.INLINED_FS_META:
                 if override is None:
-                    raise BuildError("a source bootstrap has a placeholder blob id; name the "
-                                     "file by the blob digest or pass --blob-digests")
+                    raise BuildError(
+                        "a source bootstrap has a placeholder blob id; name the "
+                        "file by the blob digest or pass --blob-digests"
+                    )
                 bid = override
                 if size is not None:
                     b = replace(b, compressed_size=size)
             blobs.append(replace(b, blob_id=bid))
-        layers.append(MergeLayer(load_tree(sb), blobs, sb.chunk_size, sb.compressor,
-                                 sb.digester, bool(sb.flags & SuperFlags.EXPLICIT_UID_GID)))
+        layers.append(
+            MergeLayer(
+                load_tree(sb),
+                blobs,
+                sb.chunk_size,
+                sb.compressor,
+                sb.digester,
+                bool(sb.flags & SuperFlags.EXPLICIT_UID_GID),
+            )
+        )
     return merge_layers(layers, o.bootstrap, o.prefetch_patterns)
 
 
-def merge_layers(layers: list[MergeLayer], bootstrap: str,
-                 prefetch_patterns: list[str] | None = None) -> BuildResult:
+def merge_layers(
+    layers: list[MergeLayer], bootstrap: str, prefetch_patterns: list[str] | None = None
+) -> BuildResult:
     """Stack layer trees with OCI whiteouts (modifying them) and write one bootstrap whose
     blob table lists the referenced blobs in BFS first-reference order."""
     if not layers:

@@ -23,9 +23,11 @@ class CheckReport:
         lines = ["RAFS filesystem metadata is valid, referenced data blobs: "]
         for i, b in enumerate(self.blobs):
             feats = "|".join(blob_features_names(b.features)) or "0"
-            lines.append(f"\t {i}: {b.blob_id}, compressed size {b.compressed_size}, "
-                         f"uncompressed size {b.uncompressed_size}, chunk size: {b.chunk_size}, "
-                         f"chunk count: {b.chunk_count}, features: {feats}")
+            lines.append(
+                f"\t {i}: {b.blob_id}, compressed size {b.compressed_size}, "
+                f"uncompressed size {b.uncompressed_size}, chunk size: {b.chunk_size}, "
+                f"chunk count: {b.chunk_count}, features: {feats}"
+            )
         return lines
 
     @property
@@ -47,8 +49,15 @@ def check_bootstrap(sb: RafsSuper) -> CheckReport:
             continue
         seen.add(ino)
         fmt = stat.S_IFMT(a.mode)
-        if fmt not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
-                       stat.S_IFIFO, stat.S_IFSOCK):
+        if fmt not in (
+            stat.S_IFREG,
+            stat.S_IFDIR,
+            stat.S_IFLNK,
+            stat.S_IFCHR,
+            stat.S_IFBLK,
+            stat.S_IFIFO,
+            stat.S_IFSOCK,
+        ):
             raise FormatError(f"{where}: invalid file mode 0o{a.mode:o}")
         sb.xattrs(ino)
         if a.is_symlink:
@@ -62,8 +71,10 @@ def check_bootstrap(sb: RafsSuper) -> CheckReport:
             for c in chunks:
                 blob = sb.blobs[c.blob_index]
                 if sb.version == 6 and c.ci_index >= blob.chunk_count:
-                    raise FormatError(f"{where}: chunk index {c.ci_index} beyond the "
-                                      f"{blob.chunk_count} chunks of blob {blob.blob_id}")
+                    raise FormatError(
+                        f"{where}: chunk index {c.ci_index} beyond the "
+                        f"{blob.chunk_count} chunks of blob {blob.blob_id}"
+                    )
                 if c.uncompressed_size is not None:
                     end = c.uncompressed_offset + c.uncompressed_size
                     if sb.version == 6 and end > blob.uncompressed_size:

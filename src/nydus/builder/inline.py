@@ -19,8 +19,9 @@ def extract_inline_bootstrap(blob_path: str) -> bytes:
             f.seek(size - tail_len)
             tail = f.read(tail_len)
             try:
-                entries = parse_toc(tail[-min(len(tail), 4096) // 128 * 128:]
-                                    if len(tail) >= 4096 else tail)
+                entries = parse_toc(
+                    tail[-min(len(tail), 4096) // 128 * 128 :] if len(tail) >= 4096 else tail
+                )
             except FormatError:
                 entries = []
             for e in entries:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import posixpath
 import stat
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from nydus.errors import NydusError
-from nydus.format.rafs import RafsSuper, walk
+from nydus.format.rafs import ChunkRef, RafsSuper, walk
 
 
 class Inspector:
@@ -36,29 +37,56 @@ class Inspector:
         cmd, args = words[0], words[1:]
         sb = self.sb
         if cmd == "stats":
-            return {"inodes_count": sum(1 for _ in walk(sb)), "version": sb.version,
-                    "flags": sb.flags, "chunk_size": sb.chunk_size,
-                    "blobs_count": len(sb.blobs)}
+            return {
+                "inodes_count": sum(1 for _ in walk(sb)),
+                "version": sb.version,
+                "flags": sb.flags,
+                "chunk_size": sb.chunk_size,
+                "blobs_count": len(sb.blobs),
+            }
         if cmd == "blobs":
-            return [{"blob_id": b.blob_id, "readahead_offset": 0, "readahead_size": 0,
-                     "decompressed_size": b.uncompressed_size,
-                     "compressed_size": b.compressed_size, "chunk_count": b.chunk_count,
-                     "features": b.features} for b in sb.blobs]
+            return [
+                {
+                    "blob_id": b.blob_id,
+                    "readahead_offset": 0,
+                    "readahead_size": 0,
+                    "decompressed_size": b.uncompressed_size,
+                    "compressed_size": b.compressed_size,
+                    "chunk_count": b.chunk_count,
+                    "features": b.features,
+                }
+                for b in sb.blobs
+            ]
         if cmd == "prefetch":
             paths = {ino: p for p, ino in walk(sb)}
-            return [{"inode": ino, "path": paths.get(ino, b"?").decode(errors="replace")}
-                    for ino in sb.prefetch_inos()]
+            return [
+                {"inode": ino, "path": paths.get(ino, b"?").decode(errors="replace")}
+                for ino in sb.prefetch_inos()
+            ]
         if cmd == "ls":
             ino = self._resolve(args[0] if args else ".")
-            return [{"name": e.name.decode(errors="replace"), "inode": e.ino,
-                     "mode": oct(sb.attr(e.ino).mode)} for e in sb.readdir(ino)]
+            return [
+                {
+                    "name": e.name.decode(errors="replace"),
+                    "inode": e.ino,
+                    "mode": oct(sb.attr(e.ino).mode),
+                }
+                for e in sb.readdir(ino)
+            ]
         if cmd == "stat":
             ino = self._resolve(args[0] if args else ".")
             a = sb.attr(ino)
-            out: dict[str, object] = {"inode": ino, "mode": oct(a.mode), "size": a.size,
-                                      "uid": a.uid, "gid": a.gid, "nlink": a.nlink,
-                                      "mtime": a.mtime, "mtime_nsec": a.mtime_nsec,
-                                      "rdev": a.rdev}
+            out: dict[str, object] = {
+                "inode": ino,
+                "mode": oct(a.mode),
+                "size": a.size,
+                "uid": a.uid,
+                "gid": a.gid,
+                "nlink": a.nlink,
+                "mtime": a.mtime,
+                "mtime_nsec": a.mtime_nsec,
+                "rdev": a.rdev,
+            }
             if stat.S_ISLNK(a.mode):
                 out["target"] = sb.readlink(ino).decode(errors="replace")
             xattrs = sb.xattrs(ino)
@@ -85,8 +113,10 @@ class Inspector:
             if not line or line.strip() in ("exit", "q"):
                 return
             if line.strip() == "help":
-                out("commands: stats, blobs, prefetch, ls [DIR], cd DIR, stat FILE, "
-                    "chunk FILE, exit\n")
+                out(
+                    "commands: stats, blobs, prefetch, ls [DIR], cd DIR, stat FILE, "
+                    "chunk FILE, exit\n"
+                )
                 continue
             try:
                 value = self.request(line)
@@ -97,9 +127,14 @@ class Inspector:
                 out(json.dumps(value, indent=2) + "\n")
 
 
-def _chunk_json(c) -> dict[str, object]:  # noqa: ANN001
-    return {"blob_index": c.blob_index, "index": c.ci_index, "file_offset": c.file_offset,
-            "uncompressed_offset": c.uncompressed_offset,
-            "uncompressed_size": c.uncompressed_size, "compressed_offset": c.compressed_offset,
-            "compressed_size": c.compressed_size,
-            "digest": c.digest.hex() if c.digest else None}
+def _chunk_json(c: ChunkRef) -> dict[str, object]:
+    return {
+        "blob_index": c.blob_index,
+        "index": c.ci_index,
+        "file_offset": c.file_offset,
+        "uncompressed_offset": c.uncompressed_offset,
+        "uncompressed_size": c.uncompressed_size,
+        "compressed_offset": c.compressed_offset,
+        "compressed_size": c.compressed_size,
+        "digest": c.digest.hex() if c.digest else None,
+    }

@@ -7,7 +7,7 @@ import stat
 
 from nydus.builder.tree import Chunk, InodeData, Node
 from nydus.errors import BuildError
-from nydus.format.rafs import RafsSuper
+from nydus.format.rafs import ChunkRef, RafsSuper
 
 OCI_WHITEOUT_PREFIX = b".wh."
 OCI_OPAQUE = b".wh..wh..opq"
@@ -24,7 +24,7 @@ def _whiteout_target(name: bytes, node: Node, spec: str) -> bytes | None:
     """The lower name removed by this entry, or None if it is no removal whiteout."""
     if spec == "oci":
         if name != OCI_OPAQUE and name.startswith(OCI_WHITEOUT_PREFIX):
-            return name[len(OCI_WHITEOUT_PREFIX):]
+            return name[len(OCI_WHITEOUT_PREFIX) :]
     elif spec == "overlayfs" and _is_overlay_whiteout(node):
         return name
     return None
@@ -38,7 +38,7 @@ def strip_whiteouts(node: Node, spec: str) -> None:
     """Drop whiteout entries of a layer that has nothing below it."""
     if spec == "none" or node.children is None:
         return
-    for path, n in node.walk():
+    for _path, n in node.walk():
         if n.children is None:
             continue
         if spec == "overlayfs":
@@ -77,8 +77,9 @@ def _merge_dir(lower: Node, upper: Node, spec: str) -> None:
         lower.inode = upper.inode
     for name in sorted(upper.children):
         child = upper.children[name]
-        if spec != "none" and (_whiteout_target(name, child, spec) is not None
-                               or _is_opaque_marker(name, spec)):
+        if spec != "none" and (
+            _whiteout_target(name, child, spec) is not None or _is_opaque_marker(name, spec)
+        ):
             continue
         existing = lower.children.get(name)
         if existing is not None and existing.children is not None and child.children is not None:
@@ -99,9 +100,16 @@ def load_tree(sb: RafsSuper, blob_map: list[int] | None = None) -> Node:
         a = sb.attr(ino)
         if a.is_reg and ino in inodes:
             return inodes[ino]
-        data = InodeData(mode=a.mode, uid=a.uid, gid=a.gid, mtime=a.mtime,
-                         mtime_nsec=a.mtime_nsec, rdev=a.rdev, size=a.size,
-                         xattrs=sb.xattrs(ino))
+        data = InodeData(
+            mode=a.mode,
+            uid=a.uid,
+            gid=a.gid,
+            mtime=a.mtime,
+            mtime_nsec=a.mtime_nsec,
+            rdev=a.rdev,
+            size=a.size,
+            xattrs=sb.xattrs(ino),
+        )
         if a.is_symlink:
             data.symlink = sb.readlink(ino)
         elif a.is_reg and a.size:
@@ -126,17 +134,28 @@ def load_tree(sb: RafsSuper, blob_map: list[int] | None = None) -> Node:
     return root
 
 
-def _chunk(sb: RafsSuper, ref, blob_map: list[int] | None,  # noqa: ANN001
-           cache: dict[tuple[int, int], Chunk]) -> Chunk:
+def _chunk(
+    sb: RafsSuper, ref: ChunkRef, blob_map: list[int] | None, cache: dict[tuple[int, int], Chunk]
+) -> Chunk:
     key = (ref.blob_index, ref.ci_index)
     hit = cache.get(key)
     if hit is not None:
         return hit
     if ref.digest is None or ref.uncompressed_size is None:
-        raise BuildError("bootstrap lacks a chunk table entry for blob "
-                         f"{ref.blob_index} chunk {ref.ci_index}; cannot reuse it")
+        raise BuildError(
+            "bootstrap lacks a chunk table entry for blob "
+            f"{ref.blob_index} chunk {ref.ci_index}; cannot reuse it"
+        )
     blob = blob_map[ref.blob_index] if blob_map is not None else ref.blob_index
-    c = Chunk(ref.digest, blob, ref.ci_index, ref.uncompressed_offset, ref.uncompressed_size,
-              ref.compressed_offset or 0, ref.compressed_size or 0, bool(ref.compressed))
+    c = Chunk(
+        ref.digest,
+        blob,
+        ref.ci_index,
+        ref.uncompressed_offset,
+        ref.uncompressed_size,
+        ref.compressed_offset or 0,
+        ref.compressed_size or 0,
+        bool(ref.compressed),
+    )
     cache[key] = c
     return c

@@ -28,9 +28,10 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes]:
         raw = os.fsencode(name)
         try:
             split_xattr_name(raw)
-        except Exception:
-            log.warning("skipping xattr %s of %s: namespace not supported by RAFS", name,
-                        os.fsdecode(path))
+        except Exception:  # noqa: BLE001 - any unsupported namespace: skip the xattr
+            log.warning(
+                "skipping xattr %s of %s: namespace not supported by RAFS", name, os.fsdecode(path)
+            )
             continue
         try:
             out[raw] = os.getxattr(path, name, follow_symlinks=False)
@@ -42,11 +43,15 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes]:
 
 
 def inode_from_stat(st: os.stat_result, xattrs: dict[bytes, bytes]) -> InodeData:
-    return InodeData(mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-                     mtime=st.st_mtime_ns // 1_000_000_000,
-                     mtime_nsec=st.st_mtime_ns % 1_000_000_000,
-                     rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
-                     xattrs=xattrs)
+    return InodeData(
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime=st.st_mtime_ns // 1_000_000_000,
+        mtime_nsec=st.st_mtime_ns % 1_000_000_000,
+        rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
+        xattrs=xattrs,
+    )
 
 
 def read_dir_tree(source: str | bytes, writer: BlobWriter | None) -> Node:
@@ -71,8 +76,9 @@ def read_dir_tree(source: str | bytes, writer: BlobWriter | None) -> Node:
         for ent in entries:
             name = ent.name
             if len(name) > MAX_NAME_LEN:
-                raise BuildError(f"file name longer than {MAX_NAME_LEN} bytes: "
-                                 f"{os.fsdecode(ent.path)}")
+                raise BuildError(
+                    f"file name longer than {MAX_NAME_LEN} bytes: {os.fsdecode(ent.path)}"
+                )
             p = ent.path
             try:
                 st = os.lstat(p)

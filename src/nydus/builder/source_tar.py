@@ -16,10 +16,14 @@ from nydus.format.v6 import split_xattr_name
 log = logging.getLogger(__name__)
 
 _TYPE_MODE = {
-    tarfile.REGTYPE: stat.S_IFREG, tarfile.AREGTYPE: stat.S_IFREG,
-    tarfile.CONTTYPE: stat.S_IFREG, tarfile.GNUTYPE_SPARSE: stat.S_IFREG,
-    tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
-    tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
+    tarfile.REGTYPE: stat.S_IFREG,
+    tarfile.AREGTYPE: stat.S_IFREG,
+    tarfile.CONTTYPE: stat.S_IFREG,
+    tarfile.GNUTYPE_SPARSE: stat.S_IFREG,
+    tarfile.DIRTYPE: stat.S_IFDIR,
+    tarfile.SYMTYPE: stat.S_IFLNK,
+    tarfile.CHRTYPE: stat.S_IFCHR,
+    tarfile.BLKTYPE: stat.S_IFBLK,
     tarfile.FIFOTYPE: stat.S_IFIFO,
 }
 
@@ -58,12 +62,15 @@ def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
         if key.startswith("SCHILY.xattr."):
             if value == "":  # an empty PAX record unsets the key (Go's archive/tar, umoci)
                 continue
-            name = _fs(key[len("SCHILY.xattr."):])
+            name = _fs(key[len("SCHILY.xattr.") :])
             try:
                 split_xattr_name(name)
-            except Exception:
-                log.warning("skipping xattr %s of %s: namespace not supported by RAFS",
-                            name.decode(errors="replace"), info.name)
+            except Exception:  # noqa: BLE001 - any unsupported namespace: skip the xattr
+                log.warning(
+                    "skipping xattr %s of %s: namespace not supported by RAFS",
+                    name.decode(errors="replace"),
+                    info.name,
+                )
                 continue
             out[name] = _fs(value)
     return out
@@ -74,7 +81,9 @@ def read_tar_tree(stream: BinaryIO, writer: BlobWriter | None, label: str) -> No
     root = Node.directory(b"", InodeData(mode=stat.S_IFDIR | 0o755))
     by_path: dict[tuple[bytes, ...], Node] = {(): root}
     try:
-        tf = tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape")
+        tf = tarfile.open(  # noqa: SIM115 - closed in the finally below
+            fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape"
+        )
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BuildError(f"{label}: not a readable tar archive: {exc}") from exc
     try:
@@ -93,7 +102,7 @@ def read_tar_tree(stream: BinaryIO, writer: BlobWriter | None, label: str) -> No
 def _parent(by_path: dict[tuple[bytes, ...], Node], parts: list[bytes]) -> Node:
     node = by_path[()]
     for i, p in enumerate(parts[:-1]):
-        key = tuple(parts[:i + 1])
+        key = tuple(parts[: i + 1])
         child = by_path.get(key)
         if child is None or child.children is None:
             child = Node.directory(p, InodeData(mode=stat.S_IFDIR | 0o755))
@@ -105,12 +114,23 @@ def _parent(by_path: dict[tuple[bytes, ...], Node], parts: list[bytes]) -> Node:
     return node
 
 
-def _add_member(tf: tarfile.TarFile, info: tarfile.TarInfo, root: Node,
-                by_path: dict[tuple[bytes, ...], Node], writer: BlobWriter | None) -> None:
+def _add_member(
+    tf: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    root: Node,
+    by_path: dict[tuple[bytes, ...], Node],
+    writer: BlobWriter | None,
+) -> None:
     parts = _split(info.name, "path")
     mtime, nsec = _mtime(info)
     mode_bits = info.mode & 0o7777
-    attrs = dict(uid=info.uid, gid=info.gid, mtime=mtime, mtime_nsec=nsec, xattrs=_xattrs(info))
+    attrs = {
+        "uid": info.uid,
+        "gid": info.gid,
+        "mtime": mtime,
+        "mtime_nsec": nsec,
+        "xattrs": _xattrs(info),
+    }
     if not parts:  # the root itself
         if info.isdir():
             root.inode = InodeData(mode=stat.S_IFDIR | mode_bits, **attrs)  # type: ignore[arg-type]
@@ -123,16 +143,27 @@ def _add_member(tf: tarfile.TarFile, info: tarfile.TarInfo, root: Node,
         target_parts = _split(info.linkname, "hardlink target")
         target = by_path.get(tuple(target_parts))
         if target is None:
-            raise BuildError(f"tar entry {info.name!r}: hardlink target {info.linkname!r} "
-                             "not found earlier in the layer")
+            raise BuildError(
+                f"tar entry {info.name!r}: hardlink target {info.linkname!r} "
+                "not found earlier in the layer"
+            )
         if target.children is not None:
             raise BuildError(f"tar entry {info.name!r}: hardlink to a directory")
         if target.inode.is_reg:
             data = target.inode
         else:  # hardlinks to symlinks/devices become separate inodes, as upstream does
             t = target.inode
-            data = InodeData(t.mode, t.uid, t.gid, t.mtime, t.mtime_nsec, t.rdev, t.size,
-                             dict(t.xattrs), t.symlink)
+            data = InodeData(
+                t.mode,
+                t.uid,
+                t.gid,
+                t.mtime,
+                t.mtime_nsec,
+                t.rdev,
+                t.size,
+                dict(t.xattrs),
+                t.symlink,
+            )
         node = Node(name, data)
         parent.children[name] = node
         by_path[key] = node

@@ -57,20 +57,20 @@ class InodeData:
 class Node:
     name: bytes
     inode: InodeData
-    children: dict[bytes, "Node"] | None = None
+    children: dict[bytes, Node] | None = None
     # a directory a tar layer implies (entries below it) without an entry of its own:
     # stacking it on a lower layer keeps the lower directory's attributes
     implicit: bool = False
 
     @classmethod
-    def directory(cls, name: bytes, inode: InodeData) -> "Node":
+    def directory(cls, name: bytes, inode: InodeData) -> Node:
         return cls(name, inode, {})
 
-    def sorted_children(self) -> list["Node"]:
+    def sorted_children(self) -> list[Node]:
         assert self.children is not None
         return [self.children[k] for k in sorted(self.children)]
 
-    def walk(self, prefix: bytes = b"") -> "list[tuple[bytes, Node]]":
+    def walk(self, prefix: bytes = b"") -> list[tuple[bytes, Node]]:
         """Every node below (and including) self with its path, parents first."""
         out = [(prefix or b"/", self)]
         stack = [(prefix, self)]

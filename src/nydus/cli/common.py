@@ -5,13 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TextIO
 
 from nydus.errors import NydusError
 
-LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-          "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
-          "off": logging.CRITICAL + 10}
+LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "off": logging.CRITICAL + 10,
+}
 
 
 class RustStyleFormatter(logging.Formatter):
@@ -26,7 +33,7 @@ class RustStyleFormatter(logging.Formatter):
         return f"{stamp} - {level} - {record.getMessage()}"
 
 
-def setup_logging(level: str = "info", stream=None) -> None:  # noqa: ANN001
+def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     lvl = LEVELS.get(level.lower())
     if lvl is None:
         raise NydusError(f"invalid log level {level!r} (trace, debug, info, warn, error)")

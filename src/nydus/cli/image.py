@@ -6,16 +6,21 @@ import argparse
 import json
 import logging
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from nydus import __version__
 from nydus.cli.common import parse_size, run_main, setup_logging
 from nydus.errors import BuildError, NydusError
 
+if TYPE_CHECKING:
+    from nydus.format.rafs import RafsSuper
+
 log = logging.getLogger("nydus.image")
 
-VERSION_TEXT = (f"Version: \tv{__version__}\nGit Commit: \tnone\nBuild Time: \tnone\n"
-                f"Profile: \trelease\nRustc: \tnone (nydus-py, Python {sys.version.split()[0]})")
+VERSION_TEXT = (
+    f"Version: \tv{__version__}\nGit Commit: \tnone\nBuild Time: \tnone\n"
+    f"Profile: \trelease\nRustc: \tnone (nydus-py, Python {sys.version.split()[0]})"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,17 +38,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-L", "--log-file")
     sub = p.add_subparsers(dest="cmd", parser_class=Parser)
 
-    c = sub.add_parser("create", help="create a RAFS filesystem from a directory or a tar layer",
-                       description="Create a RAFS v6 bootstrap and a Nydus data blob from a "
-                       "directory (dir-rafs) or an OCI layer tar (tar-rafs, targz-rafs).")
+    c = sub.add_parser(
+        "create",
+        help="create a RAFS filesystem from a directory or a tar layer",
+        description="Create a RAFS v6 bootstrap and a Nydus data blob from a "
+        "directory (dir-rafs) or an OCI layer tar (tar-rafs, targz-rafs).",
+    )
     c.add_argument("source", nargs="?", help="source directory or tar file (may be a FIFO)")
-    c.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs",
-                   help="source type: dir-rafs, tar-rafs, targz-rafs")
+    c.add_argument(
+        "-t",
+        "--type",
+        "--source-type",
+        dest="type",
+        default="dir-rafs",
+        help="source type: dir-rafs, tar-rafs, targz-rafs",
+    )
     c.add_argument("-B", "--bootstrap", help="output bootstrap file")
     c.add_argument("-b", "--blob", help="output data blob file (or FIFO)")
     c.add_argument("-D", "--blob-dir", help="directory to save the blob as <dir>/<blob id>")
-    c.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
-                   help="append the bootstrap and blob meta to the blob")
+    c.add_argument(
+        "--blob-inline-meta",
+        "--inline-bootstrap",
+        action="store_true",
+        help="append the bootstrap and blob meta to the blob",
+    )
     c.add_argument("--blob-id", help="(accepted for compatibility)")
     c.add_argument("--chunk-size", default="0x100000", help="chunk size (hex 0x... or decimal)")
     c.add_argument("--batch-size", default="0", help="only 0 is supported")
@@ -56,12 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--aligned-chunk", action="store_true", help="(v6 always aligns)")
     c.add_argument("--repeatable", action="store_true", help="no explicit uid/gid")
     c.add_argument("--whiteout-spec", default="oci", help="oci, overlayfs, none")
-    c.add_argument("--prefetch-policy", default="none",
-                   help="fs, blob, none; patterns are read from stdin")
+    c.add_argument(
+        "--prefetch-policy", default="none", help="fs, blob, none; patterns are read from stdin"
+    )
     c.add_argument("-J", "--output-json", help="write a JSON report")
     c.add_argument("-C", "--config", help="(accepted for compatibility)")
     c.add_argument("--backend-type", help="legacy: localfs")
-    c.add_argument("--backend-config", help='legacy: \'{"dir": DIR}\' or \'{"blob_file": F}\'')
+    c.add_argument("--backend-config", help="legacy: '{\"dir\": DIR}' or '{\"blob_file\": F}'")
     c.add_argument("--blob-meta", help="(legacy, ignored)")
     c.add_argument("--disable-check", action="store_true")
     c.add_argument("-l", "--log-level", dest="sub_log_level")
@@ -101,16 +120,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _output_json(path: str | None, bootstrap: str | None, blobs: list[str],
-                 compressor: str = "zstd") -> None:
+def _output_json(
+    path: str | None, bootstrap: str | None, blobs: list[str], compressor: str = "zstd"
+) -> None:
     if not path:
         return
     from nydus.builder.output import write_atomic
 
-    doc: dict[str, object] = {"version": f"{__version__}-none", "bootstrap": bootstrap, "blobs": blobs,
-           "external_bootstrap": None, "external_blobs": [], "trace": {}, "fs_version": "6",
-           "compressor": {"none": "None", "lz4_block": "Lz4Block", "zstd": "Zstd"}.get(
-               compressor, compressor)}
+    doc: dict[str, object] = {
+        "version": f"{__version__}-none",
+        "bootstrap": bootstrap,
+        "blobs": blobs,
+        "external_bootstrap": None,
+        "external_blobs": [],
+        "trace": {},
+        "fs_version": "6",
+        "compressor": {"none": "None", "lz4_block": "Lz4Block", "zstd": "Zstd"}.get(
+            compressor, compressor
+        ),
+    }
     write_atomic(path, json.dumps(doc, indent=2).encode())
 
 
@@ -129,10 +157,11 @@ def cmd_create(a: argparse.Namespace) -> int:
     from nydus.utils.compress import Compressor
     from nydus.utils.digest import Digester
 
-    if a.fs_version not in ("6",):
+    if a.fs_version != "6":
         if a.fs_version == "5":
-            raise BuildError("--fs-version 5 is not supported: this nydus-image writes RAFS v6 "
-                             "(it reads v5)")
+            raise BuildError(
+                "--fs-version 5 is not supported: this nydus-image writes RAFS v6 (it reads v5)"
+            )
         raise BuildError(f"invalid --fs-version {a.fs_version!r} (6)")
     if a.source is None:
         raise BuildError("missing SOURCE")
@@ -166,12 +195,21 @@ def cmd_create(a: argparse.Namespace) -> int:
     except NydusError:
         raise BuildError(f"invalid --chunk-size {a.chunk_size!r}") from None
     opts = CreateOptions(
-        source=a.source, source_type=a.type, bootstrap=a.bootstrap, blob=blob,
-        blob_dir=blob_dir, parent_bootstrap=a.parent_bootstrap,
-        compressor=Compressor.from_name(comp), digester=Digester.from_name(a.digester),
-        chunk_size=chunk_size, whiteout_spec=a.whiteout_spec,
-        blob_inline_meta=a.blob_inline_meta, blob_toc="blob-toc" in features,
-        repeatable=a.repeatable, prefetch_patterns=_patterns(a.prefetch_policy))
+        source=a.source,
+        source_type=a.type,
+        bootstrap=a.bootstrap,
+        blob=blob,
+        blob_dir=blob_dir,
+        parent_bootstrap=a.parent_bootstrap,
+        compressor=Compressor.from_name(comp),
+        digester=Digester.from_name(a.digester),
+        chunk_size=chunk_size,
+        whiteout_spec=a.whiteout_spec,
+        blob_inline_meta=a.blob_inline_meta,
+        blob_toc="blob-toc" in features,
+        repeatable=a.repeatable,
+        prefetch_patterns=_patterns(a.prefetch_policy),
+    )
     res = create(opts)
     log.info("successfully built RAFS filesystem: ")
     log.info("meta blob path: %s", res.bootstrap or "<none>")
@@ -186,15 +224,22 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
     digests = a.blob_digests.split(",") if a.blob_digests else None
     sizes = [parse_size(s) for s in a.blob_sizes.split(",")] if a.blob_sizes else None
-    res = merge(MergeOptions(a.sources, a.bootstrap, a.parent_bootstrap, digests,
-                             _patterns(a.prefetch_policy), sizes))
-    log.info("merged %d bootstraps into %s, blobs: %s", len(a.sources), a.bootstrap,
-             json.dumps(res.blob_ids))
+    res = merge(
+        MergeOptions(
+            a.sources, a.bootstrap, a.parent_bootstrap, digests, _patterns(a.prefetch_policy), sizes
+        )
+    )
+    log.info(
+        "merged %d bootstraps into %s, blobs: %s",
+        len(a.sources),
+        a.bootstrap,
+        json.dumps(res.blob_ids),
+    )
     _output_json(a.output_json, res.bootstrap, res.blob_ids)
     return 0
 
 
-def _open(a: argparse.Namespace):  # noqa: ANN202
+def _open(a: argparse.Namespace) -> tuple[str, RafsSuper]:
     from nydus.builder.build import load_bootstrap
 
     path = a.bootstrap or a.bootstrap_pos
@@ -243,10 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def body() -> int:
-        setup_logging(getattr(a, "sub_log_level", None) or a.log_level,
-                      _log_stream(getattr(a, "sub_log_file", None) or a.log_file))
-        handler = {"create": cmd_create, "merge": cmd_merge, "check": cmd_check,
-                   "inspect": cmd_inspect}.get(a.cmd)
+        setup_logging(
+            getattr(a, "sub_log_level", None) or a.log_level,
+            _log_stream(getattr(a, "sub_log_file", None) or a.log_file),
+        )
+        handler = {
+            "create": cmd_create,
+            "merge": cmd_merge,
+            "check": cmd_check,
+            "inspect": cmd_inspect,
+        }.get(a.cmd)
         if handler is None:
             parser.print_help()
             return 1
@@ -255,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(body)
 
 
-def _log_stream(path: str | None):  # noqa: ANN202
+def _log_stream(path: str | None) -> TextIO | None:
     if not path:
         return None
-    return open(path, "a")  # noqa: SIM115
+    return open(path, "a")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`nydusctl`: a small client of the nydusd API (interfaces.md §5).
 
-    nydusctl --sock SOCK [--raw] info | set log-level LEVEL
-                                | metrics backend | metrics cache | metrics fsstats
+nydusctl --sock SOCK [--raw] info | set log-level LEVEL
+                            | metrics backend | metrics cache | metrics fsstats
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import httpx
 
@@ -20,8 +21,23 @@ __all__ = ["main"]
 
 BLOCK_BUCKETS = ("<1K", "1K~", "4K~", "16K~", "64K~", "128K~", "512K~", "1M~")
 FS_LAT = ("<=200us", "<=1ms", "<=20ms", "<=50ms", "<=500ms", "<=1s", "<=2s", ">2s")
-FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr",
-        "opendir", "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget")
+FOPS = (
+    "getattr",
+    "readlink",
+    "open",
+    "release",
+    "read",
+    "statfs",
+    "getxattr",
+    "listxattr",
+    "opendir",
+    "lookup",
+    "readdir",
+    "readdirplus",
+    "access",
+    "forget",
+    "batch_forget",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,13 +65,15 @@ class Client:
 
     def __init__(self, sock: str) -> None:
         self.sock = sock
-        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=sock),
-                                  base_url="http://localhost", timeout=10.0)
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=sock), base_url="http://localhost", timeout=10.0
+        )
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            r = self._http.request(method, f"/api/{path}",
-                                   content=None if body is None else json.dumps(body))
+            r = self._http.request(
+                method, f"/api/{path}", content=None if body is None else json.dumps(body)
+            )
         except httpx.HTTPError as exc:
             raise NydusError(f"cannot reach nydusd at {self.sock}: {exc}") from exc
         if r.status_code == 204:
@@ -101,24 +119,36 @@ def _print_backend(d: dict[str, Any]) -> None:
     print(f"Read Amount:       \t{amount} bytes")
     print(f"Avg IO Size:       \t{amount // count if count else 0} bytes")
     print(f"Avg Read Latency:  \t{lat / count if count else 0:.2f} ms")
-    for name, n in zip(BLOCK_BUCKETS, d.get("read_count_block_size_dist") or []):
+    for name, n in zip(BLOCK_BUCKETS, d.get("read_count_block_size_dist") or [], strict=False):
         print(f"  {name:>6}: {n}")
 
 
 def _print_cache(d: dict[str, Any]) -> None:
-    for key in ("partial_hits", "whole_hits", "total", "entries_count", "prefetch_data_amount",
-                "prefetch_requests_count", "prefetch_workers", "prefetch_unmerged_chunks",
-                "prefetch_cumulative_time_millis", "data_all_ready", "store_path"):
+    for key in (
+        "partial_hits",
+        "whole_hits",
+        "total",
+        "entries_count",
+        "prefetch_data_amount",
+        "prefetch_requests_count",
+        "prefetch_workers",
+        "prefetch_unmerged_chunks",
+        "prefetch_cumulative_time_millis",
+        "data_all_ready",
+        "store_path",
+    ):
         print(f"{key:32}\t{d.get(key)}")
 
 
 def _print_fsstats(d: dict[str, Any]) -> None:
     print(f"Data Read:   \t{d.get('data_read')} bytes")
     print(f"Open Files:  \t{d.get('nr_opens')}")
-    for name, hits, errs in zip(FOPS, d.get("fop_hits") or [], d.get("fop_errors") or []):
+    for name, hits, errs in zip(
+        FOPS, d.get("fop_hits") or [], d.get("fop_errors") or [], strict=False
+    ):
         print(f"  {name:13} hits {hits:<10} errors {errs}")
     print("Read latency:")
-    for name, n in zip(FS_LAT, d.get("read_latency_dist") or []):
+    for name, n in zip(FS_LAT, d.get("read_latency_dist") or [], strict=False):
         print(f"  {name:>8}: {n}")
 
 
@@ -133,11 +163,15 @@ def _run(argv: Sequence[str] | None) -> int:
             client.call("PUT", "v1/daemon", {"log_level": args.value})
             return 0
         else:
-            path = {"backend": "v1/metrics/backend", "cache": "v1/metrics/blobcache",
-                    "fsstats": "v1/metrics"}[args.kind]
+            path = {
+                "backend": "v1/metrics/backend",
+                "cache": "v1/metrics/blobcache",
+                "fsstats": "v1/metrics",
+            }[args.kind]
             data = client.call("GET", path)
-            printer = {"backend": _print_backend, "cache": _print_cache,
-                       "fsstats": _print_fsstats}[args.kind]
+            printer = {"backend": _print_backend, "cache": _print_cache, "fsstats": _print_fsstats}[
+                args.kind
+            ]
         if args.raw:
             print(json.dumps(data))
         else:

@@ -1,8 +1,8 @@
 """`nydusd`: mount a RAFS image with FUSE and serve its API (interfaces.md §4.1).
 
-    nydusd [fuse] --config FILE --mountpoint DIR --bootstrap FILE [--apisock SOCK]
-           [--log-level info] [--thread-num N] [--id ID --supervisor SOCK]
-           [--prefetch-files FILE] [--virtual-mountpoint /] [-D DIR]
+nydusd [fuse] --config FILE --mountpoint DIR --bootstrap FILE [--apisock SOCK]
+       [--log-level info] [--thread-num N] [--id ID --supervisor SOCK]
+       [--prefetch-files FILE] [--virtual-mountpoint /] [-D DIR]
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import os
 import resource
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from nydus import __version__
 from nydus.cli.common import RustStyleFormatter, run_main, setup_logging
@@ -45,16 +46,33 @@ def _add_fuse_flags(p: argparse.ArgumentParser, top: bool) -> None:
     d = argparse.SUPPRESS if top else None
     p.add_argument("-M", "--mountpoint", default=d, help="FUSE mount target")
     p.add_argument("-B", "--bootstrap", default=d, help="RAFS bootstrap to mount at /")
-    p.add_argument("-D", "--localfs-dir", default=d,
-                   help="localfs backend and blob cache in this directory (instead of --config)")
+    p.add_argument(
+        "-D",
+        "--localfs-dir",
+        default=d,
+        help="localfs backend and blob cache in this directory (instead of --config)",
+    )
     p.add_argument("-s", "--shared-dir", default=d, help="(passthroughfs: not supported)")
-    p.add_argument("--prefetch-files", default=d,
-                   help="file listing paths (one per line) to prefetch into the cache")
+    p.add_argument(
+        "--prefetch-files",
+        default=d,
+        help="file listing paths (one per line) to prefetch into the cache",
+    )
     p.add_argument("-m", "--virtual-mountpoint", default=d, help="sub-path (only / supported)")
-    p.add_argument("--fuse-threads", "--thread-num", dest="threads", type=_threads,
-                   default=d, help="worker threads for file reads (1..1024, default 4)")
-    p.add_argument("--failover-policy", default=d, choices=("none", "resend", "flush"),
-                   help="(accepted for compatibility)")
+    p.add_argument(
+        "--fuse-threads",
+        "--thread-num",
+        dest="threads",
+        type=_threads,
+        default=d,
+        help="worker threads for file reads (1..1024, default 4)",
+    )
+    p.add_argument(
+        "--failover-policy",
+        default=d,
+        choices=("none", "resend", "flush"),
+        help="(accepted for compatibility)",
+    )
     p.add_argument("--writable", action="store_true", default=d, help="(not supported)")
     p.add_argument("--upgrade", action="store_true", default=d, help="(not supported)")
 
@@ -65,19 +83,32 @@ def _add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("-C", "--config", default=d, help="config file: v1 JSON, v2 JSON or TOML")
     p.add_argument("--id", default=d, help="daemon id (needs --supervisor)")
     p.add_argument("--supervisor", default=d, help="supervisor socket (needs --id)")
-    p.add_argument("-l", "--log-level", default=d,
-                   choices=("trace", "debug", "info", "warn", "error"), help="default info")
+    p.add_argument(
+        "-l",
+        "--log-level",
+        default=d,
+        choices=("trace", "debug", "info", "warn", "error"),
+        help="default info",
+    )
     p.add_argument("-L", "--log-file", default=d, help="log to this file instead of stderr")
     p.add_argument("--log-rotation-size", default=d, help="(accepted for compatibility)")
-    p.add_argument("--rlimit-nofile", type=int, default=d,
-                   help="raise the open-file limit (default 1000000, 0 leaves it)")
+    p.add_argument(
+        "--rlimit-nofile",
+        type=int,
+        default=d,
+        help="raise the open-file limit (default 1000000, 0 leaves it)",
+    )
     p.add_argument("--backend-source", default=d, help="(accepted for compatibility)")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nydusd", description="Mount a RAFS image (Nydus) with FUSE.")
-    p.add_argument("-V", "--version", action="version",
-                   version=f"nydusd v{__version__} (nydus-py, Python {sys.version.split()[0]})")
+    p.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"nydusd v{__version__} (nydus-py, Python {sys.version.split()[0]})",
+    )
     _add_global_flags(p, top=False)
     _add_fuse_flags(p, top=False)
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
@@ -170,10 +201,17 @@ def _run(argv: Sequence[str] | None) -> int:
         except (ValueError, OSError):
             pass
     opts = DaemonOptions(
-        mountpoint=args.mountpoint, bootstrap=args.bootstrap, config=cfg,
-        apisock=args.apisock, threads=args.threads or 4, id=args.id,
-        supervisor=args.supervisor, prefetch_files=_prefetch_list(args.prefetch_files),
-        virtual_mountpoint=args.virtual_mountpoint or "/", config_text=text)
+        mountpoint=args.mountpoint,
+        bootstrap=args.bootstrap,
+        config=cfg,
+        apisock=args.apisock,
+        threads=args.threads or 4,
+        id=args.id,
+        supervisor=args.supervisor,
+        prefetch_files=_prefetch_list(args.prefetch_files),
+        virtual_mountpoint=args.virtual_mountpoint or "/",
+        config_text=text,
+    )
     return run_daemon(opts)
 
 

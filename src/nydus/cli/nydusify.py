@@ -34,16 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target-insecure", action="store_true", default=_flag("TARGET_INSECURE"))
     c.add_argument("--plain-http", action="store_true")
     c.add_argument("--work-dir", default=_env("WORK_DIR", "./tmp"))
-    c.add_argument("--nydus-image", default=_env("NYDUS_IMAGE"),
-                   help="accepted; the builder runs in-process")
+    c.add_argument(
+        "--nydus-image", default=_env("NYDUS_IMAGE"), help="accepted; the builder runs in-process"
+    )
     c.add_argument("--fs-version", default=_env("FS_VERSION", "6"))
     c.add_argument("--compressor", default=_env("COMPRESSOR", "zstd"))
-    c.add_argument("--fs-chunk-size", "--chunk-size", dest="chunk_size",
-                   default=_env("FS_CHUNK_SIZE", "0x100000"))
+    c.add_argument(
+        "--fs-chunk-size",
+        "--chunk-size",
+        dest="chunk_size",
+        default=_env("FS_CHUNK_SIZE", "0x100000"),
+    )
     c.add_argument("--platform", default=None)
     c.add_argument("--all-platforms", action="store_true")
-    c.add_argument("--merge-platform", "--multi-platform", action="store_true",
-                   default=_flag("MERGE_PLATFORM"))
+    c.add_argument(
+        "--merge-platform", "--multi-platform", action="store_true", default=_flag("MERGE_PLATFORM")
+    )
     c.add_argument("--prefetch-patterns", action="store_true", default=_flag("PREFETCH_PATTERNS"))
     c.add_argument("--prefetch-dir", default=_env("PREFETCH_DIR"))
     c.add_argument("--oci", action="store_true", default=_flag("OCI"))
@@ -79,8 +85,11 @@ def cmd_convert(a: argparse.Namespace) -> int:
             raise NydusError("one of --target or --target-suffix is required")
         if "@" in a.source:
             raise NydusError("--target-suffix cannot be used with a digested source")
-        target = a.source + a.target_suffix if ":" in a.source.rsplit("/", 1)[-1] \
+        target = (
+            a.source + a.target_suffix
+            if ":" in a.source.rsplit("/", 1)[-1]
             else a.source + ":latest" + a.target_suffix
+        )
     if a.fs_version == "5":
         raise NydusError("--fs-version 5 is not supported: nydusify here converts to RAFS v6")
     if a.fs_version != "6":
@@ -103,8 +112,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
         if a.backend_type != "localfs":
             raise NydusError(f"unsupported --backend-type {a.backend_type!r} (localfs)")
         if bool(a.backend_config) == bool(a.backend_config_file):
-            raise NydusError("--backend-type needs exactly one of --backend-config or "
-                             "--backend-config-file")
+            raise NydusError(
+                "--backend-type needs exactly one of --backend-config or --backend-config-file"
+            )
         try:
             text = a.backend_config
             if a.backend_config_file:
@@ -117,27 +127,51 @@ def cmd_convert(a: argparse.Namespace) -> int:
     import time
 
     t0 = time.monotonic()
-    results = convert(ConvertOptions(
-        source=a.source, target=target, work_dir=a.work_dir,
-        source_insecure=a.source_insecure or a.plain_http,
-        target_insecure=a.target_insecure or a.plain_http, compressor=a.compressor,
-        chunk_size=chunk_size, platforms=a.platform.split(",") if a.platform else [],
-        all_platforms=a.all_platforms, merge_platform=a.merge_platform, oci=a.oci,
-        prefetch_patterns=patterns, backend_type=a.backend_type, backend_config=backend_config))
+    results = convert(
+        ConvertOptions(
+            source=a.source,
+            target=target,
+            work_dir=a.work_dir,
+            source_insecure=a.source_insecure or a.plain_http,
+            target_insecure=a.target_insecure or a.plain_http,
+            compressor=a.compressor,
+            chunk_size=chunk_size,
+            platforms=a.platform.split(",") if a.platform else [],
+            all_platforms=a.all_platforms,
+            merge_platform=a.merge_platform,
+            oci=a.oci,
+            prefetch_patterns=patterns,
+            backend_type=a.backend_type,
+            backend_config=backend_config,
+        )
+    )
     if a.output_json:
         with open(a.output_json, "w") as f:
-            json.dump({"ConversionElapsed": int((time.monotonic() - t0) * 1e9),
-                       "Manifests": [r.digest for r in results]}, f)
+            json.dump(
+                {
+                    "ConversionElapsed": int((time.monotonic() - t0) * 1e9),
+                    "Manifests": [r.digest for r in results],
+                },
+                f,
+            )
     return 0
 
 
 def cmd_check(a: argparse.Namespace) -> int:
     from nydus.converter.check import CheckOptions, check
 
-    check(CheckOptions(source=a.source, target=a.target, source_insecure=a.source_insecure,
-                       target_insecure=a.target_insecure, platform=a.platform,
-                       work_dir=a.work_dir, multi_platform=a.multi_platform,
-                       nydusd=a.nydusd or None))
+    check(
+        CheckOptions(
+            source=a.source,
+            target=a.target,
+            source_insecure=a.source_insecure,
+            target_insecure=a.target_insecure,
+            platform=a.platform,
+            work_dir=a.work_dir,
+            multi_platform=a.multi_platform,
+            nydusd=a.nydusd or None,
+        )
+    )
     return 0
 
 

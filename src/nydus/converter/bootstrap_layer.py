@@ -45,8 +45,11 @@ def make_bootstrap_layer(bootstrap: bytes, blob_metas: list[tuple[str, bytes]]) 
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as gz:
         gz.write(tar)
     data = buf.getvalue()
-    return BootstrapLayer(data, "sha256:" + hashlib.sha256(data).hexdigest(),
-                          "sha256:" + hashlib.sha256(tar).hexdigest())
+    return BootstrapLayer(
+        data,
+        "sha256:" + hashlib.sha256(data).hexdigest(),
+        "sha256:" + hashlib.sha256(tar).hexdigest(),
+    )
 
 
 def read_bootstrap_layer(gz_bytes: bytes) -> bytes:

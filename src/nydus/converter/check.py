@@ -36,7 +36,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from nydus.builder.check import CheckReport, check_bootstrap
 from nydus.converter.bootstrap_layer import read_bootstrap_layer
@@ -47,7 +47,6 @@ from nydus.format.rafs import open_bootstrap
 from nydus.oci import mediatypes as mt
 from nydus.oci.auth import load_credentials
 from nydus.oci.manifest import (
-    Descriptor,
     Index,
     Manifest,
     Platform,
@@ -59,7 +58,7 @@ from nydus.oci.manifest import (
 from nydus.oci.reference import Reference
 from nydus.oci.registry import RegistryClient
 
-__all__ = ["CheckOptions", "CheckError", "CheckResult", "FsReport", "check", "compare_trees"]
+__all__ = ["CheckError", "CheckOptions", "CheckResult", "FsReport", "check", "compare_trees"]
 
 log = logging.getLogger("nydus.converter")
 
@@ -138,8 +137,11 @@ def check(o: CheckOptions) -> CheckResult:
         _dump(dst_dir, "nydus", target)
         source = None
         if sref is not None:
-            sclient = (tclient if sref.host == tref.host and o.source_insecure == o.target_insecure
-                       else RegistryClient.for_reference(sref, skip_verify=o.source_insecure))
+            sclient = (
+                tclient
+                if sref.host == tref.host and o.source_insecure == o.target_insecure
+                else RegistryClient.for_reference(sref, skip_verify=o.source_insecure)
+            )
             log.info("Parsing image %s", o.source)
             source = _parse(sclient, sref, platform, nydus=False, multi=False)
             _dump(src_dir, "oci", source)
@@ -147,8 +149,9 @@ def check(o: CheckOptions) -> CheckResult:
         _manifest_rule(target, source)
         log.info("Checking Nydus bootstrap")
         boot_path, report = _bootstrap_rule(tclient, target, dst_dir)
-        result = CheckResult(target.manifest_digest, [b.blob_id for b in report.blobs],
-                             report.version)
+        result = CheckResult(
+            target.manifest_digest, [b.blob_id for b in report.blobs], report.version
+        )
         if source is not None and sclient is not None:
             log.info("Checking filesystem of %s against %s", o.target, o.source)
             result.fs = _filesystem_rule(o, sclient, source, tclient, target, boot_path, fs_dir)
@@ -165,55 +168,74 @@ def check(o: CheckOptions) -> CheckResult:
 # -- fetching ---------------------------------------------------------------------------------
 
 
-def _parse(client: RegistryClient, ref: Reference, platform: Platform, *, nydus: bool,
-           multi: bool) -> _Image:
+def _parse(
+    client: RegistryClient, ref: Reference, platform: Platform, *, nydus: bool, multi: bool
+) -> _Image:
     """The manifest of `ref` for `platform`: the Nydus one (`nydus`) or the OCI one."""
     what = "target" if nydus else "source"
     top = client.get_manifest(ref.repo, ref.ref)
     doc = parse_manifest(top.data, top.media_type)
     if isinstance(doc, Manifest):
         if multi:
-            raise CheckError(f"{what} image {ref} is a single manifest, not the merged index "
-                             "--multi-platform requires (convert with --merge-platform)")
+            raise CheckError(
+                f"{what} image {ref} is a single manifest, not the merged index "
+                "--multi-platform requires (convert with --merge-platform)"
+            )
         if not nydus and is_nydus_manifest(doc):
-            raise CheckError(f"source image {ref} is a Nydus image; give the OCI image it was "
-                             "converted from")
+            raise CheckError(
+                f"source image {ref} is a Nydus image; give the OCI image it was converted from"
+            )
         return _with_config(client, ref, None, None, doc, top.data, top.digest)
-    candidates = [e for e in doc.manifests
-                  if e.platform is not None and platform.matches(e.platform)
-                  and mt.is_manifest(e.media_type)]
+    candidates = [
+        e
+        for e in doc.manifests
+        if e.platform is not None and platform.matches(e.platform) and mt.is_manifest(e.media_type)
+    ]
     have = ", ".join(sorted({str(e.platform) for e in doc.manifests if e.platform})) or "none"
     if not candidates:
-        raise CheckError(f"{what} index {ref} has no manifest for platform {platform} "
-                         f"(platforms: {have})")
+        raise CheckError(
+            f"{what} index {ref} has no manifest for platform {platform} (platforms: {have})"
+        )
     marked = [e for e in candidates if is_nydus_index_entry(e)]
     if multi:
         if not marked:
-            raise CheckError(f"{what} index {ref} has no Nydus manifest (artifactType "
-                             f"{mt.NYDUS_MANIFEST_ARTIFACT}) for platform {platform}")
+            raise CheckError(
+                f"{what} index {ref} has no Nydus manifest (artifactType "
+                f"{mt.NYDUS_MANIFEST_ARTIFACT}) for platform {platform}"
+            )
         if len(marked) == len(candidates):
-            raise CheckError(f"{what} index {ref} has no OCI manifest for platform {platform} "
-                             "beside the Nydus one")
-    ordered = (marked + [e for e in candidates if e not in marked] if nydus
-               else [e for e in candidates if e not in marked])
+            raise CheckError(
+                f"{what} index {ref} has no OCI manifest for platform {platform} "
+                "beside the Nydus one"
+            )
+    ordered = (
+        marked + [e for e in candidates if e not in marked]
+        if nydus
+        else [e for e in candidates if e not in marked]
+    )
     for entry in ordered:
         fetched = client.get_manifest(ref.repo, entry.digest)
         manifest = Manifest.from_json(fetched.data)
         if is_nydus_manifest(manifest) == nydus:
-            return _with_config(client, ref, doc, top.data, manifest, fetched.data,
-                                fetched.digest)
+            return _with_config(client, ref, doc, top.data, manifest, fetched.data, fetched.digest)
     kind = "Nydus" if nydus else "non-Nydus (OCI)"
     raise CheckError(f"{what} index {ref} has no {kind} manifest for platform {platform}")
 
 
-def _with_config(client: RegistryClient, ref: Reference, index: Index | None,
-                 index_data: bytes | None, manifest: Manifest, data: bytes, digest: str
-                 ) -> _Image:
+def _with_config(
+    client: RegistryClient,
+    ref: Reference,
+    index: Index | None,
+    index_data: bytes | None,
+    manifest: Manifest,
+    data: bytes,
+    digest: str,
+) -> _Image:
     raw = client.read_blob(ref.repo, manifest.config.digest)
     try:
         config = json.loads(raw)
         if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
+            raise ValueError("not a JSON object")  # noqa: TRY004 - caught just below
     except ValueError as exc:
         raise CheckError(f"image config {manifest.config.digest} of {ref}: {exc}") from None
     return _Image(ref, index, index_data, manifest, data, digest, config)
@@ -224,8 +246,11 @@ def _dump(directory: Path, kind: str, image: _Image) -> None:
         obj = json.loads(data) if isinstance(data, bytes) else data
         (directory / name).write_text(json.dumps(obj, indent=2) + "\n")
 
-    log.info("Dumping %s manifest and config to %s", kind.upper() if kind == "oci" else "Nydus",
-             directory)
+    log.info(
+        "Dumping %s manifest and config to %s",
+        kind.upper() if kind == "oci" else "Nydus",
+        directory,
+    )
     if image.index_data is not None:
         write(f"{kind}_index.json", image.index_data)
     write(f"{kind}_manifest.json", image.manifest_data)
@@ -241,50 +266,69 @@ def _manifest_rule(target: _Image, source: _Image | None) -> None:
     if not m.layers:
         raise CheckError(f"invalid Nydus manifest {target.manifest_digest}: no layers")
     last = m.layers[-1]
-    if not any(mt.NYDUS_BOOTSTRAP_ANNOTATION in x.annotations
-               or mt.NYDUS_BLOB_ANNOTATION in x.annotations for x in m.layers):
-        raise CheckError(f"{target.ref} ({target.manifest_digest}) is not a Nydus image: no "
-                         f"layer has a {mt.NYDUS_BOOTSTRAP_ANNOTATION} or "
-                         f"{mt.NYDUS_BLOB_ANNOTATION} annotation")
+    if not any(
+        mt.NYDUS_BOOTSTRAP_ANNOTATION in x.annotations or mt.NYDUS_BLOB_ANNOTATION in x.annotations
+        for x in m.layers
+    ):
+        raise CheckError(
+            f"{target.ref} ({target.manifest_digest}) is not a Nydus image: no "
+            f"layer has a {mt.NYDUS_BOOTSTRAP_ANNOTATION} or "
+            f"{mt.NYDUS_BLOB_ANNOTATION} annotation"
+        )
     value = last.annotations.get(mt.NYDUS_BOOTSTRAP_ANNOTATION)
     if value != "true":
-        problems.append(f"last layer {last.digest} is not a bootstrap layer: annotation "
-                        f"{mt.NYDUS_BOOTSTRAP_ANNOTATION} is {value!r}, want \"true\"")
+        problems.append(
+            f"last layer {last.digest} is not a bootstrap layer: annotation "
+            f'{mt.NYDUS_BOOTSTRAP_ANNOTATION} is {value!r}, want "true"'
+        )
     if last.media_type not in mt.BOOTSTRAP_LAYER_TYPES:
-        problems.append(f"bootstrap layer {last.digest} has media type {last.media_type!r}, "
-                        f"want one of {', '.join(sorted(mt.BOOTSTRAP_LAYER_TYPES))}")
+        problems.append(
+            f"bootstrap layer {last.digest} has media type {last.media_type!r}, "
+            f"want one of {', '.join(sorted(mt.BOOTSTRAP_LAYER_TYPES))}"
+        )
     fs_version = last.annotations.get(mt.NYDUS_FS_VERSION_ANNOTATION)
     if fs_version not in (None, "5", "6"):
-        problems.append(f"bootstrap layer annotation {mt.NYDUS_FS_VERSION_ANNOTATION} is "
-                        f"{fs_version!r}, want \"5\" or \"6\"")
+        problems.append(
+            f"bootstrap layer annotation {mt.NYDUS_FS_VERSION_ANNOTATION} is "
+            f'{fs_version!r}, want "5" or "6"'
+        )
     for i, layer in enumerate(m.layers[:-1]):
         if layer.media_type != mt.NYDUS_BLOB:
-            problems.append(f"layer {i} ({layer.digest}) has media type {layer.media_type!r}, "
-                            f"want {mt.NYDUS_BLOB}")
+            problems.append(
+                f"layer {i} ({layer.digest}) has media type {layer.media_type!r}, "
+                f"want {mt.NYDUS_BLOB}"
+            )
         blob = layer.annotations.get(mt.NYDUS_BLOB_ANNOTATION)
         if blob != "true":
-            problems.append(f"layer {i} ({layer.digest}): annotation "
-                            f"{mt.NYDUS_BLOB_ANNOTATION} is {blob!r}, want \"true\"")
+            problems.append(
+                f"layer {i} ({layer.digest}): annotation "
+                f'{mt.NYDUS_BLOB_ANNOTATION} is {blob!r}, want "true"'
+            )
     diff_ids = (target.config.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(m.layers):
         problems.append(f"config has {len(diff_ids)} rootfs.diff_ids for {len(m.layers)} layers")
     else:
-        for i, (layer, diff_id) in enumerate(zip(m.layers[:-1], diff_ids)):
+        for i, (layer, diff_id) in enumerate(zip(m.layers[:-1], diff_ids, strict=False)):
             if mt.NYDUS_REF_ANNOTATION not in layer.annotations and diff_id != layer.digest:
-                problems.append(f"layer {i}: diff id {diff_id} is not the blob digest "
-                                f"{layer.digest}")
+                problems.append(
+                    f"layer {i}: diff id {diff_id} is not the blob digest {layer.digest}"
+                )
     if source is not None:
         a, b = _runtime_config(source.config), _runtime_config(target.config)
         if a != b:
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             problems.append(f"image config differs from the source's in {', '.join(keys)}")
     if problems:
-        raise CheckError(f"invalid Nydus manifest {target.manifest_digest}: "
-                         + "; ".join(problems[:MAX_LISTED])
-                         + (f"; ... {len(problems) - MAX_LISTED} more"
-                            if len(problems) > MAX_LISTED else ""))
-    log.info("Nydus manifest %s is valid: %d blob layers and a bootstrap layer",
-             target.manifest_digest, len(m.layers) - 1)
+        raise CheckError(
+            f"invalid Nydus manifest {target.manifest_digest}: "
+            + "; ".join(problems[:MAX_LISTED])
+            + (f"; ... {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else "")
+        )
+    log.info(
+        "Nydus manifest %s is valid: %d blob layers and a bootstrap layer",
+        target.manifest_digest,
+        len(m.layers) - 1,
+    )
 
 
 def _runtime_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -296,8 +340,9 @@ def _runtime_config(config: dict[str, Any]) -> dict[str, Any]:
 # -- bootstrap rule ---------------------------------------------------------------------------
 
 
-def _bootstrap_rule(client: RegistryClient, target: _Image, out_dir: Path
-                    ) -> tuple[Path, CheckReport]:
+def _bootstrap_rule(
+    client: RegistryClient, target: _Image, out_dir: Path
+) -> tuple[Path, CheckReport]:
     m, repo = target.manifest, target.ref.repo
     layer = m.layers[-1]
     log.info("Pulling Nydus bootstrap %s", layer.digest)
@@ -321,45 +366,71 @@ def _bootstrap_rule(client: RegistryClient, target: _Image, out_dir: Path
     try:
         report = check_bootstrap(open_bootstrap(boot))
     except (FormatError, ValueError, IndexError) as exc:
-        raise CheckError(f"bootstrap {boot_path} (layer {layer.digest}) is invalid: "
-                         f"{exc}") from None
+        raise CheckError(
+            f"bootstrap {boot_path} (layer {layer.digest}) is invalid: {exc}"
+        ) from None
     for line in report.summary_lines():
         log.debug("%s", line.strip())
     version = layer.annotations.get(mt.NYDUS_FS_VERSION_ANNOTATION)
     if version is not None and version != str(report.version):
-        problems.append(f"bootstrap is RAFS v{report.version} but the layer annotation "
-                        f"{mt.NYDUS_FS_VERSION_ANNOTATION} says {version!r}")
+        problems.append(
+            f"bootstrap is RAFS v{report.version} but the layer annotation "
+            f"{mt.NYDUS_FS_VERSION_ANNOTATION} says {version!r}"
+        )
     blob_layers = m.layers[:-1]
     zran = any(mt.NYDUS_REF_ANNOTATION in x.annotations for x in blob_layers)
     if blob_layers and not zran:
         hexes = {x.digest.split(":", 1)[1] for x in blob_layers}
         for b in report.blobs:
             if b.blob_id not in hexes:
-                problems.append(f"blob {b.blob_id} of the bootstrap's blob table is not a blob "
-                                "layer of the manifest")
+                problems.append(
+                    f"blob {b.blob_id} of the bootstrap's blob table is not a blob "
+                    "layer of the manifest"
+                )
     for x in {x.digest: x for x in blob_layers}.values():
         size = client.stat_blob(repo, x.digest)
         if size is None:
             problems.append(f"blob layer {x.digest} is missing from {target.ref.name}")
         elif size >= 0 and size != x.size:
-            problems.append(f"blob layer {x.digest} has {size} bytes in the registry, the "
-                            f"manifest says {x.size}")
-    (out_dir / "nydus_output.json").write_text(json.dumps({
-        "version": report.version, "inodes": report.inodes, "entries": report.entries,
-        "blobs": [b.blob_id for b in report.blobs]}, indent=2) + "\n")
+            problems.append(
+                f"blob layer {x.digest} has {size} bytes in the registry, the "
+                f"manifest says {x.size}"
+            )
+    (out_dir / "nydus_output.json").write_text(
+        json.dumps(
+            {
+                "version": report.version,
+                "inodes": report.inodes,
+                "entries": report.entries,
+                "blobs": [b.blob_id for b in report.blobs],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if problems:
         raise CheckError(f"invalid Nydus bootstrap layer {layer.digest}: " + "; ".join(problems))
-    log.info("Nydus bootstrap is valid: RAFS v%d, %d inodes, %d blobs", report.version,
-             report.inodes, len(report.blobs))
+    log.info(
+        "Nydus bootstrap is valid: RAFS v%d, %d inodes, %d blobs",
+        report.version,
+        report.inodes,
+        len(report.blobs),
+    )
     return boot_path, report
 
 
 # -- filesystem rule --------------------------------------------------------------------------
 
 
-def _filesystem_rule(o: CheckOptions, sclient: RegistryClient, source: _Image,
-                     tclient: RegistryClient, target: _Image, boot_path: Path, fs_dir: Path
-                     ) -> FsReport:
+def _filesystem_rule(
+    o: CheckOptions,
+    sclient: RegistryClient,
+    source: _Image,
+    tclient: RegistryClient,
+    target: _Image,
+    boot_path: Path,
+    fs_dir: Path,
+) -> FsReport:
     src_root, mnt = fs_dir / "source", fs_dir / "target_mounted"
     mnt.mkdir(parents=True)
     try:
@@ -371,8 +442,13 @@ def _filesystem_rule(o: CheckOptions, sclient: RegistryClient, source: _Image,
             unpacker.apply_layer(open_layer_stream(reader), f"source layer {layer.digest}")
             reader.drain()  # the digest is verified at the end of the stream
         stats = unpacker.finish()
-        log.info("Unpacked %d source layers (%d entries, %d whiteouts) in %.1fs",
-                 stats.layers, stats.entries, stats.whiteouts, time.monotonic() - t0)
+        log.info(
+            "Unpacked %d source layers (%d entries, %d whiteouts) in %.1fs",
+            stats.layers,
+            stats.entries,
+            stats.whiteouts,
+            time.monotonic() - t0,
+        )
         skipped = {os.fsencode(p.lstrip("/")) for p in stats.skipped_devices}
         log.info("Mounting Nydus image to %s", mnt)
         with _Nydusd(o, tclient, target.ref, boot_path, mnt, fs_dir):
@@ -381,13 +457,17 @@ def _filesystem_rule(o: CheckOptions, sclient: RegistryClient, source: _Image,
             elapsed = time.monotonic() - t0
     finally:
         shutil.rmtree(src_root, ignore_errors=True)
-    summary = (f"{report.entries} entries ({report.files} files, {report.dirs} directories, "
-               f"{report.symlinks} symlinks, {report.others} other), {report.bytes} bytes of "
-               f"file data compared in {elapsed:.1f}s")
+    summary = (
+        f"{report.entries} entries ({report.files} files, {report.dirs} directories, "
+        f"{report.symlinks} symlinks, {report.others} other), {report.bytes} bytes of "
+        f"file data compared in {elapsed:.1f}s"
+    )
     if report.differences:
-        raise CheckError(f"filesystem of {o.target} differs from {o.source}: "
-                         f"{report.differences} differences in {summary}; first: "
-                         + "; ".join(report.diffs[:MAX_LISTED]))
+        raise CheckError(
+            f"filesystem of {o.target} differs from {o.source}: "
+            f"{report.differences} differences in {summary}; first: "
+            + "; ".join(report.diffs[:MAX_LISTED])
+        )
     log.info("Verified filesystem: %s", summary)
     return report
 
@@ -421,8 +501,8 @@ def _unescape(raw: bytes) -> str:
     """Mount points in mountinfo escape space, tab, newline and backslash as \\ooo."""
     out, i = bytearray(), 0
     while i < len(raw):
-        if raw[i] == 0x5C and raw[i + 1:i + 4].isdigit() and len(raw[i + 1:i + 4]) == 3:
-            out.append(int(raw[i + 1:i + 4], 8))
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
+            out.append(int(raw[i + 1 : i + 4], 8))
             i += 4
         else:
             out.append(raw[i])
@@ -435,7 +515,7 @@ def _unmount(path: Path) -> None:
         if not _is_mounted(path):
             return
         try:
-            subprocess.run([*cmd, str(path)], capture_output=True, timeout=30)
+            subprocess.run([*cmd, str(path)], capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
             continue
     if _is_mounted(path):
@@ -455,8 +535,15 @@ def _clean(fs_dir: Path) -> None:
 class _Nydusd:
     """nydusd mounting the target bootstrap over the registry backend; always unmounted."""
 
-    def __init__(self, o: CheckOptions, client: RegistryClient, ref: Reference,
-                 bootstrap: Path, mnt: Path, fs_dir: Path) -> None:
+    def __init__(
+        self,
+        o: CheckOptions,
+        client: RegistryClient,
+        ref: Reference,
+        bootstrap: Path,
+        mnt: Path,
+        fs_dir: Path,
+    ) -> None:
         self.o, self.mnt = o, mnt
         self.config = fs_dir / "nydusd-registry.json"
         self.sock = fs_dir / "nydusd.sock"
@@ -464,30 +551,52 @@ class _Nydusd:
         self.bootstrap = bootstrap
         backend: dict[str, Any] = {
             "scheme": "http" if client.scheme == "http" else "https",
-            "host": ref.host, "repo": ref.repo, "skip_verify": o.target_insecure,
-            "timeout": 30, "connect_timeout": 10, "retry_limit": 2,
+            "host": ref.host,
+            "repo": ref.repo,
+            "skip_verify": o.target_insecure,
+            "timeout": 30,
+            "connect_timeout": 10,
+            "retry_limit": 2,
         }
         creds = load_credentials(ref.host)
         if creds is not None and creds.registry_token:
             backend["registry_token"] = creds.registry_token
         elif creds is not None and creds.has_password:
             backend["auth"] = base64.b64encode(
-                f"{creds.username}:{creds.password}".encode()).decode()
-        self.cfg = {"device": {"backend": {"type": "registry", "config": backend}},
-                    "mode": "direct", "digest_validate": True, "enable_xattr": True}
+                f"{creds.username}:{creds.password}".encode()
+            ).decode()
+        self.cfg = {
+            "device": {"backend": {"type": "registry", "config": backend}},
+            "mode": "direct",
+            "digest_validate": True,
+            "enable_xattr": True,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "_Nydusd":
+    def __enter__(self) -> Self:
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w") as f:
             json.dump(self.cfg, f)
-        args = [_nydusd_path(self.o), "--config", str(self.config), "--mountpoint",
-                str(self.mnt), "--bootstrap", str(self.bootstrap), "--apisock", str(self.sock),
-                "--log-level", "warn", "--log-file", str(self.log_path)]
+        args = [
+            _nydusd_path(self.o),
+            "--config",
+            str(self.config),
+            "--mountpoint",
+            str(self.mnt),
+            "--bootstrap",
+            str(self.bootstrap),
+            "--apisock",
+            str(self.sock),
+            "--log-level",
+            "warn",
+            "--log-file",
+            str(self.log_path),
+        ]
         try:
             with open(self.log_path, "ab") as log_file:  # errors before --log-file applies
-                self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.DEVNULL, stderr=log_file)
+                self.proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
+                )
         except OSError as exc:
             self._remove_config()
             raise CheckError(f"cannot start nydusd {args[0]}: {exc.strerror}") from exc
@@ -503,8 +612,10 @@ class _Nydusd:
         deadline = time.monotonic() + self.o.mount_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise CheckError(f"nydusd exited with code {self.proc.returncode} before "
-                                 f"mounting {self.mnt}: {self._last_error()}")
+                raise CheckError(
+                    f"nydusd exited with code {self.proc.returncode} before "
+                    f"mounting {self.mnt}: {self._last_error()}"
+                )
             if _is_mounted(self.mnt) and self._running():
                 return
             time.sleep(0.05)
@@ -516,8 +627,11 @@ class _Nydusd:
         import httpx
 
         try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock)),
-                              base_url="http://localhost", timeout=5) as c:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(self.sock)),
+                base_url="http://localhost",
+                timeout=5,
+            ) as c:
                 r = c.get("/api/v1/daemon")
                 return r.status_code == 200 and r.json().get("state") == "RUNNING"
         except (httpx.HTTPError, ValueError):
@@ -556,9 +670,15 @@ class _Nydusd:
 
 # -- tree comparison --------------------------------------------------------------------------
 
-_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
-          stat.S_IFCHR: "char device", stat.S_IFBLK: "block device", stat.S_IFIFO: "fifo",
-          stat.S_IFSOCK: "socket"}
+_KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "directory",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "char device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
 
 
 def _show(rel: bytes) -> str:
@@ -582,9 +702,14 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str], *,
-                  skip_target_only: set[bytes] | frozenset[bytes] = frozenset(),
-                  keep: int = 100, threads: int = 8) -> FsReport:
+def compare_trees(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    skip_target_only: set[bytes] | frozenset[bytes] = frozenset(),
+    keep: int = 100,
+    threads: int = 8,
+) -> FsReport:
     """Compare every path of two trees (no symlink is followed); `skip_target_only` are
     relative paths allowed to exist only in the target (device nodes the unpack skipped).
     File contents are hashed by `threads` workers (a FUSE mount serves reads in parallel)."""
@@ -608,19 +733,27 @@ def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str]
         report.entries += 1
         kind = stat.S_IFMT(ss.st_mode)
         if kind != stat.S_IFMT(ts.st_mode):
-            diff(f"{_show(rel)}: type {_KINDS.get(kind, '?')} != "
-                 f"{_KINDS.get(stat.S_IFMT(ts.st_mode), '?')}")
+            diff(
+                f"{_show(rel)}: type {_KINDS.get(kind, '?')} != "
+                f"{_KINDS.get(stat.S_IFMT(ts.st_mode), '?')}"
+            )
             return
-        checks: list[tuple[str, object, object]] = [("uid", ss.st_uid, ts.st_uid),
-                                                    ("gid", ss.st_gid, ts.st_gid)]
+        checks: list[tuple[str, object, object]] = [
+            ("uid", ss.st_uid, ts.st_uid),
+            ("gid", ss.st_gid, ts.st_gid),
+        ]
         if kind != stat.S_IFLNK:  # Linux creates every symlink 0777
-            checks.insert(0, ("mode", oct(stat.S_IMODE(ss.st_mode)),
-                              oct(stat.S_IMODE(ts.st_mode))))
+            checks.insert(0, ("mode", oct(stat.S_IMODE(ss.st_mode)), oct(stat.S_IMODE(ts.st_mode))))
         if kind != stat.S_IFDIR:
             checks.append(("size", ss.st_size, ts.st_size))
         if kind in (stat.S_IFCHR, stat.S_IFBLK):
-            checks.append(("rdev", (os.major(ss.st_rdev), os.minor(ss.st_rdev)),
-                           (os.major(ts.st_rdev), os.minor(ts.st_rdev))))
+            checks.append(
+                (
+                    "rdev",
+                    (os.major(ss.st_rdev), os.minor(ss.st_rdev)),
+                    (os.major(ts.st_rdev), os.minor(ts.st_rdev)),
+                )
+            )
         if kind == stat.S_IFLNK:
             checks.append(("symlink target", os.readlink(s_path), os.readlink(t_path)))
         checks.append(("xattrs", _xattrs(s_path), _xattrs(t_path)))
@@ -630,8 +763,13 @@ def compare_trees(source: str | os.PathLike[str], target: str | os.PathLike[str]
         if kind == stat.S_IFREG:
             report.files += 1
             if ss.st_size == ts.st_size:
-                contents.append((rel, pool.submit(file_digest, os.fsdecode(s_path)),
-                                 pool.submit(file_digest, os.fsdecode(t_path))))
+                contents.append(
+                    (
+                        rel,
+                        pool.submit(file_digest, os.fsdecode(s_path)),
+                        pool.submit(file_digest, os.fsdecode(t_path)),
+                    )
+                )
         elif kind == stat.S_IFDIR:
             report.dirs += 1
             walk(rel)

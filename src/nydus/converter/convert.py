@@ -12,9 +12,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from nydus import __version__
 from nydus.builder.build import CreateOptions, MergeLayer, create, merge_layers
@@ -81,8 +82,11 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
     src_ref, dst_ref = Reference.parse(o.source), Reference.parse(o.target)
     Compressor.from_name(o.compressor)
     src = _client(src_ref, o.source_insecure)
-    dst = src if (dst_ref.host == src_ref.host and o.target_insecure == o.source_insecure) \
+    dst = (
+        src
+        if (dst_ref.host == src_ref.host and o.target_insecure == o.source_insecure)
         else _client(dst_ref, o.target_insecure)
+    )
     try:
         top = src.get_manifest(src_ref.repo, src_ref.ref)
         doc = parse_manifest(top.data, top.media_type)
@@ -97,19 +101,25 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
                 if d.platform is None or not mt.is_manifest(d.media_type):
                     continue
                 if o.all_platforms or any(d.platform.matches(w) for w in wanted):
-                    if not o.all_platforms and any(d.platform.matches(e[1]) for e in entries
-                                                   if e[1] is not None):
+                    if not o.all_platforms and any(
+                        d.platform.matches(e[1]) for e in entries if e[1] is not None
+                    ):
                         continue
                     entries.append((d, d.platform))
             if not entries:
-                raise ConvertError(f"source image {o.source} has no manifest for platform "
-                                   f"{', '.join(f'{w.os}/{w.architecture}' for w in wanted)}")
+                raise ConvertError(
+                    f"source image {o.source} has no manifest for platform "
+                    f"{', '.join(f'{w.os}/{w.architecture}' for w in wanted)}"
+                )
         else:
             entries.append((Descriptor(top.media_type, top.digest, len(top.data)), None))
         results = []
         for desc, plat in entries:
-            pname = (f"{plat.os}/{plat.architecture}" if plat else
-                     ",".join(f"{w.os}/{w.architecture}" for w in wanted))
+            pname = (
+                f"{plat.os}/{plat.architecture}"
+                if plat
+                else ",".join(f"{w.os}/{w.architecture}" for w in wanted)
+            )
             log.info("Pulling image %s with platform %s", o.source, pname)
             sub = "" if len(entries) == 1 else f"{plat.os}-{plat.architecture}" if plat else ""
             results.append(_convert_one(o, src, dst, src_ref, dst_ref, desc, plat, sub))
@@ -122,9 +132,16 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
             dst.close()
 
 
-def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
-                 src_ref: Reference, dst_ref: Reference, desc: Descriptor,
-                 plat: Platform | None, sub: str) -> ConvertedManifest:
+def _convert_one(
+    o: ConvertOptions,
+    src: RegistryClient,
+    dst: RegistryClient,
+    src_ref: Reference,
+    dst_ref: Reference,
+    desc: Descriptor,
+    plat: Platform | None,
+    sub: str,
+) -> ConvertedManifest:
     fetched = src.get_manifest(src_ref.repo, desc.digest)
     manifest = Manifest.from_json(fetched.data)
     config = json.loads(src.read_blob(src_ref.repo, manifest.config.digest))
@@ -145,19 +162,30 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
         log.info("Building layer %s", layer.digest)
         tmp_blob = os.path.join(blob_dir, f".building-{layer.digest[7:]}")
         with _layer_stream(path, layer.media_type) as source_path:
-            res = create(CreateOptions(
-                source=source_path, source_type="tar-rafs", blob=tmp_blob,
-                blob_inline_meta=True, blob_toc=True, whiteout_spec="none",
-                compressor=compressor, chunk_size=o.chunk_size,
-                prefetch_patterns=o.prefetch_patterns or ["/"], keep_tree=True))
+            res = create(
+                CreateOptions(
+                    source=source_path,
+                    source_type="tar-rafs",
+                    blob=tmp_blob,
+                    blob_inline_meta=True,
+                    blob_toc=True,
+                    whiteout_spec="none",
+                    compressor=compressor,
+                    chunk_size=o.chunk_size,
+                    prefetch_patterns=o.prefetch_patterns or ["/"],
+                    keep_tree=True,
+                )
+            )
         digest, size = file_digest(tmp_blob)
         os.replace(tmp_blob, os.path.join(blob_dir, digest[7:]))
         assert res.tree is not None
         # the blob id of a converted layer is its layer digest (interfaces §1.5)
-        blobs = ([replace(res.blob_info, blob_id=digest[7:], compressed_size=size)]
-                 if res.blob_info is not None else [])
-        return digest, size, MergeLayer(res.tree, blobs, o.chunk_size, compressor,
-                                        Digester.BLAKE3)
+        blobs = (
+            [replace(res.blob_info, blob_id=digest[7:], compressed_size=size)]
+            if res.blob_info is not None
+            else []
+        )
+        return digest, size, MergeLayer(res.tree, blobs, o.chunk_size, compressor, Digester.BLAKE3)
 
     layers = list(manifest.layers)
     if not layers:
@@ -168,8 +196,9 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
     # changes the trees it stacks, so the parent merge works on copies
     boot_path = os.path.join(dst_dir, "bootstrap")
     if len(built) > 1:
-        merge_layers([copy.deepcopy(b[2]) for b in built[:-1]],
-                     os.path.join(dst_dir, "bootstrap-parent"))
+        merge_layers(
+            [copy.deepcopy(b[2]) for b in built[:-1]], os.path.join(dst_dir, "bootstrap-parent")
+        )
     merge_layers([b[2] for b in built], boot_path, o.prefetch_patterns)
     with open(boot_path, "rb") as f:
         bootstrap = f.read()
@@ -178,8 +207,9 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
     seen: set[str] = set()
     metas: list[tuple[str, bytes]] = []
     for digest, size, _ in built:
-        blob_descs.append(Descriptor(mt.NYDUS_BLOB, digest, size,
-                                     annotations={mt.NYDUS_BLOB_ANNOTATION: "true"}))
+        blob_descs.append(
+            Descriptor(mt.NYDUS_BLOB, digest, size, annotations={mt.NYDUS_BLOB_ANNOTATION: "true"})
+        )
         if digest in seen:
             continue
         seen.add(digest)
@@ -193,9 +223,12 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
     layer = make_bootstrap_layer(bootstrap, metas)
     log.info("Pushing bootstrap layer %s", layer.digest)
     dst.push_blob(dst_ref.repo, layer.digest, layer.gz, len(layer.gz))
-    boot_desc = Descriptor(mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP, layer.digest,
-                           len(layer.gz), annotations={mt.NYDUS_BOOTSTRAP_ANNOTATION: "true",
-                                                       mt.NYDUS_FS_VERSION_ANNOTATION: "6"})
+    boot_desc = Descriptor(
+        mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP,
+        layer.digest,
+        len(layer.gz),
+        annotations={mt.NYDUS_BOOTSTRAP_ANNOTATION: "true", mt.NYDUS_FS_VERSION_ANNOTATION: "6"},
+    )
     external = o.backend_type is not None
     new_config = copy.deepcopy(config)
     rootfs = new_config.setdefault("rootfs", {"type": "layers"})
@@ -216,10 +249,17 @@ def _convert_one(o: ConvertOptions, src: RegistryClient, dst: RegistryClient,
             mt.NYDUS_SOURCE_REFERENCE_ANNOTATION: src_ref.normalized(),
             mt.NYDUS_FS_VERSION_ANNOTATION: "6",
             mt.NYDUS_BUILDER_VERSION_ANNOTATION: f"v{__version__}",
-        })
+        },
+    )
     data = nydus.to_json(indent=2)
-    return ConvertedManifest(plat or _config_platform(config), desc, nydus, data,
-                             "sha256:" + hashlib.sha256(data).hexdigest(), boot_path)
+    return ConvertedManifest(
+        plat or _config_platform(config),
+        desc,
+        nydus,
+        data,
+        "sha256:" + hashlib.sha256(data).hexdigest(),
+        boot_path,
+    )
 
 
 def _config_platform(config: dict[str, Any]) -> Platform | None:
@@ -228,8 +268,9 @@ def _config_platform(config: dict[str, Any]) -> Platform | None:
     return None
 
 
-def _blob_pusher(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference, blob_dir: str
-                 ) -> Callable[[str], None]:
+def _blob_pusher(
+    o: ConvertOptions, dst: RegistryClient, dst_ref: Reference, blob_dir: str
+) -> Callable[[str], None]:
     def push(digest: str) -> None:
         path = os.path.join(blob_dir, digest[7:])
         if o.backend_type == "localfs":
@@ -244,11 +285,17 @@ def _blob_pusher(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference, blo
             return
         log.info("Pushing blob layer %s", digest)
         dst.push_blob(dst_ref.repo, digest, path, os.path.getsize(path))
+
     return push
 
 
-def _push_top(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference,
-              source_doc: Manifest | Index, results: list[ConvertedManifest]) -> None:
+def _push_top(
+    o: ConvertOptions,
+    dst: RegistryClient,
+    dst_ref: Reference,
+    source_doc: Manifest | Index,
+    results: list[ConvertedManifest],
+) -> None:
     repo, tag = dst_ref.repo, dst_ref.ref
     if o.merge_platform:
         log.info("Pushing nydus manifest")
@@ -257,17 +304,29 @@ def _push_top(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference,
             dst.put_manifest(repo, r.digest, r.data, r.manifest.media_type or mt.OCI_MANIFEST)
         # merged index: (source manifests are referenced as they are) then Nydus manifests
         for r in results:
-            entries.append(Descriptor(r.source_desc.media_type, r.source_desc.digest,
-                                      r.source_desc.size, platform=r.platform))
+            entries.append(
+                Descriptor(
+                    r.source_desc.media_type,
+                    r.source_desc.digest,
+                    r.source_desc.size,
+                    platform=r.platform,
+                )
+            )
         for r in results:
             nydus = copy.deepcopy(r.manifest)
             nydus.config.media_type = mt.NYDUS_CONFIG
             data = nydus.to_json(indent=2)
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             dst.put_manifest(repo, digest, data, nydus.media_type or mt.OCI_MANIFEST)
-            entries.append(Descriptor(nydus.media_type or mt.OCI_MANIFEST, digest, len(data),
-                                      platform=r.platform,
-                                      artifact_type=mt.NYDUS_MANIFEST_ARTIFACT))
+            entries.append(
+                Descriptor(
+                    nydus.media_type or mt.OCI_MANIFEST,
+                    digest,
+                    len(data),
+                    platform=r.platform,
+                    artifact_type=mt.NYDUS_MANIFEST_ARTIFACT,
+                )
+            )
         index = Index(manifests=entries, media_type=None)
         log.info("Pushing manifest index")
         dst.put_manifest(repo, tag, index.to_json(indent=2), mt.OCI_INDEX)
@@ -277,13 +336,21 @@ def _push_top(o: ConvertOptions, dst: RegistryClient, dst_ref: Reference,
         log.info("Pushing nydus manifest")
         dst.put_manifest(repo, tag, r.data, r.manifest.media_type or mt.OCI_MANIFEST)
         return
-    docker_list = isinstance(source_doc, Index) and mt.is_docker(source_doc.media_type) and not o.oci
+    docker_list = (
+        isinstance(source_doc, Index) and mt.is_docker(source_doc.media_type) and not o.oci
+    )
     for r in results:
         log.info("Pushing nydus manifest %s", r.digest)
         dst.put_manifest(repo, r.digest, r.data, r.manifest.media_type or mt.OCI_MANIFEST)
-    index = Index(manifests=[Descriptor(r.manifest.media_type or mt.OCI_MANIFEST, r.digest,
-                                        len(r.data), platform=r.platform) for r in results],
-                  media_type=mt.DOCKER_MANIFEST_LIST if docker_list else mt.OCI_INDEX)
+    index = Index(
+        manifests=[
+            Descriptor(
+                r.manifest.media_type or mt.OCI_MANIFEST, r.digest, len(r.data), platform=r.platform
+            )
+            for r in results
+        ],
+        media_type=mt.DOCKER_MANIFEST_LIST if docker_list else mt.OCI_INDEX,
+    )
     log.info("Pushing manifest index")
     dst.put_manifest(repo, tag, index.to_json(indent=2), index.media_type or mt.OCI_INDEX)
 
@@ -315,8 +382,13 @@ class _Progress:
         now = time.monotonic()
         if self.total >= 16 << 20 and now - self.last >= 2:
             self.last = now
-            log.info("Pulling layer %s: %d%% (%d/%d MB)", self.what,
-                     100 * self.done // max(1, self.total), self.done >> 20, self.total >> 20)
+            log.info(
+                "Pulling layer %s: %d%% (%d/%d MB)",
+                self.what,
+                100 * self.done // max(1, self.total),
+                self.done >> 20,
+                self.total >> 20,
+            )
 
 
 def _download(src: RegistryClient, repo: str, layer: Descriptor, path: str) -> None:
@@ -334,7 +406,7 @@ def _download(src: RegistryClient, repo: str, layer: Descriptor, path: str) -> N
         raise
 
 
-class _layer_stream:  # noqa: N801 - context manager
+class _layer_stream:
     """A path the tar builder can read: the layer itself, or a FIFO fed by a zstd
     decompressor thread for `+zstd` layers (tarfile reads gzip natively)."""
 
@@ -367,4 +439,3 @@ class _layer_stream:  # noqa: N801 - context manager
             import shutil
 
             shutil.rmtree(os.path.dirname(self.fifo), ignore_errors=True)
-

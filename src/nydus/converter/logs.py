@@ -13,14 +13,22 @@ class LogrusFormatter(logging.Formatter):
         off = time.strftime("%z", t)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t) + off[:3] + ":" + off[3:]
         level = {logging.WARNING: "WARN", logging.CRITICAL: "FATA"}.get(
-            record.levelno, record.levelname[:4])
+            record.levelno, record.levelname[:4]
+        )
         return f"{level}[{stamp}] {record.getMessage()}"
 
 
 def setup(level: str = "info") -> None:
-    lvl = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
-           "fatal": logging.CRITICAL, "panic": logging.CRITICAL}.get(level.lower())
+    lvl = {
+        "trace": logging.DEBUG,
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warn": logging.WARNING,
+        "warning": logging.WARNING,
+        "error": logging.ERROR,
+        "fatal": logging.CRITICAL,
+        "panic": logging.CRITICAL,
+    }.get(level.lower())
     if lvl is None:
         from nydus.errors import NydusError
 

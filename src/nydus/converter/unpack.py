@@ -23,13 +23,14 @@ import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 from nydus.errors import NydusError
 
-__all__ = ["UnpackError", "UnpackStats", "Unpacker", "IterReader", "open_layer_stream"]
+__all__ = ["IterReader", "UnpackError", "UnpackStats", "Unpacker", "open_layer_stream"]
 
 log = logging.getLogger("nydus.converter")
 
@@ -139,9 +140,11 @@ def _mtime_ns(ti: tarfile.TarInfo) -> int:
 
 
 def _xattrs(ti: tarfile.TarInfo) -> dict[bytes, bytes]:
-    return {k[len(_XATTR_PREFIX):].encode(_ENC, "surrogateescape"):
-            v.encode(_ENC, "surrogateescape")
-            for k, v in ti.pax_headers.items() if k.startswith(_XATTR_PREFIX)}
+    return {
+        k[len(_XATTR_PREFIX) :].encode(_ENC, "surrogateescape"): v.encode(_ENC, "surrogateescape")
+        for k, v in ti.pax_headers.items()
+        if k.startswith(_XATTR_PREFIX)
+    }
 
 
 @dataclass
@@ -170,8 +173,9 @@ class Unpacker:
         self._layer = set()
         self.stats.layers += 1
         try:
-            tf = tarfile.open(  # type: ignore[call-overload]
-                fileobj=stream, mode="r|*", encoding=_ENC, errors="surrogateescape")
+            tf = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - closed below
+                fileobj=stream, mode="r|*", encoding=_ENC, errors="surrogateescape"
+            )
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise UnpackError(f"{what}: not a readable tar archive: {exc}") from exc
         try:
@@ -181,8 +185,7 @@ class Unpacker:
             raise UnpackError(f"{what}: corrupt or truncated tar: {exc}") from exc
         except OSError as exc:
             if exc.filename is not None:
-                raise UnpackError(f"{what}: {os.fsdecode(exc.filename)}: "
-                                  f"{exc.strerror}") from exc
+                raise UnpackError(f"{what}: {os.fsdecode(exc.filename)}: {exc.strerror}") from exc
             raise UnpackError(f"{what}: corrupt or truncated tar: {exc}") from exc
         finally:
             try:
@@ -219,7 +222,7 @@ class Unpacker:
             self.stats.whiteouts += 1
             if base.startswith(_WH + _WH):  # other AUFS metadata (.wh..wh.plnk, ...)
                 return
-            target = (parent + b"/" if parent else b"") + base[len(_WH):]
+            target = (parent + b"/" if parent else b"") + base[len(_WH) :]
             if not self._is_dir_path(parent):
                 return
             if target not in self._layer:
@@ -247,18 +250,22 @@ class Unpacker:
         if ti.islnk():
             target = _norm(ti.linkname, what)
             if not self._is_dir_path(target.rpartition(b"/")[0]):
-                raise UnpackError(f"{what}: hard link {_show(rel)} to {_show(target)}, "
-                                  "whose parent is not a directory")
+                raise UnpackError(
+                    f"{what}: hard link {_show(rel)} to {_show(target)}, "
+                    "whose parent is not a directory"
+                )
             try:
                 os.link(self._full(target), full, follow_symlinks=False)
             except FileNotFoundError:
-                raise UnpackError(f"{what}: hard link {_show(rel)} to {_show(target)}, "
-                                  "which does not exist") from None
+                raise UnpackError(
+                    f"{what}: hard link {_show(rel)} to {_show(target)}, which does not exist"
+                ) from None
             return  # a hard link shares its target's metadata
         if ti.isreg():
             src = tf.extractfile(ti)
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             with open(fd, "wb") as out:
                 if src is not None:
                     shutil.copyfileobj(src, out, 1 << 20)
@@ -271,8 +278,7 @@ class Unpacker:
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP):
                     raise
-                log.warning("cannot create device node %s (%s): skipped", _show(rel),
-                            exc.strerror)
+                log.warning("cannot create device node %s (%s): skipped", _show(rel), exc.strerror)
                 self.stats.skipped_devices.append(_show(rel))
                 self._layer.discard(rel)
                 return
@@ -284,8 +290,9 @@ class Unpacker:
         ns = _mtime_ns(ti)
         os.utime(full, ns=(ns, ns), follow_symlinks=False)
 
-    def _apply_meta(self, rel: bytes, ti: tarfile.TarInfo, *, is_link: bool,
-                    replace_xattrs: bool = False) -> None:
+    def _apply_meta(
+        self, rel: bytes, ti: tarfile.TarInfo, *, is_link: bool, replace_xattrs: bool = False
+    ) -> None:
         full = self._full(rel)
         os.chown(full, ti.uid, ti.gid, follow_symlinks=False)
         if not is_link and not ti.isdir():
@@ -306,9 +313,11 @@ class Unpacker:
             try:
                 os.setxattr(full, name, value, follow_symlinks=False)
             except OSError as exc:
-                raise UnpackError(f"{_show(rel)}: cannot set xattr "
-                                  f"{name.decode(_ENC, 'backslashreplace')}: "
-                                  f"{exc.strerror}") from exc
+                raise UnpackError(
+                    f"{_show(rel)}: cannot set xattr "
+                    f"{name.decode(_ENC, 'backslashreplace')}: "
+                    f"{exc.strerror}"
+                ) from exc
 
     # -- paths ---------------------------------------------------------------------------
 

@@ -4,5 +4,13 @@ from nydus.daemon.api import ApiServer
 from nydus.daemon.service import DaemonOptions, NydusDaemon, RafsMount, load_bootstrap, run_daemon
 from nydus.daemon.state import DaemonState, StateMachine
 
-__all__ = ["ApiServer", "DaemonOptions", "DaemonState", "NydusDaemon", "RafsMount",
-           "StateMachine", "load_bootstrap", "run_daemon"]
+__all__ = [
+    "ApiServer",
+    "DaemonOptions",
+    "DaemonState",
+    "NydusDaemon",
+    "RafsMount",
+    "StateMachine",
+    "load_bootstrap",
+    "run_daemon",
+]

@@ -12,9 +12,10 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from nydus.errors import NydusError
@@ -51,7 +52,7 @@ NO_CONTENT = _Response(HTTPStatus.NO_CONTENT)
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
-    api: "ApiServer"
+    api: ApiServer
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -79,12 +80,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except ApiError as exc:
             resp = _Response(exc.status, {"code": "UNDEFINED", "message": str(exc)})
         except NydusError as exc:
-            resp = _Response(HTTPStatus.INTERNAL_SERVER_ERROR,
-                             {"code": "UNDEFINED", "message": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - the API must survive handler bugs
+            resp = _Response(
+                HTTPStatus.INTERNAL_SERVER_ERROR, {"code": "UNDEFINED", "message": str(exc)}
+            )
+        except Exception as exc:
             log.exception("api: %s %s failed", self.command, self.path)
-            resp = _Response(HTTPStatus.INTERNAL_SERVER_ERROR,
-                             {"code": "UNDEFINED", "message": f"internal error: {exc}"})
+            resp = _Response(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"code": "UNDEFINED", "message": f"internal error: {exc}"},
+            )
         self._send(resp)
 
     def _send(self, resp: _Response) -> None:
@@ -103,36 +107,51 @@ class _RequestHandler(BaseHTTPRequestHandler):
 class ApiServer:
     """Routes API requests to a `NydusDaemon`."""
 
-    def __init__(self, daemon: "NydusDaemon", path: str) -> None:
+    def __init__(self, daemon: NydusDaemon, path: str) -> None:
         self.daemon = daemon
         self.path = os.path.abspath(path)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         d = daemon
         self.routes: dict[str, dict[str, Handler]] = {
-            "/api/v1/daemon": {"GET": lambda q, b: d.daemon_info(),
-                               "PUT": lambda q, b: self._set_log_level(b)},
+            "/api/v1/daemon": {
+                "GET": lambda q, b: d.daemon_info(),
+                "PUT": lambda q, b: self._set_log_level(b),
+            },
             "/api/v1/daemon/events": {"GET": lambda q, b: d.events()},
-            "/api/v1/daemon/backend": {"GET": lambda q, b: d.backend_info(self._need(q, "mountpoint"))},
+            "/api/v1/daemon/backend": {
+                "GET": lambda q, b: d.backend_info(self._need(q, "mountpoint"))
+            },
             "/api/v1/daemon/start": {"PUT": lambda q, b: self._start()},
             "/api/v1/daemon/exit": {"PUT": lambda q, b: self._exit()},
             "/api/v1/daemon/fuse/sendfd": {"PUT": self._unsupported},
             "/api/v1/daemon/fuse/takeover": {"PUT": self._unsupported},
-            "/api/v1/mount": {"POST": self._unsupported, "PUT": self._unsupported,
-                              "DELETE": self._unsupported},
+            "/api/v1/mount": {
+                "POST": self._unsupported,
+                "PUT": self._unsupported,
+                "DELETE": self._unsupported,
+            },
             "/api/v1/metrics": {"GET": lambda q, b: d.fs_metrics(q.get("id"))},
-            "/api/v1/metrics/files": {"GET": lambda q, b: d.files_metrics(
-                q.get("id"), q.get("latest") == "true")},
+            "/api/v1/metrics/files": {
+                "GET": lambda q, b: d.files_metrics(q.get("id"), q.get("latest") == "true")
+            },
             "/api/v1/metrics/pattern": {"GET": lambda q, b: d.pattern_metrics(q.get("id"))},
             "/api/v1/metrics/backend": {"GET": lambda q, b: d.backend_metrics(q.get("id"))},
             "/api/v1/metrics/blobcache": {"GET": lambda q, b: d.blobcache_metrics(q.get("id"))},
             "/api/v1/metrics/inflight": {"GET": lambda q, b: self._inflight()},
-            "/api/v1/config": {"GET": lambda q, b: d.runtime_config(q.get("id")),
-                               "PUT": lambda q, b: self._put_config(q, b)},
-            "/api/v2/daemon": {"GET": lambda q, b: d.daemon_info(with_backends=False),
-                               "PUT": lambda q, b: self._set_log_level(b)},
-            "/api/v2/blobs": {"GET": self._unsupported, "PUT": self._unsupported,
-                              "DELETE": self._unsupported},
+            "/api/v1/config": {
+                "GET": lambda q, b: d.runtime_config(q.get("id")),
+                "PUT": self._put_config,
+            },
+            "/api/v2/daemon": {
+                "GET": lambda q, b: d.daemon_info(with_backends=False),
+                "PUT": lambda q, b: self._set_log_level(b),
+            },
+            "/api/v2/blobs": {
+                "GET": self._unsupported,
+                "PUT": self._unsupported,
+                "DELETE": self._unsupported,
+            },
         }
 
     # ---- routing -----------------------------------------------------------------------
@@ -148,8 +167,7 @@ class ApiServer:
             try:
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}") \
-                    from None
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}") from None
         out = handler(query, body)
         if isinstance(out, _Response):
             return out
@@ -203,20 +221,22 @@ class ApiServer:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise NydusError(f"cannot remove old API socket {self.path}: {exc.strerror}") \
-                from exc
+            raise NydusError(f"cannot remove old API socket {self.path}: {exc.strerror}") from exc
         parent = os.path.dirname(self.path)
         if parent and not os.path.isdir(parent):
             raise NydusError(f"API socket directory {parent} does not exist")
         try:
             server = _Server(self.path, _RequestHandler)
         except OSError as exc:
-            raise NydusError(f"cannot listen on API socket {self.path}: {exc.strerror}") \
-                from exc
+            raise NydusError(f"cannot listen on API socket {self.path}: {exc.strerror}") from exc
         server.api = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="nydusd-api",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            name="nydusd-api",
+            kwargs={"poll_interval": 0.2},
+            daemon=True,
+        )
         self._thread.start()
         log.info("api server listening on %s", self.path)
 

@@ -31,15 +31,27 @@ from nydus.fs import FsOptions, RafsFs
 from nydus.storage import ChunkDevice, create_backend
 from nydus.storage.backend import BlobBackend
 
-__all__ = ["DaemonOptions", "NydusDaemon", "RafsMount", "load_bootstrap", "run_daemon",
-           "LOG_LEVELS"]
+__all__ = [
+    "LOG_LEVELS",
+    "DaemonOptions",
+    "NydusDaemon",
+    "RafsMount",
+    "load_bootstrap",
+    "run_daemon",
+]
 
 log = logging.getLogger(__name__)
 
 TRACE = 5
 #: nydusd log level names -> logging levels
-LOG_LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO,
-              "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+LOG_LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +79,7 @@ class RafsMount:
     device: ChunkDevice
     backend: BlobBackend
     config: NydusdConfig
-    mounted_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    mounted_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
     buffer: Any = None
 
     def close(self) -> None:
@@ -109,8 +121,13 @@ def load_bootstrap(path: str) -> tuple[RafsSuper, Any]:
 def _git_commit() -> str:
     src = os.path.dirname(os.path.abspath(nydus.__file__))
     try:
-        out = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=2)
+        out = subprocess.run(
+            ["git", "-C", src, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
         if out.returncode == 0:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -146,11 +163,11 @@ class NydusDaemon:
         try:
             log.info("rafs superblock features: %s", " ".join(super_flags_names(sb.flags)))
             if config.rafs.mode == "cached" and sb.version == 6:
-                raise ConfigError("mode \"cached\" is not supported for RAFS v6 images; use "
-                                  "\"direct\"")
+                raise ConfigError('mode "cached" is not supported for RAFS v6 images; use "direct"')
             if config.cache.type == "fscache":
-                raise ConfigError("cache type fscache needs `nydusd singleton`; use blobcache "
-                                  "for FUSE mounts")
+                raise ConfigError(
+                    "cache type fscache needs `nydusd singleton`; use blobcache for FUSE mounts"
+                )
             backend = create_backend(config.backend)
             log.info("backend config: %s", config.describe_backend())
             cache_dir = None
@@ -159,15 +176,22 @@ class NydusDaemon:
                 try:
                     os.makedirs(cache_dir, exist_ok=True)
                 except OSError as exc:
-                    raise ConfigError(f"cannot create cache work_dir {cache_dir}: "
-                                      f"{exc.strerror}") from exc
+                    raise ConfigError(
+                        f"cannot create cache work_dir {cache_dir}: {exc.strerror}"
+                    ) from exc
                 if config.cache.compressed:
-                    log.warning("cache.compressed is not supported; caching uncompressed data "
-                                "in .blob.data files")
-            device = ChunkDevice(sb, backend, cache_dir=cache_dir,
-                                 validate=config.rafs.validate,
-                                 cache_validate=config.cache.validate,
-                                 batch_size=config.rafs.batch_size)
+                    log.warning(
+                        "cache.compressed is not supported; caching uncompressed data "
+                        "in .blob.data files"
+                    )
+            device = ChunkDevice(
+                sb,
+                backend,
+                cache_dir=cache_dir,
+                validate=config.rafs.validate,
+                cache_validate=config.cache.validate,
+                batch_size=config.rafs.batch_size,
+            )
             try:
                 device.load()
             except NydusError:
@@ -175,21 +199,32 @@ class NydusDaemon:
                 backend.close()
                 raise
             log.info("rafs imported")
-            fs = RafsFs(sb, device, FsOptions(
-                enable_xattr=config.rafs.enable_xattr, iostats_files=config.rafs.iostats_files,
-                access_pattern=config.rafs.access_pattern,
-                latest_read_files=config.rafs.latest_read_files, id=mountpoint))
-            log.info("rafs mounted: mode=%s digest_validate=%s iostats_files=%s",
-                     config.rafs.mode, str(config.rafs.validate).lower(),
-                     str(config.rafs.iostats_files).lower())
+            fs = RafsFs(
+                sb,
+                device,
+                FsOptions(
+                    enable_xattr=config.rafs.enable_xattr,
+                    iostats_files=config.rafs.iostats_files,
+                    access_pattern=config.rafs.access_pattern,
+                    latest_read_files=config.rafs.latest_read_files,
+                    id=mountpoint,
+                ),
+            )
+            log.info(
+                "rafs mounted: mode=%s digest_validate=%s iostats_files=%s",
+                config.rafs.mode,
+                str(config.rafs.validate).lower(),
+                str(config.rafs.iostats_files).lower(),
+            )
         except BaseException:
             try:
                 buf.close()
             except BufferError:
                 pass
             raise
-        m = RafsMount(mountpoint, os.path.abspath(bootstrap), sb, fs, device, backend, config,
-                      buffer=buf)
+        m = RafsMount(
+            mountpoint, os.path.abspath(bootstrap), sb, fs, device, backend, config, buffer=buf
+        )
         with self._lock:
             self.mounts[mountpoint] = m
         log.info("vfs mounted")
@@ -219,8 +254,9 @@ class NydusDaemon:
         if not m.device.caches:
             log.info("prefetch skipped: it needs a blob cache")
             return None
-        t = threading.Thread(target=self._prefetch, args=(m, inos), name="nydusd-prefetch",
-                             daemon=True)
+        t = threading.Thread(
+            target=self._prefetch, args=(m, inos), name="nydusd-prefetch", daemon=True
+        )
         t.start()
         return t
 
@@ -271,8 +307,9 @@ class NydusDaemon:
                 mp: {
                     "backend_type": "Rafs",
                     "mountpoint": mp,
-                    "mounted_time": m.mounted_time.isoformat(timespec="microseconds")
-                    .replace("+00:00", "Z"),
+                    "mounted_time": m.mounted_time.isoformat(timespec="microseconds").replace(
+                        "+00:00", "Z"
+                    ),
                     "config": m.config.redacted().to_v2_dict(),
                 }
                 for mp, m in sorted(self.mounts.items())
@@ -280,8 +317,7 @@ class NydusDaemon:
         return info
 
     def events(self) -> dict[str, Any]:
-        return {"max_errors": 0, "total_errors": 0, "max_size": 0, "total_size": 0,
-                "errors": []}
+        return {"max_errors": 0, "total_errors": 0, "max_size": 0, "total_size": 0, "errors": []}
 
     def _mount(self, id: str | None, by_device_id: bool = False) -> RafsMount:
         with self._lock:
@@ -289,9 +325,10 @@ class NydusDaemon:
         if id is None or id == "":
             if len(mounts) == 1:
                 return next(iter(mounts.values()))
-            raise ApiError(404 if not mounts else 400,
-                           "no instance mounted" if not mounts else
-                           "several instances are mounted: give ?id=")
+            raise ApiError(
+                404 if not mounts else 400,
+                "no instance mounted" if not mounts else "several instances are mounted: give ?id=",
+            )
         if id in mounts:
             return mounts[id]
         if by_device_id:
@@ -313,10 +350,17 @@ class NydusDaemon:
             "inodes_count": sb.inode_count,
             "root_inode": sb.root_ino,
             "bootstrap": m.bootstrap,
-            "blobs": [{"blob_id": b.blob_id, "blob_index": b.blob_index,
-                       "chunk_count": b.chunk_count, "compressed_size": b.compressed_size,
-                       "uncompressed_size": b.uncompressed_size, "features": b.features}
-                      for b in sb.blobs],
+            "blobs": [
+                {
+                    "blob_id": b.blob_id,
+                    "blob_index": b.blob_index,
+                    "chunk_count": b.chunk_count,
+                    "compressed_size": b.compressed_size,
+                    "uncompressed_size": b.uncompressed_size,
+                    "features": b.features,
+                }
+                for b in sb.blobs
+            ],
         }
 
     def fs_metrics(self, id: str | None) -> dict[str, Any]:

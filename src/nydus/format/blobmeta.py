@@ -46,7 +46,7 @@ class ChunkMeta:
         return self.V1.pack(uncomp, comp)
 
     @classmethod
-    def unpack_v1(cls, buf: bytes | memoryview, off: int) -> "ChunkMeta":
+    def unpack_v1(cls, buf: bytes | memoryview, off: int) -> ChunkMeta:
         uncomp, comp = cls.V1.unpack_from(buf, off)
         usize = (((uncomp >> 8) & 0xF) << 20 | (uncomp >> 44)) + 1
         uoff = uncomp & 0x0000_0FFF_FFFF_F000
@@ -55,25 +55,33 @@ class ChunkMeta:
         return cls(uoff, usize, coff, csize, csize != usize)
 
     def pack_v2(self) -> bytes:
-        flags = (ChunkFlags.COMPRESSED if self.compressed else 0) | \
-            (0x10 if self.has_crc32 else 0)
+        flags = (ChunkFlags.COMPRESSED if self.compressed else 0) | (0x10 if self.has_crc32 else 0)
         uncomp = (self.uncompressed_offset >> 12) | (self.uncompressed_size - 1) << 32 | flags << 56
         comp = self.compressed_offset | self.compressed_size << 40
         return self.V2.pack(uncomp, comp, self.crc32 if self.has_crc32 else 0)
 
     @classmethod
-    def unpack_v2(cls, buf: bytes | memoryview, off: int) -> "ChunkMeta":
+    def unpack_v2(cls, buf: bytes | memoryview, off: int) -> ChunkMeta:
         uncomp, comp, data = cls.V2.unpack_from(buf, off)
         flags = uncomp >> 56
         if flags & ~0x1F:
             raise FormatError(f"CI v2 entry at {off}: invalid flags 0x{flags:x}")
         if flags & 0x0E:
-            raise FormatError(f"CI v2 entry at {off}: zran/batch/encrypted chunks are not supported")
+            raise FormatError(
+                f"CI v2 entry at {off}: zran/batch/encrypted chunks are not supported"
+            )
         usize = ((uncomp >> 32) & 0xFF_FFFF) + 1
         csize = comp >> 40
         has_crc = bool(flags & 0x10)
-        return cls((uncomp & 0xFFFF_FFFF) << 12, usize, comp & 0xFF_FFFF_FFFF, csize,
-                   bool(flags & 0x1), data & 0xFFFF_FFFF if has_crc else 0, has_crc)
+        return cls(
+            (uncomp & 0xFFFF_FFFF) << 12,
+            usize,
+            comp & 0xFF_FFFF_FFFF,
+            csize,
+            bool(flags & 0x1),
+            data & 0xFFFF_FFFF if has_crc else 0,
+            has_crc,
+        )
 
 
 def unpack_ci_array(buf: bytes | memoryview, count: int, v2: bool) -> list[ChunkMeta]:
@@ -85,8 +93,10 @@ def unpack_ci_array(buf: bytes | memoryview, count: int, v2: bool) -> list[Chunk
     expect = 0
     for i, c in enumerate(out):
         if c.uncompressed_offset != expect:
-            raise FormatError(f"CI entry {i}: uncompressed offset {c.uncompressed_offset} "
-                              f"breaks the dense layout (expected {expect})")
+            raise FormatError(
+                f"CI entry {i}: uncompressed offset {c.uncompressed_offset} "
+                f"breaks the dense layout (expected {expect})"
+            )
         if not c.compressed and c.compressed_size != c.uncompressed_size:
             raise FormatError(f"CI entry {i}: raw chunk with different sizes")
         expect = c.uncompressed_offset + (c.uncompressed_size + 4095) // 4096 * 4096
@@ -109,17 +119,25 @@ class BlobMetaHeader:
     zran_count: int = 0
 
     def pack(self) -> bytes:
-        head = self.STRUCT.pack(BLOB_META_MAGIC, self.features, self.ci_compressor,
-                                self.ci_entries, self.ci_offset, self.ci_compressed_size,
-                                self.ci_uncompressed_size, self.zran_offset, self.zran_size,
-                                self.zran_count)
+        head = self.STRUCT.pack(
+            BLOB_META_MAGIC,
+            self.features,
+            self.ci_compressor,
+            self.ci_entries,
+            self.ci_offset,
+            self.ci_compressed_size,
+            self.ci_uncompressed_size,
+            self.zran_offset,
+            self.zran_size,
+            self.zran_count,
+        )
         out = bytearray(BLOB_META_HEADER_SIZE)
-        out[:len(head)] = head
+        out[: len(head)] = head
         struct.pack_into("<I", out, 4092, BLOB_META_MAGIC)
         return bytes(out)
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview) -> "BlobMetaHeader":
+    def unpack(cls, buf: bytes | memoryview) -> BlobMetaHeader:
         if len(buf) < BLOB_META_HEADER_SIZE:
             raise FormatError("blob meta header truncated")
         v = cls.STRUCT.unpack_from(buf)
@@ -142,22 +160,28 @@ class TocEntry:
     uncompressed_size: int
 
     def pack(self) -> bytes:
-        return self.STRUCT.pack(self.flags, 0, self.name.encode().ljust(16, b"\0"), self.digest,
-                                self.compressed_offset, self.compressed_size,
-                                self.uncompressed_size, b"\0" * 48)
+        return self.STRUCT.pack(
+            self.flags,
+            0,
+            self.name.encode().ljust(16, b"\0"),
+            self.digest,
+            self.compressed_offset,
+            self.compressed_size,
+            self.uncompressed_size,
+            b"\0" * 48,
+        )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "TocEntry":
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> TocEntry:
         flags, _r, name, digest, coff, csize, usize, _res = cls.STRUCT.unpack_from(buf, off)
-        return cls(flags, name.rstrip(b"\0").decode("ascii", "replace"), digest, coff, csize,
-                   usize)
+        return cls(flags, name.rstrip(b"\0").decode("ascii", "replace"), digest, coff, csize, usize)
 
 
 def tar_header(name: str, size: int) -> bytes:
     """The GNU-format 512-byte reverse tar header that follows a blob section."""
     h = bytearray(TAR_BLOCK)
     raw = name.encode()
-    h[0:len(raw)] = raw
+    h[0 : len(raw)] = raw
     h[124:136] = b"%011o\0" % size
     h[136:148] = b"00000000000\0"
     h[156:157] = b"0"
@@ -192,7 +216,7 @@ def parse_toc(buf: bytes | memoryview) -> list[TocEntry]:
     """Parse ToC entries + trailing `rafs.blob.toc` header (buf ends at the blob's end)."""
     if len(buf) < TAR_BLOCK:
         raise FormatError("blob too small for a ToC")
-    name, size = parse_tar_header(buf[len(buf) - TAR_BLOCK:])
+    name, size = parse_tar_header(buf[len(buf) - TAR_BLOCK :])
     if name != TOC_NAME:
         raise FormatError(f"blob has no ToC (last tar header is {name!r})")
     if size % TOC_ENTRY_SIZE or size > len(buf) - TAR_BLOCK:

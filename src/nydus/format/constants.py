@@ -39,13 +39,21 @@ CHUNK_FORMAT_BLKBITS_MASK = 0x1F
 
 # directory entry file types
 FT_UNKNOWN, FT_REG, FT_DIR, FT_CHR, FT_BLK, FT_FIFO, FT_SOCK, FT_SYMLINK = range(8)
-_FT_OF_FMT = {0o100000: FT_REG, 0o040000: FT_DIR, 0o020000: FT_CHR, 0o060000: FT_BLK,
-              0o010000: FT_FIFO, 0o140000: FT_SOCK, 0o120000: FT_SYMLINK}
+_FT_OF_FMT = {
+    0o100000: FT_REG,
+    0o040000: FT_DIR,
+    0o020000: FT_CHR,
+    0o060000: FT_BLK,
+    0o010000: FT_FIFO,
+    0o140000: FT_SOCK,
+    0o120000: FT_SYMLINK,
+}
 
 
 def file_type_of(mode: int) -> int:
     """The directory-entry file type (FT_*) of a POSIX mode."""
     return _FT_OF_FMT.get(mode & 0o170000, FT_UNKNOWN)
+
 
 # xattr name index -> prefix
 XATTR_PREFIXES: dict[int, bytes] = {

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from nydus.errors import FormatError
 from nydus.format.constants import (
@@ -116,8 +117,10 @@ def detect_version(buf: bytes | memoryview) -> int:
         magic, version = struct.unpack_from("<II", buf, 0)
         if magic == RAFS_V5_MAGIC and version == RAFS_V5_VERSION:
             return 5
-    if len(buf) >= EROFS_SUPER_OFFSET + 4 and \
-            struct.unpack_from("<I", buf, EROFS_SUPER_OFFSET)[0] == EROFS_MAGIC:
+    if (
+        len(buf) >= EROFS_SUPER_OFFSET + 4
+        and struct.unpack_from("<I", buf, EROFS_SUPER_OFFSET)[0] == EROFS_MAGIC
+    ):
         return 6
     raise FormatError("not a RAFS bootstrap: neither RAFS v5 nor v6 (EROFS) magic found")
 
@@ -133,7 +136,9 @@ def open_bootstrap(buf: bytes | memoryview) -> RafsSuper:
     return RafsV6Super(buf)
 
 
-def walk(sb: RafsSuper, ino: int | None = None, prefix: bytes = b"/") -> Iterator[tuple[bytes, int]]:
+def walk(
+    sb: RafsSuper, ino: int | None = None, prefix: bytes = b"/"
+) -> Iterator[tuple[bytes, int]]:
     """Yield (path, ino) for every entry, parents before children, children sorted."""
     ino = sb.root_ino if ino is None else ino
     yield prefix, ino
@@ -143,7 +148,7 @@ def walk(sb: RafsSuper, ino: int | None = None, prefix: bytes = b"/") -> Iterato
         children = sb.readdir(dino)
         subdirs = []
         for ent in children:
-            child = (path.rstrip(b"/") + b"/" + ent.name)
+            child = path.rstrip(b"/") + b"/" + ent.name
             yield child, ent.ino
             if sb.attr(ent.ino).is_dir:
                 subdirs.append((child, ent.ino))

@@ -45,21 +45,52 @@ class V5SuperBlock:
     sb_size: int = V5_SUPER_SIZE
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview) -> "V5SuperBlock":
+    def unpack(cls, buf: bytes | memoryview) -> V5SuperBlock:
         if len(buf) < V5_SUPER_SIZE:
-            raise FormatError(f"not a RAFS v5 bootstrap: {len(buf)} bytes is shorter than the "
-                              f"{V5_SUPER_SIZE}-byte superblock")
-        (magic, version, sb_size, block_size, flags, inodes_count, it_off, pt_off, bt_off,
-         it_entries, pt_entries, bt_size, ebt_entries, ebt_off) = cls.STRUCT.unpack_from(buf, 0)
-        sb = cls(block_size, flags, inodes_count, it_off, pt_off, bt_off, it_entries,
-                 pt_entries, bt_size, ebt_entries, ebt_off, magic, version, sb_size)
+            raise FormatError(
+                f"not a RAFS v5 bootstrap: {len(buf)} bytes is shorter than the "
+                f"{V5_SUPER_SIZE}-byte superblock"
+            )
+        (
+            magic,
+            version,
+            sb_size,
+            block_size,
+            flags,
+            inodes_count,
+            it_off,
+            pt_off,
+            bt_off,
+            it_entries,
+            pt_entries,
+            bt_size,
+            ebt_entries,
+            ebt_off,
+        ) = cls.STRUCT.unpack_from(buf, 0)
+        sb = cls(
+            block_size,
+            flags,
+            inodes_count,
+            it_off,
+            pt_off,
+            bt_off,
+            it_entries,
+            pt_entries,
+            bt_size,
+            ebt_entries,
+            ebt_off,
+            magic,
+            version,
+            sb_size,
+        )
         sb.validate(len(buf))
         return sb
 
     def validate(self, file_size: int) -> None:
         if self.magic != RAFS_V5_MAGIC or self.version != RAFS_V5_VERSION:
-            raise FormatError(f"not a RAFS v5 bootstrap: magic 0x{self.magic:08x} "
-                              f"version 0x{self.version:x}")
+            raise FormatError(
+                f"not a RAFS v5 bootstrap: magic 0x{self.magic:08x} version 0x{self.version:x}"
+            )
         if self.sb_size != V5_SUPER_SIZE:
             raise FormatError(f"RAFS v5 superblock: sb_size {self.sb_size} != 8192")
         if not valid_chunk_size(self.block_size):
@@ -67,17 +98,26 @@ class V5SuperBlock:
         if self.inode_table_entries == 0:
             raise FormatError("RAFS v5 superblock: empty inode table")
         end = self.inode_table_offset + 4 * self.inode_table_entries
-        if self.inode_table_offset < V5_SUPER_SIZE or self.inode_table_offset % 8 or \
-                end > file_size:
-            raise FormatError(f"RAFS v5 superblock: inode table at {self.inode_table_offset} "
-                              f"with {self.inode_table_entries} entries does not fit the file")
+        if (
+            self.inode_table_offset < V5_SUPER_SIZE
+            or self.inode_table_offset % 8
+            or end > file_size
+        ):
+            raise FormatError(
+                f"RAFS v5 superblock: inode table at {self.inode_table_offset} "
+                f"with {self.inode_table_entries} entries does not fit the file"
+            )
         if self.blob_table_size and self.blob_table_offset + self.blob_table_size > file_size:
             raise FormatError("RAFS v5 superblock: blob table beyond the end of the file")
-        if self.prefetch_table_entries and \
-                self.prefetch_table_offset + 4 * self.prefetch_table_entries > file_size:
+        if (
+            self.prefetch_table_entries
+            and self.prefetch_table_offset + 4 * self.prefetch_table_entries > file_size
+        ):
             raise FormatError("RAFS v5 superblock: prefetch table beyond the end of the file")
-        if self.extended_blob_table_entries and self.extended_blob_table_offset + \
-                64 * self.extended_blob_table_entries > file_size:
+        if (
+            self.extended_blob_table_entries
+            and self.extended_blob_table_offset + 64 * self.extended_blob_table_entries > file_size
+        ):
             raise FormatError("RAFS v5 superblock: extended blob table beyond the end of the file")
 
 
@@ -124,7 +164,7 @@ class V5ExtBlobEntry:
     compressed_size: int
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int) -> "V5ExtBlobEntry":
+    def unpack(cls, buf: bytes | memoryview, off: int) -> V5ExtBlobEntry:
         cnt, feat, usize, csize, _ = cls.STRUCT.unpack_from(buf, off)
         return cls(cnt, feat, usize, csize)
 
@@ -154,7 +194,7 @@ class V5Inode:
     mtime: int
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int) -> "V5Inode":
+    def unpack(cls, buf: bytes | memoryview, off: int) -> V5Inode:
         if off + V5_INODE_SIZE > len(buf):
             raise FormatError(f"RAFS v5 inode at {off} lies outside the bootstrap")
         v = cls.STRUCT.unpack_from(buf, off)
@@ -189,10 +229,10 @@ def unpack_v5_xattrs(buf: bytes | memoryview, off: int) -> tuple[dict[bytes, byt
         pos += 4
         if pos + pair > end:
             raise FormatError(f"RAFS v5 xattr table at {off}: pair overruns the table")
-        data = bytes(buf[pos:pos + pair])
+        data = bytes(buf[pos : pos + pair])
         nul = data.find(b"\0")
         if nul <= 0:
             raise FormatError(f"RAFS v5 xattr table at {off}: pair without a name")
-        out[data[:nul]] = data[nul + 1:]
+        out[data[:nul]] = data[nul + 1 :]
         pos += pair
     return out, 8 + align8(size)

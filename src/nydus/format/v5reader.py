@@ -28,6 +28,7 @@ from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
 
 CHUNK_INFO_SIZE = 80
 
+
 class RafsV5Super:
     """The `RafsSuper` protocol for a RAFS v5 bootstrap."""
 
@@ -48,23 +49,33 @@ class RafsV5Super:
         entries: list[V5BlobEntry] = []
         if sb.blob_table_size:
             entries = unpack_v5_blob_table(
-                buf[sb.blob_table_offset:sb.blob_table_offset + sb.blob_table_size])
+                buf[sb.blob_table_offset : sb.blob_table_offset + sb.blob_table_size]
+            )
         ext: list[V5ExtBlobEntry] = [
             V5ExtBlobEntry.unpack(buf, sb.extended_blob_table_offset + 64 * i)
             for i in range(sb.extended_blob_table_entries)
         ]
         if ext and len(ext) != len(entries):
-            raise FormatError(f"RAFS v5: {len(entries)} blobs but {len(ext)} extended blob "
-                              "table entries")
+            raise FormatError(
+                f"RAFS v5: {len(entries)} blobs but {len(ext)} extended blob table entries"
+            )
         self.blob_entries = entries
         self.blobs: list[BlobInfo] = []
         for i, ent in enumerate(entries):
             e = ext[i] if ext else V5ExtBlobEntry(0, 0, 0, 0)
-            self.blobs.append(BlobInfo(
-                blob_id=ent.blob_id, blob_index=i, chunk_size=self.chunk_size,
-                chunk_count=e.chunk_count, compressor=int(self.compressor),
-                digester=int(self.digester), features=e.features,
-                compressed_size=e.compressed_size, uncompressed_size=e.uncompressed_size))
+            self.blobs.append(
+                BlobInfo(
+                    blob_id=ent.blob_id,
+                    blob_index=i,
+                    chunk_size=self.chunk_size,
+                    chunk_count=e.chunk_count,
+                    compressor=int(self.compressor),
+                    digester=int(self.digester),
+                    features=e.features,
+                    compressed_size=e.compressed_size,
+                    uncompressed_size=e.uncompressed_size,
+                )
+            )
         self._check_root()
 
     # ---- raw records -------------------------------------------------------------
@@ -75,7 +86,8 @@ class RafsV5Super:
             raise FormatError(
                 "RAFS v5 bootstrap uses the legacy pre-release inode layout (root record at "
                 f"{off} has mode 0o{root.mode:o} and name size {root.name_size}); this layout "
-                "is not supported")
+                "is not supported"
+            )
         if not stat.S_ISDIR(root.mode):
             raise FormatError(f"RAFS v5: root inode (record at {off}) is not a directory")
         if root.ino != 1:
@@ -84,14 +96,15 @@ class RafsV5Super:
     def record_offset(self, index: int) -> int:
         """Byte offset of the inode record at 1-based inode-table index `index`."""
         if not 1 <= index <= len(self._table):
-            raise FormatError(f"RAFS v5: inode index {index} outside the inode table "
-                              f"(1..{len(self._table)})")
+            raise FormatError(
+                f"RAFS v5: inode index {index} outside the inode table (1..{len(self._table)})"
+            )
         off = self._table[index - 1] << 3
         if off < self.sb.inode_table_offset or off + 128 > len(self.buf):
             raise FormatError(f"RAFS v5: inode {index} at offset {off} lies outside the bootstrap")
         return off
 
-    @lru_cache(maxsize=65536)
+    @lru_cache(maxsize=65536)  # noqa: B019 - per-instance caches: issue 8.1
     def record(self, index: int) -> V5Inode:
         off = self.record_offset(index)
         ino = V5Inode.unpack(self.buf, off)
@@ -102,10 +115,14 @@ class RafsV5Super:
             raise FormatError(f"{where}: invalid name size {ino.name_size}")
         if ino.ino == 0:
             raise FormatError(f"{where}: inode number 0")
-        if stat.S_ISDIR(ino.mode) and ino.child_count and \
-                ino.child_index + ino.child_count - 1 > len(self._table):
-            raise FormatError(f"{where}: children {ino.child_index}+{ino.child_count} outside "
-                              "the inode table")
+        if (
+            stat.S_ISDIR(ino.mode)
+            and ino.child_count
+            and ino.child_index + ino.child_count - 1 > len(self._table)
+        ):
+            raise FormatError(
+                f"{where}: children {ino.child_index}+{ino.child_count} outside the inode table"
+            )
         return ino
 
     def inode(self, ino: int) -> V5Inode:
@@ -114,7 +131,7 @@ class RafsV5Super:
     def _name(self, index: int) -> bytes:
         rec = self.record(index)
         off = self.record_offset(index) + rec.name_offset
-        return bytes(self.buf[off:off + rec.name_size])
+        return bytes(self.buf[off : off + rec.name_size])
 
     # ---- RafsSuper protocol --------------------------------------------------------
     def attr(self, ino: int) -> Attr:
@@ -122,10 +139,11 @@ class RafsV5Super:
         rdev = 0
         if stat.S_ISCHR(rec.mode) or stat.S_ISBLK(rec.mode):
             rdev = erofs_to_rdev(rec.rdev)
-        return Attr(ino, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec,
-                    rec.nlink, rdev)
+        return Attr(
+            ino, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec, rec.nlink, rdev
+        )
 
-    @lru_cache(maxsize=4096)
+    @lru_cache(maxsize=4096)  # noqa: B019 - per-instance caches: issue 8.1
     def _children(self, ino: int) -> tuple[tuple[bytes, int, int], ...]:
         rec = self.record(ino)
         if not stat.S_ISDIR(rec.mode):
@@ -152,14 +170,14 @@ class RafsV5Super:
     def parent(self, ino: int) -> int:
         """Inode number of the directory holding `ino` (the root for the root)."""
         p = self.record(ino).parent
-        return p if p else self.root_ino
+        return p or self.root_ino
 
     def readlink(self, ino: int) -> bytes:
         rec = self.record(ino)
         if not stat.S_ISLNK(rec.mode):
             raise FormatError(f"RAFS v5 inode {ino} is not a symlink")
         off = self.record_offset(ino) + rec.symlink_offset
-        return bytes(self.buf[off:off + rec.symlink_size])
+        return bytes(self.buf[off : off + rec.symlink_size])
 
     def _xattrs_and_end(self, ino: int) -> tuple[dict[bytes, bytes], int]:
         rec = self.record(ino)
@@ -183,17 +201,28 @@ class RafsV5Super:
         out = [ChunkInfo.unpack(self.buf, off + CHUNK_INFO_SIZE * i) for i in range(n)]
         for c in out:
             if c.blob_index >= len(self.blobs):
-                raise FormatError(f"RAFS v5 inode {ino}: chunk refers to blob {c.blob_index} "
-                                  f"of {len(self.blobs)}")
+                raise FormatError(
+                    f"RAFS v5 inode {ino}: chunk refers to blob {c.blob_index} of {len(self.blobs)}"
+                )
         return out
 
     def chunks(self, ino: int) -> list[ChunkRef]:
-        return [ChunkRef(c.blob_index, c.index, c.file_offset, c.uncompressed_offset,
-                         c.uncompressed_size, c.compressed_offset, c.compressed_size,
-                         bool(c.flags & 1), c.digest)
-                for c in self.chunk_infos(ino)]
+        return [
+            ChunkRef(
+                c.blob_index,
+                c.index,
+                c.file_offset,
+                c.uncompressed_offset,
+                c.uncompressed_size,
+                c.compressed_offset,
+                c.compressed_size,
+                bool(c.flags & 1),
+                c.digest,
+            )
+            for c in self.chunk_infos(ino)
+        ]
 
-    @lru_cache(maxsize=1)
+    @lru_cache(maxsize=1)  # noqa: B019 - per-instance caches: issue 8.1
     def chunk_table(self) -> list[ChunkInfo]:
         """Every distinct chunk (by blob index and chunk index) referenced by a file."""
         seen: dict[tuple[int, int], ChunkInfo] = {}
@@ -207,8 +236,9 @@ class RafsV5Super:
     def prefetch_inos(self) -> list[int]:
         n = self.sb.prefetch_table_entries
         out = []
-        for (ino,) in struct.iter_unpack("<I", self.buf[self.sb.prefetch_table_offset:
-                                                       self.sb.prefetch_table_offset + 4 * n]):
+        for (ino,) in struct.iter_unpack(
+            "<I", self.buf[self.sb.prefetch_table_offset : self.sb.prefetch_table_offset + 4 * n]
+        ):
             if ino == 0:
                 break
             out.append(ino)

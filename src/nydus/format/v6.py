@@ -4,18 +4,19 @@ dirents, inline xattrs, chunk indexes and the 80-byte chunk info table record.""
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 from nydus.errors import FormatError
 from nydus.format.constants import (
     BLOCK_SIZE,
     CHUNK_FORMAT_BLKBITS_MASK,
     CHUNK_FORMAT_INDEXES,
+    DEVT_SLOTOFF,
     EROFS_MAGIC,
     FEATURE_COMPAT_RAFS_V6,
     FEATURE_INCOMPAT_RAFS_V6,
-    DEVT_SLOTOFF,
     XATTR_PREFIXES,
 )
 
@@ -55,26 +56,72 @@ class SuperBlock:
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
-            self.magic, self.checksum, self.feature_compat, self.blkszbits, self.extslots,
-            self.root_nid, self.inos, self.build_time, self.build_time_nsec, self.blocks,
-            self.meta_blkaddr, self.xattr_blkaddr, b"\0" * 16, b"\0" * 16,
-            self.feature_incompat, self.u1, self.extra_devices, self.devt_slotoff, b"\0" * 38,
+            self.magic,
+            self.checksum,
+            self.feature_compat,
+            self.blkszbits,
+            self.extslots,
+            self.root_nid,
+            self.inos,
+            self.build_time,
+            self.build_time_nsec,
+            self.blocks,
+            self.meta_blkaddr,
+            self.xattr_blkaddr,
+            b"\0" * 16,
+            b"\0" * 16,
+            self.feature_incompat,
+            self.u1,
+            self.extra_devices,
+            self.devt_slotoff,
+            b"\0" * 38,
         )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview) -> "SuperBlock":
+    def unpack(cls, buf: bytes | memoryview) -> SuperBlock:
         if len(buf) < cls.STRUCT.size:
             raise FormatError("not a RAFS v6 bootstrap: too short for an EROFS superblock")
-        (magic, checksum, compat, blkszbits, extslots, root_nid, inos, btime, btime_ns, blocks,
-         meta_blkaddr, xattr_blkaddr, _uuid, _vol, incompat, u1, extra, slotoff,
-         _res) = cls.STRUCT.unpack_from(buf)
+        (
+            magic,
+            checksum,
+            compat,
+            blkszbits,
+            extslots,
+            root_nid,
+            inos,
+            btime,
+            btime_ns,
+            blocks,
+            meta_blkaddr,
+            xattr_blkaddr,
+            _uuid,
+            _vol,
+            incompat,
+            u1,
+            extra,
+            slotoff,
+            _res,
+        ) = cls.STRUCT.unpack_from(buf)
         if magic != EROFS_MAGIC:
             raise FormatError(f"not a RAFS v6 bootstrap: bad magic 0x{magic:08x} at 1024")
-        sb = cls(root_nid=root_nid, inos=inos, blocks=blocks, meta_blkaddr=meta_blkaddr,
-                 extra_devices=extra, blkszbits=blkszbits, magic=magic, checksum=checksum,
-                 feature_compat=compat, extslots=extslots, build_time=btime,
-                 build_time_nsec=btime_ns, xattr_blkaddr=xattr_blkaddr,
-                 feature_incompat=incompat, u1=u1, devt_slotoff=slotoff)
+        sb = cls(
+            root_nid=root_nid,
+            inos=inos,
+            blocks=blocks,
+            meta_blkaddr=meta_blkaddr,
+            extra_devices=extra,
+            blkszbits=blkszbits,
+            magic=magic,
+            checksum=checksum,
+            feature_compat=compat,
+            extslots=extslots,
+            build_time=btime,
+            build_time_nsec=btime_ns,
+            xattr_blkaddr=xattr_blkaddr,
+            feature_incompat=incompat,
+            u1=u1,
+            devt_slotoff=slotoff,
+        )
         sb.validate()
         return sb
 
@@ -89,11 +136,14 @@ class SuperBlock:
             raise FormatError(f"RAFS v6 superblock: sb_extslots must be 0, got {self.extslots}")
         if self.feature_incompat != FEATURE_INCOMPAT_RAFS_V6:
             raise FormatError(
-                f"RAFS v6 superblock: feature_incompat must be 0xc, got 0x{self.feature_incompat:x}")
+                f"RAFS v6 superblock: feature_incompat must be 0xc, got 0x{self.feature_incompat:x}"
+            )
         if self.u1 != 0:
             raise FormatError("RAFS v6 superblock: compression field must be 0")
         if self.devt_slotoff != DEVT_SLOTOFF:
-            raise FormatError(f"RAFS v6 superblock: devt_slotoff must be 11, got {self.devt_slotoff}")
+            raise FormatError(
+                f"RAFS v6 superblock: devt_slotoff must be 11, got {self.devt_slotoff}"
+            )
         if self.inos == 0:
             raise FormatError("RAFS v6 superblock: inode count is 0")
 
@@ -114,14 +164,23 @@ class ExtSuperBlock:
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
-            self.flags, self.blob_table_offset, self.blob_table_size, self.chunk_size,
-            self.chunk_table_offset, self.chunk_table_size, self.prefetch_table_offset,
-            self.prefetch_table_size, 0, b"\0" * 200)
+            self.flags,
+            self.blob_table_offset,
+            self.blob_table_size,
+            self.chunk_size,
+            self.chunk_table_offset,
+            self.chunk_table_size,
+            self.prefetch_table_offset,
+            self.prefetch_table_size,
+            0,
+            b"\0" * 200,
+        )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview) -> "ExtSuperBlock":
-        (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size, _pad,
-         _res) = cls.STRUCT.unpack_from(buf)
+    def unpack(cls, buf: bytes | memoryview) -> ExtSuperBlock:
+        (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size, _pad, _res) = (
+            cls.STRUCT.unpack_from(buf)
+        )
         return cls(flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size)
 
 
@@ -135,11 +194,12 @@ class DeviceSlot:
     mapped_blkaddr: int
 
     def pack(self) -> bytes:
-        return self.STRUCT.pack(_id_bytes(self.blob_id), self.blocks, self.mapped_blkaddr,
-                                b"\0" * 56)
+        return self.STRUCT.pack(
+            _id_bytes(self.blob_id), self.blocks, self.mapped_blkaddr, b"\0" * 56
+        )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "DeviceSlot":
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> DeviceSlot:
         tag, blocks, mapped, _ = cls.STRUCT.unpack_from(buf, off)
         return cls(_id_str(tag), blocks, mapped)
 
@@ -171,27 +231,45 @@ class BlobInfo:
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
-            _id_bytes(self.blob_id), self.blob_index, self.chunk_size, self.chunk_count,
-            self.compressor, self.digester, self.features, self.compressed_size,
-            self.uncompressed_size, self.blob_toc_size, self.ci_compressor, self.ci_offset,
-            self.ci_compressed_size, self.ci_uncompressed_size, self.blob_toc_digest,
-            self.blob_meta_digest, self.blob_meta_size, self.cipher_iv, self.cipher_algo,
-            b"\0" * 36)
+            _id_bytes(self.blob_id),
+            self.blob_index,
+            self.chunk_size,
+            self.chunk_count,
+            self.compressor,
+            self.digester,
+            self.features,
+            self.compressed_size,
+            self.uncompressed_size,
+            self.blob_toc_size,
+            self.ci_compressor,
+            self.ci_offset,
+            self.ci_compressed_size,
+            self.ci_uncompressed_size,
+            self.blob_toc_digest,
+            self.blob_meta_digest,
+            self.blob_meta_size,
+            self.cipher_iv,
+            self.cipher_algo,
+            b"\0" * 36,
+        )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "BlobInfo":
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> BlobInfo:
         v = cls.STRUCT.unpack_from(buf, off)
         return cls(_id_str(v[0]), *v[1:19])
 
     def validate(self, index: int, chunk_size: int) -> None:
-        from nydus.format.constants import BlobFeatures as F, valid_chunk_size
+        from nydus.format.constants import BlobFeatures as F
+        from nydus.format.constants import valid_chunk_size
 
         where = f"blob table entry {index} ({self.blob_id})"
         if self.blob_index != index:
             raise FormatError(f"{where}: blob_index {self.blob_index} != position {index}")
         if self.chunk_size != chunk_size or not valid_chunk_size(self.chunk_size):
-            raise FormatError(f"{where}: chunk size 0x{self.chunk_size:x} invalid or "
-                              f"different from the superblock's 0x{chunk_size:x}")
+            raise FormatError(
+                f"{where}: chunk size 0x{self.chunk_size:x} invalid or "
+                f"different from the superblock's 0x{chunk_size:x}"
+            )
         if self.compressor not in (0, 1, 2, 3) or self.ci_compressor not in (0, 1, 2, 3):
             raise FormatError(f"{where}: unknown compressor id {self.compressor}")
         if self.digester not in (0, 1):
@@ -204,10 +282,15 @@ class BlobInfo:
             raise FormatError(f"{where}: CI compressed size exceeds uncompressed size")
         entry = 24 if self.features & F.CHUNK_INFO_V2 else 16
         special = self.features & (F.BATCH | F.ZRAN | F.ENCRYPTED)
-        if self.ci_uncompressed_size and not special and \
-                self.ci_uncompressed_size != entry * self.chunk_count:
-            raise FormatError(f"{where}: CI size {self.ci_uncompressed_size} != "
-                              f"{entry} * {self.chunk_count} chunks")
+        if (
+            self.ci_uncompressed_size
+            and not special
+            and self.ci_uncompressed_size != entry * self.chunk_count
+        ):
+            raise FormatError(
+                f"{where}: CI size {self.ci_uncompressed_size} != "
+                f"{entry} * {self.chunk_count} chunks"
+            )
         if special and not self.features & F.CHUNK_INFO_V2:
             raise FormatError(f"{where}: batch/zran/encrypted blobs need CHUNK_INFO_V2")
 
@@ -261,12 +344,24 @@ class Inode:
     def pack(self) -> bytes:
         if not self.extended:
             raise FormatError("only extended inodes are written")
-        return self.EXT.pack((self.layout << 1) | 1, self.xattr_icount, self.mode, 0, self.size,
-                             self.i_u, self.ino, self.uid, self.gid, self.mtime,
-                             self.mtime_nsec, self.nlink, b"\0" * 16)
+        return self.EXT.pack(
+            (self.layout << 1) | 1,
+            self.xattr_icount,
+            self.mode,
+            0,
+            self.size,
+            self.i_u,
+            self.ino,
+            self.uid,
+            self.gid,
+            self.mtime,
+            self.mtime_nsec,
+            self.nlink,
+            b"\0" * 16,
+        )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int) -> "Inode":
+    def unpack(cls, buf: bytes | memoryview, off: int) -> Inode:
         if off + 32 > len(buf):
             raise FormatError(f"inode at offset {off} lies outside the bootstrap")
         fmt = struct.unpack_from("<H", buf, off)[0]
@@ -278,10 +373,13 @@ class Inode:
         if fmt & 1:
             if off + 64 > len(buf):
                 raise FormatError(f"inode at offset {off} lies outside the bootstrap")
-            (_f, xic, mode, _r, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink,
-             _res) = cls.EXT.unpack_from(buf, off)
+            (_f, xic, mode, _r, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink, _res) = (
+                cls.EXT.unpack_from(buf, off)
+            )
             return cls(layout, xic, mode, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink, True)
-        (_f, xic, mode, nlink, size, _r, i_u, ino, uid, gid, _res) = cls.COMPACT.unpack_from(buf, off)
+        (_f, xic, mode, nlink, size, _r, i_u, ino, uid, gid, _res) = cls.COMPACT.unpack_from(
+            buf, off
+        )
         return cls(layout, xic, mode, size, i_u, ino, uid, gid, 0, 0, nlink, False)
 
 
@@ -360,9 +458,11 @@ def split_xattr_name(name: bytes) -> tuple[int, bytes]:
     for index in (1, 4, 6):
         prefix = XATTR_PREFIXES[index]
         if name.startswith(prefix) and len(name) > len(prefix):
-            return index, name[len(prefix):]
-    raise FormatError(f"unsupported xattr name {name!r} (user., trusted., security., "
-                      "system.posix_acl_access/default only)")
+            return index, name[len(prefix) :]
+    raise FormatError(
+        f"unsupported xattr name {name!r} (user., trusted., security., "
+        "system.posix_acl_access/default only)"
+    )
 
 
 def pack_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
@@ -400,8 +500,8 @@ def unpack_xattrs(buf: bytes | memoryview, off: int, size: int) -> dict[bytes, b
         start = pos + 4
         if start + name_len + vsize > end:
             raise FormatError("xattr entry overruns its inode's xattr area")
-        name = XATTR_PREFIXES[index] + bytes(buf[start:start + name_len])
-        out[name] = bytes(buf[start + name_len:start + name_len + vsize])
+        name = XATTR_PREFIXES[index] + bytes(buf[start : start + name_len])
+        out[name] = bytes(buf[start + name_len : start + name_len + vsize])
         pos = start + name_len + vsize
         pos += -(pos - off) % 4
     return out
@@ -421,7 +521,7 @@ class ChunkAddr:
         return self.STRUCT.pack(self.ci_index & 0xFFFF, dev, self.blkaddr)
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int) -> "ChunkAddr":
+    def unpack(cls, buf: bytes | memoryview, off: int) -> ChunkAddr:
         lo, dev, blkaddr = cls.STRUCT.unpack_from(buf, off)
         if dev & 0xFF == 0:
             raise FormatError(f"chunk index at {off}: device id 0 is invalid")
@@ -449,11 +549,19 @@ class ChunkInfo:
     crc32: int = 0
 
     def pack(self) -> bytes:
-        return self.STRUCT.pack(self.digest, self.blob_index, self.flags, self.compressed_size,
-                                self.uncompressed_size, self.compressed_offset,
-                                self.uncompressed_offset, self.file_offset, self.index,
-                                self.crc32)
+        return self.STRUCT.pack(
+            self.digest,
+            self.blob_index,
+            self.flags,
+            self.compressed_size,
+            self.uncompressed_size,
+            self.compressed_offset,
+            self.uncompressed_offset,
+            self.file_offset,
+            self.index,
+            self.crc32,
+        )
 
     @classmethod
-    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> "ChunkInfo":
+    def unpack(cls, buf: bytes | memoryview, off: int = 0) -> ChunkInfo:
         return cls(*cls.STRUCT.unpack_from(buf, off))

@@ -41,21 +41,28 @@ class RafsV6Super:
         self.buf = buf
         size = len(buf)
         if size < BLOCK_SIZE or size % BLOCK_SIZE:
-            raise FormatError(f"not a valid RAFS v6 bootstrap: size {size} is not a non-zero "
-                              "multiple of 4096")
-        self.sb = SuperBlock.unpack(buf[EROFS_SUPER_OFFSET:EROFS_SUPER_OFFSET + 128])
+            raise FormatError(
+                f"not a valid RAFS v6 bootstrap: size {size} is not a non-zero multiple of 4096"
+            )
+        self.sb = SuperBlock.unpack(buf[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + 128])
         if self.sb.blkszbits != 12:
             raise FormatError("RAFS v6 TARFS mode (512-byte blocks) is not supported")
-        self.ext = ext = ExtSuperBlock.unpack(buf[EXT_SUPER_OFFSET:EXT_SUPER_OFFSET + 256])
+        self.ext = ext = ExtSuperBlock.unpack(buf[EXT_SUPER_OFFSET : EXT_SUPER_OFFSET + 256])
         self.flags = ext.flags
         if ext.flags & ~SUPER_FLAGS_KNOWN & 0xFFFF_FFFF_FFFF_FFFF:
             raise FormatError(f"RAFS v6 superblock: unknown flags 0x{ext.flags:x}")
-        comp_bits = ext.flags & (SuperFlags.COMPRESSION_NONE | SuperFlags.COMPRESSION_LZ4 |
-                                 SuperFlags.COMPRESSION_GZIP | SuperFlags.COMPRESSION_ZSTD)
+        comp_bits = ext.flags & (
+            SuperFlags.COMPRESSION_NONE
+            | SuperFlags.COMPRESSION_LZ4
+            | SuperFlags.COMPRESSION_GZIP
+            | SuperFlags.COMPRESSION_ZSTD
+        )
         hash_bits = ext.flags & (SuperFlags.HASH_BLAKE3 | SuperFlags.HASH_SHA256)
-        if bin(comp_bits).count("1") != 1 or bin(hash_bits).count("1") != 1:
-            raise FormatError(f"RAFS v6 superblock: flags 0x{ext.flags:x} must name exactly one "
-                              "compressor and one digester")
+        if (comp_bits).bit_count() != 1 or (hash_bits).bit_count() != 1:
+            raise FormatError(
+                f"RAFS v6 superblock: flags 0x{ext.flags:x} must name exactly one "
+                "compressor and one digester"
+            )
         self.compressor = flags_compressor(ext.flags)
         self.digester = flags_digester(ext.flags)
         self.chunk_size = ext.chunk_size
@@ -65,10 +72,14 @@ class RafsV6Super:
         self.root_ino = self.sb.root_nid
         self.inode_count = self.sb.inos
         nblobs = self.sb.extra_devices
-        self.devices = [DeviceSlot.unpack(buf, DEVICE_TABLE_OFFSET + 128 * i) for i in range(nblobs)]
+        self.devices = [
+            DeviceSlot.unpack(buf, DEVICE_TABLE_OFFSET + 128 * i) for i in range(nblobs)
+        ]
         if ext.blob_table_size != 256 * nblobs:
-            raise FormatError(f"RAFS v6: blob table size {ext.blob_table_size} does not match "
-                              f"{nblobs} device slots")
+            raise FormatError(
+                f"RAFS v6: blob table size {ext.blob_table_size} does not match "
+                f"{nblobs} device slots"
+            )
         bt = ext.blob_table_offset
         if nblobs and (bt % BLOCK_SIZE or bt < BLOCK_SIZE or bt + ext.blob_table_size > size):
             raise FormatError(f"RAFS v6: blob table offset {bt} invalid")
@@ -76,22 +87,31 @@ class RafsV6Super:
         for i, b in enumerate(self.blobs):
             b.validate(i, self.chunk_size)
             if self.devices[i].blob_id != b.blob_id:
-                raise FormatError(f"RAFS v6: device slot {i} id {self.devices[i].blob_id} != "
-                                  f"blob table id {b.blob_id}")
+                raise FormatError(
+                    f"RAFS v6: device slot {i} id {self.devices[i].blob_id} != "
+                    f"blob table id {b.blob_id}"
+                )
             if self.devices[i].blocks == 0:
                 raise FormatError(f"RAFS v6: device slot {i} has 0 blocks")
         if len({b.blob_id for b in self.blobs}) != nblobs:
             raise FormatError("RAFS v6: duplicate blob ids in the blob table")
         if nblobs == 0 and self.sb.blocks not in (0, 4096):
             raise FormatError("RAFS v6: superblock blocks must be 0 without blobs")
-        if ext.chunk_table_size:
-            if ext.chunk_table_offset % BLOCK_SIZE or ext.chunk_table_size % 80 or \
-                    ext.chunk_table_offset + ext.chunk_table_size > size:
-                raise FormatError("RAFS v6: chunk table position/size invalid")
-        if ext.prefetch_table_size and ext.prefetch_table_offset:
-            if ext.prefetch_table_size % 4 or \
-                    ext.prefetch_table_offset + ext.prefetch_table_size > size:
-                raise FormatError("RAFS v6: prefetch table position/size invalid")
+        if ext.chunk_table_size and (
+            ext.chunk_table_offset % BLOCK_SIZE
+            or ext.chunk_table_size % 80
+            or ext.chunk_table_offset + ext.chunk_table_size > size
+        ):
+            raise FormatError("RAFS v6: chunk table position/size invalid")
+        if (
+            ext.prefetch_table_size
+            and ext.prefetch_table_offset
+            and (
+                ext.prefetch_table_size % 4
+                or ext.prefetch_table_offset + ext.prefetch_table_size > size
+            )
+        ):
+            raise FormatError("RAFS v6: prefetch table position/size invalid")
         # validate the root
         root = self.inode(self.root_ino)
         if not stat.S_ISDIR(root.mode):
@@ -101,7 +121,7 @@ class RafsV6Super:
     def inode_offset(self, nid: int) -> int:
         return self.meta_base + nid * 32
 
-    @lru_cache(maxsize=65536)
+    @lru_cache(maxsize=65536)  # noqa: B019 - per-instance caches: issue 8.1
     def inode(self, nid: int) -> Inode:
         off = self.inode_offset(nid)
         if off + 32 > len(self.buf):
@@ -116,16 +136,18 @@ class RafsV6Super:
             start = ino.i_u * BLOCK_SIZE
             if start + size > len(self.buf):
                 raise FormatError(f"nid {nid}: data block beyond the end of the bootstrap")
-            return bytes(self.buf[start:start + size])
+            return bytes(self.buf[start : start + size])
         if ino.layout == LAYOUT_FLAT_INLINE:
             tail = size % BLOCK_SIZE
             nfull = size // BLOCK_SIZE
             start = ino.i_u * BLOCK_SIZE
-            head = bytes(self.buf[start:start + nfull * BLOCK_SIZE]) if nfull else b""
+            head = bytes(self.buf[start : start + nfull * BLOCK_SIZE]) if nfull else b""
             toff = self.inode_offset(nid) + ino.inode_size + ino.xattr_size
-            if toff + tail > len(self.buf) or (tail and toff // BLOCK_SIZE != (toff + tail - 1) // BLOCK_SIZE):
+            if toff + tail > len(self.buf) or (
+                tail and toff // BLOCK_SIZE != (toff + tail - 1) // BLOCK_SIZE
+            ):
                 raise FormatError(f"nid {nid}: inline tail crosses a block or the file end")
-            return head + bytes(self.buf[toff:toff + tail])
+            return head + bytes(self.buf[toff : toff + tail])
         raise FormatError(f"nid {nid}: not a flat inode")
 
     # ---- RafsSuper protocol --------------------------------------------------------
@@ -134,10 +156,11 @@ class RafsV6Super:
         rdev = 0
         if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
             rdev = erofs_to_rdev(ino.i_u)
-        return Attr(nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec,
-                    ino.nlink, rdev)
+        return Attr(
+            nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.nlink, rdev
+        )
 
-    @lru_cache(maxsize=4096)
+    @lru_cache(maxsize=4096)  # noqa: B019 - per-instance caches: issue 8.1
     def dirents(self, nid: int) -> tuple[tuple[bytes, int, int], ...]:
         """All entries (including `.` and `..`) as (name, nid, type), in on-disk order."""
         ino = self.inode(nid)
@@ -147,7 +170,7 @@ class RafsV6Super:
         out: list[tuple[bytes, int, int]] = []
         for off in range(0, len(data), BLOCK_SIZE):
             used = min(BLOCK_SIZE, len(data) - off)
-            for d in unpack_dir_block(data[off:off + used], used):
+            for d in unpack_dir_block(data[off : off + used], used):
                 out.append((d.name, d.nid, d.file_type))
         names = [e[0] for e in out]
         if names != sorted(names):
@@ -190,8 +213,9 @@ class RafsV6Super:
         addrs = [ChunkAddr.unpack(self.buf, base + 8 * i) for i in range(n)]
         for a in addrs:
             if a.blob_index >= len(self.blobs):
-                raise FormatError(f"nid {nid}: chunk refers to blob {a.blob_index} of "
-                                  f"{len(self.blobs)}")
+                raise FormatError(
+                    f"nid {nid}: chunk refers to blob {a.blob_index} of {len(self.blobs)}"
+                )
         return addrs
 
     def chunks(self, nid: int) -> list[ChunkRef]:
@@ -200,20 +224,31 @@ class RafsV6Super:
         for i, a in enumerate(self.chunk_addrs(nid)):
             info = table.get((a.blob_index, a.ci_index))
             if info is None:
-                out.append(ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size, a.blkaddr * BLOCK_SIZE))
+                out.append(
+                    ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size, a.blkaddr * BLOCK_SIZE)
+                )
             else:
-                out.append(ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size,
-                                    info.uncompressed_offset, info.uncompressed_size,
-                                    info.compressed_offset, info.compressed_size,
-                                    bool(info.flags & 1), info.digest))
+                out.append(
+                    ChunkRef(
+                        a.blob_index,
+                        a.ci_index,
+                        i * self.chunk_size,
+                        info.uncompressed_offset,
+                        info.uncompressed_size,
+                        info.compressed_offset,
+                        info.compressed_size,
+                        bool(info.flags & 1),
+                        info.digest,
+                    )
+                )
         return out
 
-    @lru_cache(maxsize=1)
+    @lru_cache(maxsize=1)  # noqa: B019 - per-instance caches: issue 8.1
     def chunk_table(self) -> list[ChunkInfo]:
         off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
         return [ChunkInfo.unpack(self.buf, off + i) for i in range(0, size, 80)]
 
-    @lru_cache(maxsize=1)
+    @lru_cache(maxsize=1)  # noqa: B019 - per-instance caches: issue 8.1
     def _chunk_map(self) -> dict[tuple[int, int], ChunkInfo]:
         return {(c.blob_index, c.index): c for c in self.chunk_table()}
 
@@ -222,7 +257,7 @@ class RafsV6Super:
         if not off or not size:
             return []
         out = []
-        for (nid,) in struct.iter_unpack("<I", self.buf[off:off + size]):
+        for (nid,) in struct.iter_unpack("<I", self.buf[off : off + size]):
             if nid == 0:
                 break
             out.append(nid)

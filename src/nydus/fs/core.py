@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 from nydus.errors import FormatError, NotFound, NydusError, StorageError
 from nydus.format.constants import MAX_NAME_LEN, SuperFlags
@@ -87,9 +86,15 @@ class _InoCache:
 class RafsFs:
     """Read-only filesystem over a `RafsSuper` and a chunk device (None: no file data)."""
 
-    def __init__(self, sb: RafsSuper, device: object | None = None,
-                 options: FsOptions | None = None, *, uid: int | None = None,
-                 gid: int | None = None) -> None:
+    def __init__(
+        self,
+        sb: RafsSuper,
+        device: object | None = None,
+        options: FsOptions | None = None,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
         self.sb = sb
         self.device = device
         self.options = options or FsOptions()
@@ -97,8 +102,12 @@ class RafsFs:
         self.explicit_uid_gid = bool(sb.flags & SuperFlags.EXPLICIT_UID_GID)
         self.uid = os.geteuid() if uid is None else uid
         self.gid = os.getegid() if gid is None else gid
-        self.metrics = FsMetrics(self.options.id, self.options.iostats_files,
-                                 self.options.access_pattern, self.options.latest_read_files)
+        self.metrics = FsMetrics(
+            self.options.id,
+            self.options.iostats_files,
+            self.options.access_pattern,
+            self.options.latest_read_files,
+        )
         self._chunks = _InoCache(1024)
         self._dirs = _InoCache(256)
 
@@ -128,7 +137,7 @@ class RafsFs:
                 p = parent_of(ino) if parent_of is not None else None
         except FormatError as exc:
             raise FsError(errno.EIO, f"inode {ino}: {exc}") from exc
-        return p if p else self.root_ino
+        return p or self.root_ino
 
     def _children(self, ino: int) -> list[tuple[bytes, int]]:
         children = self._dirs.get(ino)
@@ -176,8 +185,9 @@ class RafsFs:
         with self.metrics.op("opendir", ino):
             self._dir_attr(ino)
 
-    def readdir(self, ino: int, offset: int = 0, plus: bool = False,
-                limit: int | None = None) -> list[DirItem]:
+    def readdir(
+        self, ino: int, offset: int = 0, plus: bool = False, limit: int | None = None
+    ) -> list[DirItem]:
         """Entries from position `offset`: 0 is `.`, 1 is `..`, then the sorted children.
 
         `next_offset` of each item resumes the listing right after it; at most `limit`
@@ -230,8 +240,9 @@ class RafsFs:
                 if self.device is None:
                     raise StorageError(f"inode {ino}: the filesystem has no data device")
                 try:
-                    data = self.device.read(self.chunks(ino), a.size, offset,  # type: ignore[attr-defined]
-                                            size)
+                    data = self.device.read(  # type: ignore[attr-defined]
+                        self.chunks(ino), a.size, offset, size
+                    )
                 except FormatError as exc:
                     raise FsError(errno.EIO, f"inode {ino}: {exc}") from exc
             self.metrics.record_read(ino, len(data))
@@ -293,8 +304,16 @@ class RafsFs:
     def statfs(self) -> StatFs:
         with self.metrics.op("statfs", self.root_ino):
             blocks = sum((b.uncompressed_size + 4095) // 4096 for b in self.sb.blobs)
-            return StatFs(bsize=4096, frsize=4096, blocks=blocks, bfree=0, bavail=0,
-                          files=self.sb.inode_count, ffree=0, namemax=MAX_NAME_LEN)
+            return StatFs(
+                bsize=4096,
+                frsize=4096,
+                blocks=blocks,
+                bfree=0,
+                bavail=0,
+                files=self.sb.inode_count,
+                ffree=0,
+                namemax=MAX_NAME_LEN,
+            )
 
     # ---- whole-file helpers (prefetch, tools) -------------------------------------------
     def resolve(self, path: bytes | str) -> int:

@@ -6,22 +6,51 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from nydus.errors import NydusError
 
 __all__ = ["FOPS", "FUSE_OPCODES", "FsMetrics"]
 
 #: operation order of the fop_* arrays (interfaces.md §4.4)
-FOPS = ("getattr", "readlink", "open", "release", "read", "statfs", "getxattr", "listxattr",
-        "opendir", "lookup", "readdir", "readdirplus", "access", "forget", "batch_forget")
+FOPS = (
+    "getattr",
+    "readlink",
+    "open",
+    "release",
+    "read",
+    "statfs",
+    "getxattr",
+    "listxattr",
+    "opendir",
+    "lookup",
+    "readdir",
+    "readdirplus",
+    "access",
+    "forget",
+    "batch_forget",
+)
 _FOP_INDEX = {name: i for i, name in enumerate(FOPS)}
 #: FUSE protocol opcodes, for the inflight report
-FUSE_OPCODES = {"lookup": 1, "forget": 2, "getattr": 3, "readlink": 5, "open": 14, "read": 15,
-                "statfs": 17, "release": 18, "getxattr": 22, "listxattr": 23, "opendir": 27,
-                "readdir": 28, "releasedir": 29, "access": 34, "batch_forget": 42,
-                "readdirplus": 44}
+FUSE_OPCODES = {
+    "lookup": 1,
+    "forget": 2,
+    "getattr": 3,
+    "readlink": 5,
+    "open": 14,
+    "read": 15,
+    "statfs": 17,
+    "release": 18,
+    "getxattr": 22,
+    "listxattr": 23,
+    "opendir": 27,
+    "readdir": 28,
+    "releasedir": 29,
+    "access": 34,
+    "batch_forget": 42,
+    "readdirplus": 44,
+}
 #: block-size buckets <1K, 1K, 4K, 16K, 64K, 128K, 512K, 1M+
 _SIZE_BOUNDS = (1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20)
 #: read latency buckets in microseconds: <=200us, <=1ms, <=20ms, <=50ms, <=500ms, <=1s, <=2s, >2s
@@ -36,7 +65,7 @@ def _bucket(value: float, bounds: tuple[float, ...], inclusive: bool) -> int:
 
 
 class _FileStats:
-    __slots__ = ("total_fops", "data_read", "block_count_read", "fop_hits", "fop_errors")
+    __slots__ = ("block_count_read", "data_read", "fop_errors", "fop_hits", "total_fops")
 
     def __init__(self) -> None:
         self.total_fops = 0
@@ -46,16 +75,25 @@ class _FileStats:
         self.fop_errors = [0] * len(FOPS)
 
     def snapshot(self) -> dict[str, object]:
-        return {"total_fops": self.total_fops, "data_read": self.data_read,
-                "block_count_read": list(self.block_count_read),
-                "fop_hits": list(self.fop_hits), "fop_errors": list(self.fop_errors)}
+        return {
+            "total_fops": self.total_fops,
+            "data_read": self.data_read,
+            "block_count_read": list(self.block_count_read),
+            "fop_hits": list(self.fop_hits),
+            "fop_errors": list(self.fop_errors),
+        }
 
 
 class FsMetrics:
     """Global and (optionally) per-file counters of one mounted filesystem."""
 
-    def __init__(self, id: str = "/", files: bool = False, access_pattern: bool = False,
-                 latest_read_files: bool = False) -> None:
+    def __init__(
+        self,
+        id: str = "/",
+        files: bool = False,
+        access_pattern: bool = False,
+        latest_read_files: bool = False,
+    ) -> None:
         self.id = id
         self.files_enabled = files
         self.access_pattern_enabled = access_pattern
@@ -164,5 +202,7 @@ class FsMetrics:
 
     def inflight(self) -> list[dict[str, int]]:
         items = list(self._inflight.items())
-        return [{"inode": ino, "opcode": opcode, "unique": unique, "timestamp_secs": ts}
-                for unique, (ino, opcode, ts) in sorted(items)]
+        return [
+            {"inode": ino, "opcode": opcode, "unique": unique, "timestamp_secs": ts}
+            for unique, (ino, opcode, ts) in sorted(items)
+        ]

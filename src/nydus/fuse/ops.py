@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
@@ -19,7 +20,7 @@ from nydus.errors import NydusError
 from nydus.format.rafs import Attr
 from nydus.fs import RafsFs
 
-__all__ = ["RafsOperations", "DEFAULT_TIMEOUT"]
+__all__ = ["DEFAULT_TIMEOUT", "RafsOperations"]
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,12 @@ class RafsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: RafsFs, limiter: trio.CapacityLimiter | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        fs: RafsFs,
+        limiter: trio.CapacityLimiter | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         super().__init__()
         self.fs = fs
         self.limiter = limiter or trio.CapacityLimiter(4)
@@ -84,7 +89,7 @@ class RafsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(exc.errno) from None
         except pyfuse3.FUSEError:
             raise
-        except Exception:  # noqa: BLE001 - never let a bug escape into libfuse
+        except Exception:
             log.exception("unexpected error in %s%r", getattr(fn, "__name__", "op"), args)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
@@ -92,7 +97,9 @@ class RafsOperations(pyfuse3.Operations):
         return await trio.to_thread.run_sync(self._call, fn, *args, limiter=self.limiter)
 
     # ---- metadata ----------------------------------------------------------------------
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         try:
             a = self._call(self.fs.lookup, self._ino(parent_inode), name)
         except pyfuse3.FUSEError as exc:

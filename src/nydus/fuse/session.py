@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -93,8 +93,14 @@ def tune_readahead(mountpoint: str, kb: int = READAHEAD_KB) -> None:
 class FuseSession:
     """One FUSE mount of one filesystem; `mount()` then `serve()` then `close()`."""
 
-    def __init__(self, fs: RafsFs, mountpoint: str, threads: int = 4,
-                 timeout: float = DEFAULT_TIMEOUT, fsname: str = "nydusfs") -> None:
+    def __init__(
+        self,
+        fs: RafsFs,
+        mountpoint: str,
+        threads: int = 4,
+        timeout: float = DEFAULT_TIMEOUT,
+        fsname: str = "nydusfs",
+    ) -> None:
         self.fs = fs
         self.mountpoint = os.path.abspath(mountpoint)
         self.threads = max(1, threads)
@@ -117,11 +123,23 @@ class FuseSession:
         fd = _fuse_fd()
         uid, gid = os.geteuid(), os.getegid()
         order = {"default_permissions": 0, "allow_other": 1}
-        opts = ",".join(sorted((o for o in self.options if not o.startswith("fsname=")),
-                               key=lambda o: (order.get(o, 2), o)))
-        log.info("mount source %s dest %s with fstype fuse opts %s,fd=%s,rootmode=40000,"
-                 "user_id=%d,group_id=%d fd %s", self.fsname, self.mountpoint, opts, fd, uid,
-                 gid, fd)
+        opts = ",".join(
+            sorted(
+                (o for o in self.options if not o.startswith("fsname=")),
+                key=lambda o: (order.get(o, 2), o),
+            )
+        )
+        log.info(
+            "mount source %s dest %s with fstype fuse opts %s,fd=%s,rootmode=40000,"
+            "user_id=%d,group_id=%d fd %s",
+            self.fsname,
+            self.mountpoint,
+            opts,
+            fd,
+            uid,
+            gid,
+            fd,
+        )
 
     def serve(self, on_started: Callable[[], None] | None = None) -> None:
         """Run the FUSE loop in this (main) thread until a signal or an unmount."""
@@ -135,8 +153,7 @@ class FuseSession:
                 on_started()
             # the kernel sets the mount's read-ahead while processing FUSE_INIT, which the
             # loop below answers: tune it from a thread once the mount responds
-            threading.Thread(target=self._tune_after_init, name="nydusd-tune",
-                             daemon=True).start()
+            threading.Thread(target=self._tune_after_init, name="nydusd-tune", daemon=True).start()
             await pyfuse3.main(min_tasks=1, max_tasks=max(8, 4 * self.threads))
             log.info("fuse session ended (filesystem unmounted)")
             nursery.cancel_scope.cancel()
@@ -152,8 +169,11 @@ class FuseSession:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 self.stop_signal = signum
-                log.info("received signal %s, unmounting %s", signal.Signals(signum).name,
-                         self.mountpoint)
+                log.info(
+                    "received signal %s, unmounting %s",
+                    signal.Signals(signum).name,
+                    self.mountpoint,
+                )
                 scope.cancel()
                 return
 

@@ -16,9 +16,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -26,17 +27,17 @@ from nydus.oci.errors import AuthError, RegistryError
 from nydus.oci.reference import DOCKER_HUB, DOCKER_HUB_API
 
 __all__ = [
-    "Credentials",
-    "Challenge",
     "Authenticator",
+    "Challenge",
+    "Credentials",
     "docker_config_path",
     "load_credentials",
-    "parse_www_authenticate",
-    "repo_scope",
     "merge_scopes",
+    "parse_www_authenticate",
     "redact",
     "redact_url",
     "registry_reason",
+    "repo_scope",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Credentials:
     registry_token: str | None = field(default=None, repr=False)  # static bearer (nydusd)
 
     @classmethod
-    def from_auth(cls, auth: str, what: str = "auth") -> "Credentials":
+    def from_auth(cls, auth: str, what: str = "auth") -> Credentials:
         """Decode the base64 `user:password` form of Docker's `auth` and nydusd's `auth`."""
         try:
             text = base64.b64decode(auth.strip(), validate=True).decode()
@@ -95,8 +96,9 @@ def _host_key(server: str) -> str:
     return DOCKER_HUB if text in _HUB_KEYS else text
 
 
-def load_credentials(host: str, config_path: str | os.PathLike[str] | None = None
-                     ) -> Credentials | None:
+def load_credentials(
+    host: str, config_path: str | os.PathLike[str] | None = None
+) -> Credentials | None:
     """Credentials for `host` from a Docker config file, or None.
 
     Order as in the Docker CLI: `credHelpers[host]`, then an `auths` entry (`auth` base64 or
@@ -147,8 +149,9 @@ def _from_helper(helper: str, server: str) -> Credentials | None:
         log.warning("Docker credential helper docker-credential-%s not found", helper)
         return None
     try:
-        done = subprocess.run([program, "get"], input=server.encode(), capture_output=True,
-                              timeout=30, check=False)
+        done = subprocess.run(
+            [program, "get"], input=server.encode(), capture_output=True, timeout=30, check=False
+        )
         reply = json.loads(done.stdout) if done.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
         log.warning("docker-credential-%s failed for %s: %s", helper, server, type(exc).__name__)
@@ -290,8 +293,9 @@ class Authenticator:
             return cached[0]
         return None
 
-    def on_unauthorized(self, response: httpx.Response, scope: str, sent: str | None,
-                        target: str) -> str:
+    def on_unauthorized(
+        self, response: httpx.Response, scope: str, sent: str | None, target: str
+    ) -> str:
         """A fresh Authorization header after `response` (a 401) or AuthError."""
         challenges = parse_www_authenticate(response.headers.get("www-authenticate", ""))
         by_scheme = {c.scheme: c for c in challenges}
@@ -307,14 +311,18 @@ class Authenticator:
             raise self.refused(response, sent, target)
         if challenge.scheme == "basic":
             if creds is None or not creds.has_password:
-                raise AuthError(f"authentication failed for {target}: registry requires "
-                                f"credentials and none are configured ({reason})", status=401)
+                raise AuthError(
+                    f"authentication failed for {target}: registry requires "
+                    f"credentials and none are configured ({reason})",
+                    status=401,
+                )
             if creds.basic() == sent:
                 raise self.refused(response, sent, target)
             return creds.basic()
         if "realm" not in challenge.params:
-            raise AuthError(f"authentication failed for {target}: Bearer challenge without "
-                            "realm", status=401)
+            raise AuthError(
+                f"authentication failed for {target}: Bearer challenge without realm", status=401
+            )
         wanted = merge_scopes(scope, challenge.params.get("scope", ""))
         return "Bearer " + self._fetch_token(challenge, wanted, target, cache_key=scope)
 
@@ -330,11 +338,14 @@ class Authenticator:
             what = f"fresh token for {who} refused"
         else:
             what = "no credentials sent"
-        return AuthError(f"authentication failed for {target}: {what} "
-                         f"({registry_reason(response)})", status=response.status_code)
+        return AuthError(
+            f"authentication failed for {target}: {what} ({registry_reason(response)})",
+            status=response.status_code,
+        )
 
-    def _fetch_token(self, challenge: Challenge, scope: str, target: str,
-                     cache_key: str | None = None) -> str:
+    def _fetch_token(
+        self, challenge: Challenge, scope: str, target: str, cache_key: str | None = None
+    ) -> str:
         realm = challenge.params["realm"]
         service = challenge.params.get("service", "")
         creds = self.credentials
@@ -342,31 +353,43 @@ class Authenticator:
         response: httpx.Response | None = None
         refresh = creds.identity_token if creds is not None else None
         if creds is not None and (refresh or creds.has_password) and not self._get_only:
-            form = {"grant_type": "refresh_token" if refresh else "password",
-                    "client_id": CLIENT_ID, "access_type": "online", **query}
+            form = {
+                "grant_type": "refresh_token" if refresh else "password",
+                "client_id": CLIENT_ID,
+                "access_type": "online",
+                **query,
+            }
             if refresh:
                 form["refresh_token"] = refresh
             else:
                 form.update(username=creds.username, password=creds.password)
             response = self._token_request(httpx.Request("POST", realm, data=form), target)
             if response.status_code in (400, 401, 404, 405) and not refresh:
-                log.debug("token server %s refused POST (%d), trying GET", redact_url(realm),
-                          response.status_code)
+                log.debug(
+                    "token server %s refused POST (%d), trying GET",
+                    redact_url(realm),
+                    response.status_code,
+                )
                 with self._lock:
                     self._get_only = True
                 response = None
         if response is None:
             headers = {"Authorization": creds.basic()} if creds and creds.has_password else {}
             response = self._token_request(
-                httpx.Request("GET", realm, params=query, headers=headers), target)
+                httpx.Request("GET", realm, params=query, headers=headers), target
+            )
         if response.status_code in (401, 403):
             who = f"user {creds.username!r}" if creds and creds.has_password else "anonymous"
-            raise AuthError(f"authentication failed for {target}: token server refused {who} "
-                            f"for scope {scope!r} ({registry_reason(response)})",
-                            status=response.status_code)
+            raise AuthError(
+                f"authentication failed for {target}: token server refused {who} "
+                f"for scope {scope!r} ({registry_reason(response)})",
+                status=response.status_code,
+            )
         if response.status_code != 200:
-            raise RegistryError(f"token request for {target} failed: "
-                                f"{registry_reason(response)}", status=response.status_code)
+            raise RegistryError(
+                f"token request for {target} failed: {registry_reason(response)}",
+                status=response.status_code,
+            )
         token, ttl = _parse_token(response, target)
         with self._lock:
             self._tokens[cache_key or scope] = (token, time.monotonic() + ttl)
@@ -380,7 +403,6 @@ class Authenticator:
             raise type(exc)(f"token request for {target} failed: {exc}", status=exc.status) from exc
 
 
-
 def _parse_token(response: httpx.Response, target: str) -> tuple[str, float]:
     """(token, lifetime in seconds) from a token server's JSON reply."""
     try:
@@ -391,8 +413,10 @@ def _parse_token(response: httpx.Response, target: str) -> tuple[str, float]:
         body = {}
     token = body.get("token") or body.get("access_token")
     if not isinstance(token, str) or not token:
-        raise AuthError(f"authentication failed for {target}: token server answered "
-                        "without a token", status=response.status_code)
+        raise AuthError(
+            f"authentication failed for {target}: token server answered without a token",
+            status=response.status_code,
+        )
     ttl = body.get("expires_in")
     ttl = float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else TOKEN_TTL_DEFAULT
     return token, min(max(ttl, TOKEN_TTL_MIN), TOKEN_TTL_MAX)

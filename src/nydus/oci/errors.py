@@ -7,12 +7,12 @@ import errno
 from nydus.errors import FormatError, NydusError, StorageError
 
 __all__ = [
-    "InvalidReference",
-    "InvalidManifest",
-    "RegistryError",
     "AuthError",
-    "RegistryNotFound",
+    "InvalidManifest",
+    "InvalidReference",
     "PlatformNotFound",
+    "RegistryError",
+    "RegistryNotFound",
 ]
 
 
@@ -33,8 +33,7 @@ class RegistryError(StorageError):
     (429, 5xx, a dropped connection) and retries ran out.
     """
 
-    def __init__(self, message: str, *, status: int | None = None,
-                 retryable: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable

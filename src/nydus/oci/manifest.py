@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import json
 import platform as _host
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from nydus.oci import mediatypes as mt
 from nydus.oci.errors import InvalidManifest, InvalidReference, PlatformNotFound
 from nydus.oci.reference import check_digest
 
 __all__ = [
-    "Platform",
     "Descriptor",
-    "Manifest",
     "Index",
-    "parse_manifest",
+    "Manifest",
+    "Platform",
     "go_json",
     "host_platform",
-    "select_manifest",
-    "is_nydus_manifest",
     "is_nydus_index_entry",
+    "is_nydus_manifest",
+    "parse_manifest",
+    "select_manifest",
 ]
 
 JSONDict = dict[str, Any]
@@ -51,8 +52,13 @@ def go_json(obj: Any, indent: int | None = None) -> bytes:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     else:
         text = json.dumps(obj, ensure_ascii=False, indent=indent, separators=(",", ": "))
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text.encode()
 
@@ -69,8 +75,9 @@ def _load(data: bytes | str | Mapping[str, Any], what: str) -> JSONDict:
     return obj
 
 
-def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str,
-         required: bool = False) -> Any:
+def _get(
+    d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str, required: bool = False
+) -> Any:
     value = d.get(key)
     if value is None:
         if required:
@@ -113,7 +120,7 @@ class Platform:
     _KEYS = ("architecture", "os", "os.version", "os.features", "variant")
 
     @classmethod
-    def parse(cls, text: str) -> "Platform":
+    def parse(cls, text: str) -> Platform:
         """`linux/amd64`, `linux/arm64/v8`; architecture aliases (x86_64, aarch64) are accepted."""
         parts = text.strip().split("/")
         if len(parts) not in (2, 3) or not all(parts):
@@ -122,7 +129,7 @@ class Platform:
         return cls(parts[0].lower(), parts[1].lower(), variant)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], what: str = "platform") -> "Platform":
+    def from_json(cls, d: Mapping[str, Any], what: str = "platform") -> Platform:
         features = _get(d, "os.features", list, what) or []
         return cls(
             os=_get(d, "os", str, what) or "",
@@ -142,7 +149,7 @@ class Platform:
         out.update(self.extra)
         return out
 
-    def normalized(self) -> "Platform":
+    def normalized(self) -> Platform:
         """containerd's normalisation: amd64/arm64 names, arm64 → variant v8, arm → v7."""
         arch = _ARCH_ALIASES.get(self.architecture.lower(), self.architecture.lower())
         variant = self.variant or _ARCH_ALIAS_VARIANT.get(self.architecture.lower())
@@ -151,10 +158,11 @@ class Platform:
         variant = variant or _ARCH_DEFAULT_VARIANT.get(arch)
         if arch == "amd64" and variant == "v1":
             variant = None
-        return Platform(self.os.lower(), arch, variant, self.os_version, self.os_features,
-                        self.extra)
+        return Platform(
+            self.os.lower(), arch, variant, self.os_version, self.os_features, self.extra
+        )
 
-    def matches(self, other: "Platform") -> bool:
+    def matches(self, other: Platform) -> bool:
         """Whether `other` (an index entry's platform) satisfies this wanted platform.
 
         A wanted platform without a variant accepts any variant of its architecture.
@@ -188,11 +196,19 @@ class Descriptor:
     artifact_type: str | None = None
     extra: JSONDict = field(default_factory=dict)
 
-    _KEYS = ("mediaType", "digest", "size", "urls", "annotations", "data", "platform",
-             "artifactType")
+    _KEYS = (
+        "mediaType",
+        "digest",
+        "size",
+        "urls",
+        "annotations",
+        "data",
+        "platform",
+        "artifactType",
+    )
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], what: str = "descriptor") -> "Descriptor":
+    def from_json(cls, d: Mapping[str, Any], what: str = "descriptor") -> Descriptor:
         if not isinstance(d, Mapping):
             raise InvalidManifest(f"{what} is not a JSON object")
         digest = _get(d, "digest", str, what, required=True)
@@ -230,8 +246,9 @@ class Descriptor:
 _DOC_KEYS = ("schemaVersion", "mediaType", "artifactType", "subject", "annotations")
 
 
-def _doc_fields(d: JSONDict, what: str, allowed: frozenset[str], body_keys: tuple[str, ...]
-                ) -> dict[str, Any]:
+def _doc_fields(
+    d: JSONDict, what: str, allowed: frozenset[str], body_keys: tuple[str, ...]
+) -> dict[str, Any]:
     """The fields manifests and indexes share, validated, as constructor arguments."""
     if d.get("schemaVersion") != 2:
         raise InvalidManifest(f"{what}: schemaVersion {d.get('schemaVersion')!r}, expected 2")
@@ -287,13 +304,14 @@ class Manifest(_Document):
     media_type: str | None = field(default=mt.OCI_MANIFEST, kw_only=True)
 
     @classmethod
-    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> "Manifest":
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> Manifest:
         d = _load(data, "manifest")
         common = _doc_fields(d, "manifest", mt.MANIFEST_TYPES, ("config", "layers"))
         layers = _get(d, "layers", list, "manifest") or []
         return cls(
-            config=Descriptor.from_json(_get(d, "config", dict, "manifest", required=True),
-                                        "manifest config"),
+            config=Descriptor.from_json(
+                _get(d, "config", dict, "manifest", required=True), "manifest config"
+            ),
             layers=[Descriptor.from_json(x, f"manifest layer {i}") for i, x in enumerate(layers)],
             **common,
         )
@@ -310,7 +328,7 @@ class Index(_Document):
     media_type: str | None = field(default=mt.OCI_INDEX, kw_only=True)
 
     @classmethod
-    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> "Index":
+    def from_json(cls, data: bytes | str | Mapping[str, Any]) -> Index:
         d = _load(data, "index")
         common = _doc_fields(d, "index", mt.INDEX_TYPES, ("manifests",))
         entries = _get(d, "manifests", list, "index") or []
@@ -323,8 +341,9 @@ class Index(_Document):
         return {"manifests": [entry.to_json() for entry in self.manifests]}
 
 
-def parse_manifest(data: bytes | str | Mapping[str, Any], media_type: str | None = None
-                   ) -> Manifest | Index:
+def parse_manifest(
+    data: bytes | str | Mapping[str, Any], media_type: str | None = None
+) -> Manifest | Index:
     """Parse a manifest or an index, choosing by `media_type` (e.g. the Content-Type) or content."""
     d = _load(data, "manifest")
     kind = media_type if media_type in mt.MANIFEST_TYPES | mt.INDEX_TYPES else d.get("mediaType")
@@ -344,8 +363,10 @@ def is_nydus_manifest(manifest: Manifest, strict: bool = False) -> bool:
     last = manifest.layers[-1]
     if not strict:
         return mt.NYDUS_BOOTSTRAP_ANNOTATION in last.annotations
-    return (last.annotations.get(mt.NYDUS_BOOTSTRAP_ANNOTATION) == "true"
-            and last.media_type in mt.BOOTSTRAP_LAYER_TYPES)
+    return (
+        last.annotations.get(mt.NYDUS_BOOTSTRAP_ANNOTATION) == "true"
+        and last.media_type in mt.BOOTSTRAP_LAYER_TYPES
+    )
 
 
 def is_nydus_index_entry(entry: Descriptor) -> bool:
@@ -355,8 +376,9 @@ def is_nydus_index_entry(entry: Descriptor) -> bool:
     return entry.platform is not None and mt.NYDUS_OS_FEATURE in entry.platform.os_features
 
 
-def select_manifest(index: Index, platform: Platform | str, *, nydus: bool | None = None
-                    ) -> Descriptor:
+def select_manifest(
+    index: Index, platform: Platform | str, *, nydus: bool | None = None
+) -> Descriptor:
     """The first entry of `index` for `platform`.
 
     `nydus=True` considers only entries marked as Nydus manifests, `False` only unmarked ones,

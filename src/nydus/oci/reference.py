@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from nydus.oci.errors import InvalidReference
 
 __all__ = [
+    "DEFAULT_TAG",
     "DOCKER_HUB",
     "DOCKER_HUB_API",
-    "DEFAULT_TAG",
     "Reference",
     "api_host",
     "check_digest",
@@ -78,7 +78,7 @@ class Reference:
     digest: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Reference":
+    def parse(cls, text: str) -> Reference:
         """Parse `text`; a reference without tag or digest gets tag `latest`."""
         if not text or text != text.strip():
             raise InvalidReference(f"invalid image reference {text!r}: empty or padded with spaces")
@@ -132,12 +132,12 @@ class Reference:
             text += "@" + self.digest
         return text
 
-    def with_tag(self, tag: str) -> "Reference":
+    def with_tag(self, tag: str) -> Reference:
         if not _TAG_RE.fullmatch(tag):
             raise InvalidReference(f"invalid tag {tag!r} for {self.name}")
         return replace(self, tag=tag, digest=None)
 
-    def with_digest(self, digest: str) -> "Reference":
+    def with_digest(self, digest: str) -> Reference:
         return replace(self, digest=check_digest(digest))
 
     def __str__(self) -> str:

@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Literal, NamedTuple, Sequence, Union
+from typing import Any, BinaryIO, Literal, NamedTuple, Self, Union
 
 import httpx
 
@@ -41,7 +42,7 @@ from nydus.oci.errors import AuthError, RegistryError, RegistryNotFound
 from nydus.oci.manifest import Descriptor
 from nydus.oci.reference import Reference, api_host, check_digest, sha256_digest
 
-__all__ = ["RegistryClient", "FetchedManifest", "BlobSource", "PushResult"]
+__all__ = ["BlobSource", "FetchedManifest", "PushResult", "RegistryClient"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _TLS_HINTS = ("ssl", "wrong version number", "tls", "certificate")
 
 BlobSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", BinaryIO]
 PushResult = Literal["exists", "mounted", "uploaded"]
-Body = Union[bytes, Callable[[], Iterable[bytes]], None]
+Body = bytes | Callable[[], Iterable[bytes]] | None
 
 
 class FetchedManifest(NamedTuple):
@@ -115,8 +116,9 @@ class RegistryClient:
         self._redirects: OrderedDict[tuple[str, str], _Redirect] = OrderedDict()
 
     @classmethod
-    def for_reference(cls, ref: Reference | str, *, docker_config: bool = True,
-                      **kwargs: Any) -> "RegistryClient":
+    def for_reference(
+        cls, ref: Reference | str, *, docker_config: bool = True, **kwargs: Any
+    ) -> RegistryClient:
         """A client for `ref`'s registry with credentials from the Docker config."""
         ref = Reference.parse(ref) if isinstance(ref, str) else ref
         if docker_config and "credentials" not in kwargs:
@@ -126,7 +128,7 @@ class RegistryClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -138,27 +140,37 @@ class RegistryClient:
 
     # -- manifests -------------------------------------------------------------------------
 
-    def get_manifest(self, repo: str, ref: str, accept: Sequence[str] = mt.MANIFEST_ACCEPT
-                     ) -> FetchedManifest:
+    def get_manifest(
+        self, repo: str, ref: str, accept: Sequence[str] = mt.MANIFEST_ACCEPT
+    ) -> FetchedManifest:
         """Manifest or index bytes, media type and digest; a digest `ref` is verified."""
         what = self._what(repo, "manifest", ref)
-        response = self._send("GET", f"/v2/{repo}/manifests/{ref}", repo, what,
-                              headers={"Accept": ", ".join(accept)})
+        response = self._send(
+            "GET", f"/v2/{repo}/manifests/{ref}", repo, what, headers={"Accept": ", ".join(accept)}
+        )
         data = response.content
         if len(data) > MANIFEST_MAX:
-            raise RegistryError(f"{what}: manifest of {len(data)} bytes is larger than "
-                                f"{MANIFEST_MAX}")
+            raise RegistryError(
+                f"{what}: manifest of {len(data)} bytes is larger than {MANIFEST_MAX}"
+            )
         digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise DigestMismatch(f"{what}: content has digest {digest}")
         return FetchedManifest(data, _media_type(response, data), digest)
 
-    def head_manifest(self, repo: str, ref: str, accept: Sequence[str] = mt.MANIFEST_ACCEPT
-                      ) -> Descriptor | None:
+    def head_manifest(
+        self, repo: str, ref: str, accept: Sequence[str] = mt.MANIFEST_ACCEPT
+    ) -> Descriptor | None:
         """Descriptor (media type, digest, size) of a manifest, None if it does not exist."""
         what = self._what(repo, "manifest", ref)
-        response = self._send("HEAD", f"/v2/{repo}/manifests/{ref}", repo, what,
-                              headers={"Accept": ", ".join(accept)}, ok=(200, 404))
+        response = self._send(
+            "HEAD",
+            f"/v2/{repo}/manifests/{ref}",
+            repo,
+            what,
+            headers={"Accept": ", ".join(accept)},
+            ok=(200, 404),
+        )
         if response.status_code == 404:
             return None
         digest = response.headers.get("docker-content-digest")
@@ -174,8 +186,16 @@ class RegistryClient:
         what = self._what(repo, "manifest", ref)
         if ref.startswith("sha256:") and ref != digest:
             raise DigestMismatch(f"{what}: content has digest {digest}")
-        response = self._send("PUT", f"/v2/{repo}/manifests/{ref}", repo, what, push=True,
-                              headers={"Content-Type": media_type}, body=bytes(data), ok=(201,))
+        response = self._send(
+            "PUT",
+            f"/v2/{repo}/manifests/{ref}",
+            repo,
+            what,
+            push=True,
+            headers={"Content-Type": media_type},
+            body=bytes(data),
+            ok=(201,),
+        )
         _check_echoed_digest(response, digest, what)
         log.debug("pushed %s (%s, %d bytes)", what, digest, len(data))
         return digest
@@ -185,8 +205,9 @@ class RegistryClient:
     def stat_blob(self, repo: str, digest: str) -> int | None:
         """Size of a blob, or None if the repository does not have it."""
         what = self._what(repo, "blob", check_digest(digest))
-        response = self._send("HEAD", f"/v2/{repo}/blobs/{digest}", repo, what, ok=(200, 404),
-                              follow_redirects=True)
+        response = self._send(
+            "HEAD", f"/v2/{repo}/blobs/{digest}", repo, what, ok=(200, 404), follow_redirects=True
+        )
         if response.status_code == 404:
             return None
         size = response.headers.get("content-length", "")
@@ -208,9 +229,16 @@ class RegistryClient:
             headers = {"Accept-Encoding": "identity"}
             if received:
                 headers["Range"] = f"bytes={received}-"
-            response = self._send("GET", f"/v2/{repo}/blobs/{digest}", repo, what,
-                                  headers=headers, ok=(200, 206), stream=True,
-                                  follow_redirects=True)
+            response = self._send(
+                "GET",
+                f"/v2/{repo}/blobs/{digest}",
+                repo,
+                what,
+                headers=headers,
+                ok=(200, 206),
+                stream=True,
+                follow_redirects=True,
+            )
             skip = received if response.status_code == 200 else 0
             try:
                 for data in response.iter_bytes():
@@ -224,10 +252,16 @@ class RegistryClient:
             except httpx.TransportError as exc:
                 failures += 1
                 if failures > self.retries:
-                    raise RegistryError(f"{what}: download failed after {received} bytes: "
-                                        f"{type(exc).__name__}: {exc}") from exc
-                log.warning("%s: connection lost after %d bytes (%s), resuming", what,
-                            received, type(exc).__name__)
+                    raise RegistryError(
+                        f"{what}: download failed after {received} bytes: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning(
+                    "%s: connection lost after %d bytes (%s), resuming",
+                    what,
+                    received,
+                    type(exc).__name__,
+                )
                 self._sleep(failures - 1, None)
             finally:
                 response.close()
@@ -274,33 +308,74 @@ class RegistryClient:
         span = f"{what} range {start}+{length}"
         cached = self._cached_redirect(repo, digest)
         if cached is not None:
-            response = self._send("GET", cached, repo, span, headers=headers, anonymous=True,
-                                  ok=(200, 206, 401, 403), follow_redirects=True)
+            response = self._send(
+                "GET",
+                cached,
+                repo,
+                span,
+                headers=headers,
+                anonymous=True,
+                ok=(200, 206, 401, 403),
+                follow_redirects=True,
+            )
             if response.status_code not in (401, 403):
                 return _range_body(response, start, length, span)
-            log.debug("%s: cached redirect refused (%d), resolving again", what,
-                      response.status_code)
+            log.debug(
+                "%s: cached redirect refused (%d), resolving again", what, response.status_code
+            )
             self._forget_redirect(repo, digest)
-        response = self._send("GET", f"/v2/{repo}/blobs/{digest}", repo, span, headers=headers,
-                              ok=(200, 206, *_REDIRECTS))
+        response = self._send(
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            repo,
+            span,
+            headers=headers,
+            ok=(200, 206, *_REDIRECTS),
+        )
         if response.status_code in _REDIRECTS:
             target = self._redirect_target(response)
             self._remember_redirect(repo, digest, target)
             log.debug("%s redirected to %s", what, redact_url(target))
-            response = self._send("GET", target, repo, span, headers=headers, anonymous=True,
-                                  ok=(200, 206), follow_redirects=True)
+            response = self._send(
+                "GET",
+                target,
+                repo,
+                span,
+                headers=headers,
+                anonymous=True,
+                ok=(200, 206),
+                follow_redirects=True,
+            )
         return _range_body(response, start, length, span)
 
-    def push_blob(self, repo: str, digest: str, source: BlobSource, size: int | None = None, *,
-                  from_repo: str | None = None, chunk_size: int | None = None) -> PushResult:
+    def push_blob(
+        self,
+        repo: str,
+        digest: str,
+        source: BlobSource,
+        size: int | None = None,
+        *,
+        from_repo: str | None = None,
+        chunk_size: int | None = None,
+    ) -> PushResult:
         """Upload a blob unless the repository has it; try a cross-repository mount from
         `from_repo` first. Blobs larger than `chunk_size` go up in PATCH chunks."""
         what = self._what(repo, "blob", check_digest(digest))
         scopes = repo_scope(repo, push=True)
         if from_repo and from_repo != repo:
             scopes = merge_scopes(scopes, repo_scope(from_repo))
-        if self._send("HEAD", f"/v2/{repo}/blobs/{digest}", repo, what, ok=(200, 404),
-                      scope=scopes, follow_redirects=True).status_code == 200:
+        if (
+            self._send(
+                "HEAD",
+                f"/v2/{repo}/blobs/{digest}",
+                repo,
+                what,
+                ok=(200, 404),
+                scope=scopes,
+                follow_redirects=True,
+            ).status_code
+            == 200
+        ):
             log.debug("%s already exists, skipping upload", what)
             return "exists"
         with _Source.open(source, size) as src:
@@ -315,11 +390,27 @@ class RegistryClient:
                     self._sleep(attempt, None)
         raise AssertionError("unreachable")
 
-    def _upload(self, repo: str, digest: str, src: "_Source", chunk: int, from_repo: str | None,
-                scopes: str, what: str) -> PushResult:
+    def _upload(
+        self,
+        repo: str,
+        digest: str,
+        src: _Source,
+        chunk: int,
+        from_repo: str | None,
+        scopes: str,
+        what: str,
+    ) -> PushResult:
         params = {"mount": digest, "from": from_repo} if from_repo and from_repo != repo else {}
-        response = self._send("POST", f"/v2/{repo}/blobs/uploads/", repo, what, params=params,
-                              scope=scopes, ok=(201, 202), body=b"")
+        response = self._send(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            repo,
+            what,
+            params=params,
+            scope=scopes,
+            ok=(201, 202),
+            body=b"",
+        )
         if response.status_code == 201:
             log.debug("%s mounted from %s", what, from_repo)
             return "mounted"
@@ -329,19 +420,37 @@ class RegistryClient:
             while offset < src.size:
                 n = min(chunk, src.size - offset)
                 response = self._send(
-                    "PATCH", location, repo, what, scope=scopes, ok=(202,), attempts=1,
-                    headers={"Content-Type": "application/octet-stream",
-                             "Content-Range": f"{offset}-{offset + n - 1}",
-                             "Content-Length": str(n)},
-                    body=src.reader(offset, n))
+                    "PATCH",
+                    location,
+                    repo,
+                    what,
+                    scope=scopes,
+                    ok=(202,),
+                    attempts=1,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + n - 1}",
+                        "Content-Length": str(n),
+                    },
+                    body=src.reader(offset, n),
+                )
                 location = _location(response, what)
                 offset += n
         url = str(httpx.URL(location).copy_merge_params({"digest": digest}))
         response = self._send(
-            "PUT", url, repo, what, scope=scopes, ok=(201,), attempts=1,
-            headers={"Content-Type": "application/octet-stream",
-                     "Content-Length": str(src.size - offset)},
-            body=src.reader(offset, src.size - offset))
+            "PUT",
+            url,
+            repo,
+            what,
+            scope=scopes,
+            ok=(201,),
+            attempts=1,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(src.size - offset),
+            },
+            body=src.reader(offset, src.size - offset),
+        )
         _check_echoed_digest(response, digest, what)
         log.debug("uploaded %s (%d bytes)", what, src.size)
         return "uploaded"
@@ -413,9 +522,12 @@ class RegistryClient:
         limit = self.retries + 1 if attempts is None else attempts
         while True:
             request = self._http.build_request(
-                method, url if "://" in url else self.base_url + url, params=params,
+                method,
+                url if "://" in url else self.base_url + url,
+                params=params,
                 headers={**(headers or {}), **({"Authorization": auth} if auth else {})},
-                content=body() if callable(body) else body)
+                content=body() if callable(body) else body,
+            )
             try:
                 response = self._read(request, ok, stream, follow_redirects)
             except httpx.TransportError as exc:
@@ -424,10 +536,18 @@ class RegistryClient:
                 attempt += 1
                 transient = not isinstance(exc, httpx.UnsupportedProtocol)
                 if attempt >= limit or not transient:
-                    raise RegistryError(f"{what}: {method} failed: {type(exc).__name__}: {exc}",
-                                        retryable=transient) from exc
-                log.warning("%s: %s %s failed (%s), retry %d/%d", what, method,
-                            redact_url(request.url), type(exc).__name__, attempt, limit - 1)
+                    raise RegistryError(
+                        f"{what}: {method} failed: {type(exc).__name__}: {exc}", retryable=transient
+                    ) from exc
+                log.warning(
+                    "%s: %s %s failed (%s), retry %d/%d",
+                    what,
+                    method,
+                    redact_url(request.url),
+                    type(exc).__name__,
+                    attempt,
+                    limit - 1,
+                )
                 self._sleep(attempt - 1, None)
                 continue
             status = response.status_code
@@ -445,15 +565,22 @@ class RegistryClient:
             _drain(response)
             if (status == 429 or status >= 500) and attempt + 1 < limit:
                 attempt += 1
-                log.warning("%s: %s %s -> %s, retry %d/%d", what, method,
-                            redact_url(request.url), registry_reason(response), attempt,
-                            limit - 1)
+                log.warning(
+                    "%s: %s %s -> %s, retry %d/%d",
+                    what,
+                    method,
+                    redact_url(request.url),
+                    registry_reason(response),
+                    attempt,
+                    limit - 1,
+                )
                 self._sleep(attempt - 1, response.headers.get("retry-after"))
                 continue
             raise _status_error(response, what, self.host, repo)
 
-    def _read(self, request: httpx.Request, ok: Sequence[int], stream: bool,
-              follow_redirects: bool) -> httpx.Response:
+    def _read(
+        self, request: httpx.Request, ok: Sequence[int], stream: bool, follow_redirects: bool
+    ) -> httpx.Response:
         """Send; read the body of a wanted, non-streamed reply. Error replies stay unread, so a
         broken error body (distribution's 416 announces the blob's length) is no transport
         failure."""
@@ -468,14 +595,29 @@ class RegistryClient:
     def _send_plain(self, request: httpx.Request) -> httpx.Response:
         """Send a token-server request with the same transient-failure retries."""
         what = f"token server {request.url.host}"
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("authorization", "content-type")}
-        return self._send(request.method, str(request.url), "", what, anonymous=True,
-                          headers=headers, body=request.content, ok=range(200, 500))
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "content-type")
+        }
+        return self._send(
+            request.method,
+            str(request.url),
+            "",
+            what,
+            anonymous=True,
+            headers=headers,
+            body=request.content,
+            ok=range(200, 500),
+        )
 
     def _fall_back_to_http(self, exc: httpx.TransportError, url: str) -> bool:
-        if not (self.skip_verify and self.scheme == "https" and "://" not in url
-                and isinstance(exc, httpx.ConnectError)):
+        if not (
+            self.skip_verify
+            and self.scheme == "https"
+            and "://" not in url
+            and isinstance(exc, httpx.ConnectError)
+        ):
             return False
         text = str(exc).lower()
         if not any(hint in text for hint in _TLS_HINTS):
@@ -485,7 +627,7 @@ class RegistryClient:
         return True
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt))
+        delay = min(self.max_backoff, self.backoff * (2**attempt))
         delay *= 0.5 + random.random() / 2
         if retry_after:
             delay = min(self.max_backoff, max(delay, _parse_retry_after(retry_after)))
@@ -495,25 +637,25 @@ class RegistryClient:
 class _Source:
     """A replayable blob body: bytes, a path or a seekable binary file."""
 
-    def __init__(self, data: memoryview | None, file: BinaryIO | None, size: int,
-                 owned: bool) -> None:
+    def __init__(
+        self, data: memoryview | None, file: BinaryIO | None, size: int, owned: bool
+    ) -> None:
         self._data, self._file, self.size, self._owned = data, file, size, owned
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, source: BlobSource, size: int | None) -> "_Source":
+    def open(cls, source: BlobSource, size: int | None) -> _Source:
         if isinstance(source, (bytes, bytearray, memoryview)):
             view = memoryview(source).cast("B")
             return cls(view, None, len(view) if size is None else size, False)
         if isinstance(source, (str, os.PathLike)):
             file = open(source, "rb")  # noqa: SIM115 - closed by __exit__
-            return cls(None, file, os.fstat(file.fileno()).st_size if size is None else size,
-                       True)
+            return cls(None, file, os.fstat(file.fileno()).st_size if size is None else size, True)
         if size is None:
             size = source.seek(0, io.SEEK_END)
         return cls(None, source, size, False)
 
-    def __enter__(self) -> "_Source":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -526,16 +668,18 @@ class _Source:
             while done < length:
                 n = min(READ_PIECE, length - done)
                 if self._data is not None:
-                    data = bytes(self._data[offset + done: offset + done + n])
+                    data = bytes(self._data[offset + done : offset + done + n])
                 else:
                     with self._lock:
                         self._file.seek(offset + done)  # type: ignore[union-attr]
                         data = self._file.read(n)  # type: ignore[union-attr]
                 if not data:
                     raise RegistryError(
-                        f"blob source ended at {offset + done} of {offset + length} bytes")
+                        f"blob source ended at {offset + done} of {offset + length} bytes"
+                    )
                 done += len(data)
                 yield data
+
         return pieces
 
 
@@ -576,7 +720,7 @@ def _range_body(response: httpx.Response, start: int, length: int, what: str) ->
     data = response.content
     if response.status_code == 200:
         log.debug("%s: server ignored Range, slicing the whole blob", what)
-        data = data[start:start + length]
+        data = data[start : start + length]
     else:
         served = response.headers.get("content-range", "")
         if served and not served.startswith(f"bytes {start}-"):
@@ -590,12 +734,14 @@ def _status_error(response: httpx.Response, what: str, host: str, repo: str) -> 
     status = response.status_code
     reason = registry_reason(response)
     if status in (401, 403):
-        return AuthError(f"authentication failed for {host}/{repo}: {what}: {reason}",
-                         status=status)
+        return AuthError(
+            f"authentication failed for {host}/{repo}: {what}: {reason}", status=status
+        )
     if status == 404:
         return RegistryNotFound(f"{what}: not found ({reason})", status=status)
-    return RegistryError(f"{what}: {reason}", status=status,
-                         retryable=status == 429 or status >= 500)
+    return RegistryError(
+        f"{what}: {reason}", status=status, retryable=status == 429 or status >= 500
+    )
 
 
 def _parse_retry_after(value: str) -> float:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from nydus.config import BackendConfig
 from nydus.errors import ConfigError, NydusError, StorageError
@@ -87,7 +88,9 @@ class BackendMetrics:
                 "read_errors": self.read_errors,
                 "read_amount_total": self.read_amount_total,
                 "read_cumulative_latency_millis_total": self.read_cumulative_latency_millis_total,
-                "read_cumulative_latency_millis_dist": list(self.read_cumulative_latency_millis_dist),
+                "read_cumulative_latency_millis_dist": list(
+                    self.read_cumulative_latency_millis_dist
+                ),
                 "read_count_block_size_dist": list(self.read_count_block_size_dist),
                 "read_latency_sizes_dist": [list(r) for r in self.read_latency_sizes_dist],
             }
@@ -136,15 +139,20 @@ class BackendBase:
             raise
         except OSError as exc:
             self.metrics.record_error()
-            raise StorageError(f"{self.type_name} backend: reading blob {blob_id} "
-                               f"[{offset}, +{size}) failed: {exc}") from exc
+            raise StorageError(
+                f"{self.type_name} backend: reading blob {blob_id} "
+                f"[{offset}, +{size}) failed: {exc}"
+            ) from exc
         if len(data) != size:
             self.metrics.record_error()
-            raise StorageError(f"{self.type_name} backend: short read of blob {blob_id}: "
-                               f"{len(data)} of {size} bytes at {offset}")
+            raise StorageError(
+                f"{self.type_name} backend: short read of blob {blob_id}: "
+                f"{len(data)} of {size} bytes at {offset}"
+            )
         self.metrics.record_read(size, time.monotonic() - t0)
-        log.debug("backend %s read blob %s offset %d size %d", self.type_name, blob_id,
-                  offset, size)
+        log.debug(
+            "backend %s read blob %s offset %d size %d", self.type_name, blob_id, offset, size
+        )
         return data
 
     def close(self) -> None:
@@ -167,8 +175,8 @@ def available_backends() -> list[str]:
 
 def _not_yet(type_name: str, issue: str) -> BackendFactory:
     def factory(cfg: BackendConfig) -> BlobBackend:
-        raise ConfigError(f"backend type {type_name!r} is not supported yet ({issue}); "
-                          "use localfs")
+        raise ConfigError(f"backend type {type_name!r} is not supported yet ({issue}); use localfs")
+
     return factory
 
 
@@ -200,6 +208,7 @@ def create_backend(cfg: BackendConfig) -> BlobBackend:
     _load_builtin()
     factory = _FACTORIES.get(cfg.type)
     if factory is None:
-        raise ConfigError(f"unknown backend type {cfg.type!r} (known: "
-                          f"{', '.join(sorted(_FACTORIES))})")
+        raise ConfigError(
+            f"unknown backend type {cfg.type!r} (known: {', '.join(sorted(_FACTORIES))})"
+        )
     return factory(cfg)

@@ -53,8 +53,13 @@ class ChunkDesc:
 class BlobMeta:
     """Chunk table of one blob (v6: from its CI array; v5: from the bootstrap's refs)."""
 
-    def __init__(self, blob: BlobInfo, compressor: Compressor, digester: Digester,
-                 chunks: list[ChunkDesc] | None) -> None:
+    def __init__(
+        self,
+        blob: BlobInfo,
+        compressor: Compressor,
+        digester: Digester,
+        chunks: list[ChunkDesc] | None,
+    ) -> None:
         self.blob = blob
         self.blob_id = blob.blob_id
         self.compressor = compressor
@@ -75,20 +80,37 @@ class BlobMeta:
         """The descriptor of the chunk a file's chunk reference points at."""
         if self.chunks is not None:
             if not 0 <= ref.ci_index < len(self.chunks):
-                raise FormatError(f"blob {self.blob_id}: chunk index {ref.ci_index} out of "
-                                  f"range (blob has {len(self.chunks)} chunks)")
+                raise FormatError(
+                    f"blob {self.blob_id}: chunk index {ref.ci_index} out of "
+                    f"range (blob has {len(self.chunks)} chunks)"
+                )
             desc = self.chunks[ref.ci_index]
             if desc.digest is None and ref.digest is not None:
-                desc = ChunkDesc(desc.index, desc.compressed_offset, desc.compressed_size,
-                                 desc.uncompressed_offset, desc.uncompressed_size,
-                                 desc.compressed, ref.digest)
+                desc = ChunkDesc(
+                    desc.index,
+                    desc.compressed_offset,
+                    desc.compressed_size,
+                    desc.uncompressed_offset,
+                    desc.uncompressed_size,
+                    desc.compressed,
+                    ref.digest,
+                )
             return desc
-        if ref.compressed_offset is None or ref.compressed_size is None or \
-                ref.uncompressed_size is None:
+        if (
+            ref.compressed_offset is None
+            or ref.compressed_size is None
+            or ref.uncompressed_size is None
+        ):
             raise FormatError(f"blob {self.blob_id}: chunk {ref.ci_index} has no location")
-        return ChunkDesc(ref.ci_index, ref.compressed_offset, ref.compressed_size,
-                         ref.uncompressed_offset, ref.uncompressed_size, bool(ref.compressed),
-                         ref.digest)
+        return ChunkDesc(
+            ref.ci_index,
+            ref.compressed_offset,
+            ref.compressed_size,
+            ref.uncompressed_offset,
+            ref.uncompressed_size,
+            bool(ref.compressed),
+            ref.digest,
+        )
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -108,14 +130,16 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def _check_header(blob: BlobInfo, hdr: BlobMetaHeader) -> None:
     where = f"blob {blob.blob_id}: CI header"
-    if not blob.features & BlobFeatures.IS_CHUNKDICT_GENERATED and \
-            hdr.ci_entries != blob.chunk_count:
-        raise FormatError(f"{where}: {hdr.ci_entries} entries, blob table says "
-                          f"{blob.chunk_count}")
+    if (
+        not blob.features & BlobFeatures.IS_CHUNKDICT_GENERATED
+        and hdr.ci_entries != blob.chunk_count
+    ):
+        raise FormatError(f"{where}: {hdr.ci_entries} entries, blob table says {blob.chunk_count}")
     for name in ("ci_compressor", "ci_offset", "ci_compressed_size", "ci_uncompressed_size"):
         if getattr(hdr, name) != getattr(blob, name):
-            raise FormatError(f"{where}: {name} {getattr(hdr, name)} != blob table value "
-                              f"{getattr(blob, name)}")
+            raise FormatError(
+                f"{where}: {name} {getattr(hdr, name)} != blob table value {getattr(blob, name)}"
+            )
 
 
 def _meta_cache_path(cache_dir: str | None, blob_id: str, suffix: str) -> str | None:
@@ -135,25 +159,31 @@ def _read_ci_buffer(blob: BlobInfo, backend: BlobBackend, cache_dir: str | None)
                 _check_header(blob, hdr)
                 log.debug("blob %s: CI array from cache file %s", blob.blob_id, path)
                 return data[:usize]
-            log.warning("cache file %s has size %d, expected %d; refetching", path, len(data),
-                        expect)
+            log.warning(
+                "cache file %s has size %d, expected %d; refetching", path, len(data), expect
+            )
         except (OSError, FormatError) as exc:
             log.warning("cache file %s is unusable (%s); refetching", path, exc)
-    raw = backend.read(blob.blob_id, blob.ci_offset,
-                       blob.ci_compressed_size + BLOB_META_HEADER_SIZE)
-    hdr = BlobMetaHeader.unpack(raw[blob.ci_compressed_size:])
+    raw = backend.read(
+        blob.blob_id, blob.ci_offset, blob.ci_compressed_size + BLOB_META_HEADER_SIZE
+    )
+    hdr = BlobMetaHeader.unpack(raw[blob.ci_compressed_size :])
     _check_header(blob, hdr)
     try:
         comp = Compressor(blob.ci_compressor)
     except ValueError:
-        raise FormatError(f"blob {blob.blob_id}: unknown CI compressor {blob.ci_compressor}") \
-            from None
-    ci = comp.decompress(raw[:blob.ci_compressed_size], usize) if comp is not Compressor.NONE \
-        else raw[:blob.ci_compressed_size]
+        raise FormatError(
+            f"blob {blob.blob_id}: unknown CI compressor {blob.ci_compressor}"
+        ) from None
+    ci = (
+        comp.decompress(raw[: blob.ci_compressed_size], usize)
+        if comp is not Compressor.NONE
+        else raw[: blob.ci_compressed_size]
+    )
     if len(ci) != usize:
         raise FormatError(f"blob {blob.blob_id}: CI array is {len(ci)} bytes, expected {usize}")
     if path:
-        write_atomic(path, ci.ljust(align(usize, 4096), b"\0") + raw[blob.ci_compressed_size:])
+        write_atomic(path, ci.ljust(align(usize, 4096), b"\0") + raw[blob.ci_compressed_size :])
     return ci
 
 
@@ -181,27 +211,31 @@ def _read_digests(blob: BlobInfo, backend: BlobBackend, cache_dir: str | None) -
             with open(path, "rb") as f:
                 data = f.read()
             if len(data) == size:
-                return [data[i:i + DIGEST_SIZE] for i in range(0, size, DIGEST_SIZE)]
+                return [data[i : i + DIGEST_SIZE] for i in range(0, size, DIGEST_SIZE)]
         except OSError as exc:
             log.warning("cache file %s is unusable (%s); refetching", path, exc)
     entries = [e for e in _read_toc(blob, backend) if e.name == "blob.digest"]
     if not entries:
-        raise FormatError(f"blob {blob.blob_id}: INLINED_CHUNK_DIGEST set but its ToC has no "
-                          "blob.digest entry")
+        raise FormatError(
+            f"blob {blob.blob_id}: INLINED_CHUNK_DIGEST set but its ToC has no blob.digest entry"
+        )
     e = entries[0]
     if e.compressed_size != size or e.uncompressed_size != size:
-        raise FormatError(f"blob {blob.blob_id}: blob.digest section is {e.compressed_size} "
-                          f"bytes, expected {size} for {count} chunks")
+        raise FormatError(
+            f"blob {blob.blob_id}: blob.digest section is {e.compressed_size} "
+            f"bytes, expected {size} for {count} chunks"
+        )
     data = backend.read(blob.blob_id, e.compressed_offset, size)
     if any(e.digest) and hashlib.sha256(data).digest() != e.digest:
         raise FormatError(f"blob {blob.blob_id}: blob.digest section digest mismatch")
     if path:
         write_atomic(path, data)
-    return [data[i:i + DIGEST_SIZE] for i in range(0, size, DIGEST_SIZE)]
+    return [data[i : i + DIGEST_SIZE] for i in range(0, size, DIGEST_SIZE)]
 
 
-def load_blob_meta(sb: RafsSuper, blob: BlobInfo, backend: BlobBackend,
-                   cache_dir: str | None = None) -> BlobMeta:
+def load_blob_meta(
+    sb: RafsSuper, blob: BlobInfo, backend: BlobBackend, cache_dir: str | None = None
+) -> BlobMeta:
     """Load the chunk table of `blob` (an entry of `sb.blobs`)."""
     try:
         compressor = Compressor(blob.compressor)
@@ -211,10 +245,18 @@ def load_blob_meta(sb: RafsSuper, blob: BlobInfo, backend: BlobBackend,
     if sb.version == 5:
         return BlobMeta(blob, compressor, digester, None)
     f = blob.features
-    if f & (BlobFeatures.ZRAN | BlobFeatures.BATCH | BlobFeatures.ENCRYPTED |
-            BlobFeatures.SEPARATE | BlobFeatures.TARFS | BlobFeatures.EXTERNAL):
-        raise FormatError(f"blob {blob.blob_id}: features 0x{f:x} (zran/batch/encrypted/"
-                          "separate/tarfs/external) are not supported")
+    if f & (
+        BlobFeatures.ZRAN
+        | BlobFeatures.BATCH
+        | BlobFeatures.ENCRYPTED
+        | BlobFeatures.SEPARATE
+        | BlobFeatures.TARFS
+        | BlobFeatures.EXTERNAL
+    ):
+        raise FormatError(
+            f"blob {blob.blob_id}: features 0x{f:x} (zran/batch/encrypted/"
+            "separate/tarfs/external) are not supported"
+        )
     if blob.chunk_count == 0:
         return BlobMeta(blob, compressor, digester, [])
     if not blob.ci_uncompressed_size:
@@ -234,10 +276,23 @@ def load_blob_meta(sb: RafsSuper, blob: BlobInfo, backend: BlobBackend,
     chunks = []
     for i, m in enumerate(metas):
         d = digests[i] if digests is not None and digests[i] else None
-        chunks.append(ChunkDesc(i, m.compressed_offset, m.compressed_size,
-                                m.uncompressed_offset, m.uncompressed_size, m.compressed, d))
-    log.debug("blob %s: %d chunks, digests %s", blob.blob_id, len(chunks),
-              "inline" if f & BlobFeatures.INLINED_CHUNK_DIGEST else
-              ("from chunk table" if digests else "unavailable"))
+        chunks.append(
+            ChunkDesc(
+                i,
+                m.compressed_offset,
+                m.compressed_size,
+                m.uncompressed_offset,
+                m.uncompressed_size,
+                m.compressed,
+                d,
+            )
+        )
+    log.debug(
+        "blob %s: %d chunks, digests %s",
+        blob.blob_id,
+        len(chunks),
+        "inline"
+        if f & BlobFeatures.INLINED_CHUNK_DIGEST
+        else ("from chunk table" if digests else "unavailable"),
+    )
     return BlobMeta(blob, compressor, digester, chunks)
-

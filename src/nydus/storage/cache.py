@@ -46,15 +46,18 @@ class ChunkMap:
             st = os.fstat(fd)
             fresh = st.st_size == 0
             if st.st_size not in (0, self.size):
-                log.warning("chunk map %s has size %d, expected %d: resetting it", path,
-                            st.st_size, self.size)
+                log.warning(
+                    "chunk map %s has size %d, expected %d: resetting it",
+                    path,
+                    st.st_size,
+                    self.size,
+                )
                 os.ftruncate(fd, 0)
                 fresh = True
             if fresh:
                 os.ftruncate(fd, self.size)
                 os.pwrite(fd, _HEADER.pack(MAP_MAGIC1, 1, MAP_MAGIC2, 0), 0)
-            self._mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED,
-                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            self._mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
         magic1, version, magic2, all_ready = _HEADER.unpack_from(self._mm, 0)
@@ -67,7 +70,7 @@ class ChunkMap:
             self.ready_count = count
         else:
             bits = self._mm[MAP_HEADER_SIZE:]
-            self.ready_count = sum(bin(b).count("1") for b in bits if b)
+            self.ready_count = sum((b).bit_count() for b in bits if b)
             # ignore bits beyond `count` in the last byte
             self.ready_count = min(self.ready_count, count)
 
@@ -136,11 +139,14 @@ class BlobCache:
             self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             if data_size and os.fstat(self._fd).st_size < data_size:
                 os.ftruncate(self._fd, data_size)
-            self.map: ChunkMap | None = ChunkMap(self.map_path, chunk_count) if chunk_count \
-                else None
+            self.map: ChunkMap | None = (
+                ChunkMap(self.map_path, chunk_count) if chunk_count else None
+            )
         except OSError as exc:
-            raise StorageError(f"blob cache: cannot create cache files for blob {blob_id} in "
-                               f"{work_dir}: {exc.strerror}") from exc
+            raise StorageError(
+                f"blob cache: cannot create cache files for blob {blob_id} in "
+                f"{work_dir}: {exc.strerror}"
+            ) from exc
 
     def is_ready(self, desc: ChunkDesc) -> bool:
         return self.map is not None and self.map.is_ready(desc.index)
@@ -151,8 +157,9 @@ class BlobCache:
         except OSError as exc:
             raise StorageError(f"blob cache: reading {self.data_path} failed: {exc}") from exc
         if len(data) != desc.uncompressed_size:
-            raise StorageError(f"blob cache: short read of chunk {desc.index} from "
-                               f"{self.data_path}")
+            raise StorageError(
+                f"blob cache: short read of chunk {desc.index} from {self.data_path}"
+            )
         return data
 
     def read_range(self, desc: ChunkDesc, offset: int, size: int) -> bytes:
@@ -162,15 +169,17 @@ class BlobCache:
         except OSError as exc:
             raise StorageError(f"blob cache: reading {self.data_path} failed: {exc}") from exc
         if len(data) != size:
-            raise StorageError(f"blob cache: short read of chunk {desc.index} from "
-                               f"{self.data_path}")
+            raise StorageError(
+                f"blob cache: short read of chunk {desc.index} from {self.data_path}"
+            )
         return data
 
     def will_need(self, desc: ChunkDesc) -> None:
         """Hint the kernel to start reading a chunk of the cache file (sequential reads)."""
         try:
-            os.posix_fadvise(self._fd, desc.uncompressed_offset, desc.uncompressed_size,
-                             os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(
+                self._fd, desc.uncompressed_offset, desc.uncompressed_size, os.POSIX_FADV_WILLNEED
+            )
         except OSError:
             pass
 
@@ -178,8 +187,9 @@ class BlobCache:
         try:
             os.pwrite(self._fd, data, desc.uncompressed_offset)
         except OSError as exc:
-            log.warning("blob cache: writing chunk %d of %s failed: %s", desc.index,
-                        self.blob_id, exc)
+            log.warning(
+                "blob cache: writing chunk %d of %s failed: %s", desc.index, self.blob_id, exc
+            )
             return
         if self.map is not None:
             self.map.set_ready(desc.index)
@@ -244,7 +254,8 @@ class CacheMetrics:
             self.prefetch_end_time = time.time()
             if self.prefetch_begin_time:
                 self.prefetch_cumulative_time_millis += int(
-                    (self.prefetch_end_time - self.prefetch_begin_time) * 1000)
+                    (self.prefetch_end_time - self.prefetch_begin_time) * 1000
+                )
 
     def snapshot(self, entries_count: int, data_all_ready: bool) -> dict[str, object]:
         with self._lock:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Sequence
 
 from nydus.errors import DigestMismatch, FormatError, NydusError, StorageError
 from nydus.format.rafs import ChunkRef, RafsSuper
@@ -63,10 +63,18 @@ class _Lru:
 class ChunkDevice:
     """Serves file data of a RAFS filesystem from its blobs."""
 
-    def __init__(self, sb: RafsSuper, backend: BlobBackend, *, cache_dir: str | None = None,
-                 validate: bool = False, cache_validate: bool = False,
-                 batch_size: int = MIB, memory_cache: int = 32 * MIB,
-                 readahead_chunks: int = 2) -> None:
+    def __init__(
+        self,
+        sb: RafsSuper,
+        backend: BlobBackend,
+        *,
+        cache_dir: str | None = None,
+        validate: bool = False,
+        cache_validate: bool = False,
+        batch_size: int = MIB,
+        memory_cache: int = 32 * MIB,
+        readahead_chunks: int = 2,
+    ) -> None:
         self.sb = sb
         self.backend = backend
         self.cache_dir = cache_dir
@@ -101,8 +109,9 @@ class ChunkDevice:
             m = self.metas.get(blob_index)
             if m is None:
                 if not 0 <= blob_index < len(self.sb.blobs):
-                    raise FormatError(f"chunk refers to blob {blob_index}, the bootstrap has "
-                                      f"{len(self.sb.blobs)}")
+                    raise FormatError(
+                        f"chunk refers to blob {blob_index}, the bootstrap has {len(self.sb.blobs)}"
+                    )
                 blob = self.sb.blobs[blob_index]
                 m = load_blob_meta(self.sb, blob, self.backend, self.cache_dir)
                 if self.cache_dir:
@@ -112,8 +121,9 @@ class ChunkDevice:
                         infos = [c for c in self.sb.chunk_table() if c.blob_index == blob_index]
                         if infos:
                             count = max(count, max(c.index for c in infos) + 1)
-                            size = max(size, max(c.uncompressed_offset + c.uncompressed_size
-                                                 for c in infos))
+                            size = max(
+                                size, *(c.uncompressed_offset + c.uncompressed_size for c in infos)
+                            )
                     cache = BlobCache(self.cache_dir, blob.blob_id, size, count)
                     self.caches[blob_index] = cache
                     self.cache_metrics.underlying_files.append(cache.data_path)
@@ -157,14 +167,17 @@ class ChunkDevice:
             if piece is None:
                 data = datas[(ref.blob_index, ref.ci_index)]
                 if hi > len(data):
-                    raise StorageError(f"blob {self.sb.blobs[ref.blob_index].blob_id} chunk "
-                                       f"{ref.ci_index}: {len(data)} bytes, file needs {hi}")
+                    raise StorageError(
+                        f"blob {self.sb.blobs[ref.blob_index].blob_id} chunk "
+                        f"{ref.ci_index}: {len(data)} bytes, file needs {hi}"
+                    )
                 piece = data[lo:hi]
             pieces.append(piece)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def read_memory(self, chunks: Sequence[ChunkRef], file_size: int, offset: int,
-                    size: int) -> bytes | None:
+    def read_memory(
+        self, chunks: Sequence[ChunkRef], file_size: int, offset: int, size: int
+    ) -> bytes | None:
         """Like `read`, but only from decompressed chunks held in memory; None if any is
         not there. Never blocks on I/O, so callers may use it on an event loop."""
         end = min(offset + size, file_size)
@@ -189,9 +202,12 @@ class ChunkDevice:
 
     def _maybe_read_ahead(self, chunks: Sequence[ChunkRef], first: int, last: int) -> None:
         """Keep the next chunks of a file being read sequentially on their way."""
-        if self.readahead_chunks and last + 1 < len(chunks) and \
-                (first == 0 or self._available(chunks[first - 1])):
-            self._read_ahead(chunks[last + 1:last + 1 + self.readahead_chunks])
+        if (
+            self.readahead_chunks
+            and last + 1 < len(chunks)
+            and (first == 0 or self._available(chunks[first - 1]))
+        ):
+            self._read_ahead(chunks[last + 1 : last + 1 + self.readahead_chunks])
 
     def _available(self, ref: ChunkRef) -> bool:
         """Whether a chunk is in memory, in the cache file or being fetched."""
@@ -220,8 +236,9 @@ class ChunkDevice:
             return
         with self._ra_lock:
             if self._ra_pool is None:
-                self._ra_pool = ThreadPoolExecutor(max_workers=2,
-                                                   thread_name_prefix="nydusd-readahead")
+                self._ra_pool = ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix="nydusd-readahead"
+                )
             pool = self._ra_pool
         try:
             pool.submit(self._read_ahead_job, todo)
@@ -302,8 +319,9 @@ class ChunkDevice:
             results[key] = fut.result()
         return results
 
-    def _amplify(self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]
-                 ) -> list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]:
+    def _amplify(
+        self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]
+    ) -> list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]:
         """Read amplification (`amplify_io` / `rafs.batch_size`): after each chunk a read
         fetches, also take the chunks that follow it in the blob while the whole range stays
         within `batch_size`, stopping at the first one already at hand. They are stored in
@@ -314,16 +332,20 @@ class ChunkDevice:
             chunks = meta.chunks
             if chunks is None:
                 continue
-            for nxt in chunks[desc.index + 1:]:
+            for nxt in chunks[desc.index + 1 :]:
                 nkey = (key[0], nxt.index)
                 if nkey in taken:
                     continue
-                if nxt.compressed_end - desc.compressed_offset > self.batch_size or \
-                        (self.validate and nxt.digest is None):
+                if nxt.compressed_end - desc.compressed_offset > self.batch_size or (
+                    self.validate and nxt.digest is None
+                ):
                     break
                 with self._inflight_lock:
-                    if nkey in self._inflight or self._lru.get(nkey) is not None or \
-                            self._cache_ready(nkey, nxt):
+                    if (
+                        nkey in self._inflight
+                        or self._lru.get(nkey) is not None
+                        or self._cache_ready(nkey, nxt)
+                    ):
                         break
                     fut: Future[bytes] = Future()
                     self._inflight[nkey] = fut
@@ -336,10 +358,16 @@ class ChunkDevice:
         if cache is None or not cache.is_ready(desc):
             return None
         data = cache.read(desc)
-        if self.cache_validate and desc.digest is not None and \
-                meta.digester.digest(data) != desc.digest:
-            log.warning("blob %s chunk %d: cached data fails its digest; refetching",
-                        meta.blob_id, desc.index)
+        if (
+            self.cache_validate
+            and desc.digest is not None
+            and meta.digester.digest(data) != desc.digest
+        ):
+            log.warning(
+                "blob %s chunk %d: cached data fails its digest; refetching",
+                meta.blob_id,
+                desc.index,
+            )
             cache.invalidate(desc)
             return None
         self._lru.put(key, data)
@@ -363,8 +391,9 @@ class ChunkDevice:
             self._fetch_owned([(key, meta, desc, fut)], False)
         return fut.result()
 
-    def _fetch_owned(self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]],
-                     prefetch: bool) -> None:
+    def _fetch_owned(
+        self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]], prefetch: bool
+    ) -> None:
         by_blob: dict[int, list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]] = {}
         for item in owned:
             by_blob.setdefault(item[0][0], []).append(item)
@@ -375,9 +404,9 @@ class ChunkDevice:
                 for it in items[1:]:
                     start = group[0][2].compressed_offset
                     prev_end = max(g[2].compressed_end for g in group)
-                    if it[2].compressed_offset <= prev_end and \
-                            it[2].compressed_end - start <= max(self.batch_size,
-                                                                it[2].compressed_size):
+                    if it[2].compressed_offset <= prev_end and it[2].compressed_end - start <= max(
+                        self.batch_size, it[2].compressed_size
+                    ):
                         group.append(it)
                     else:
                         self._fetch_group(group, prefetch)
@@ -387,11 +416,19 @@ class ChunkDevice:
             # never leave a waiter hanging, whatever went wrong above
             for key, _m, _d, fut in owned:
                 if not fut.done():
-                    self._finish(key, fut, exc=StorageError(f"chunk {key[1]} of blob index "
-                                                            f"{key[0]} was not fetched"))
+                    self._finish(
+                        key,
+                        fut,
+                        exc=StorageError(f"chunk {key[1]} of blob index {key[0]} was not fetched"),
+                    )
 
-    def _finish(self, key: Key, fut: Future[bytes], data: bytes | None = None,
-                exc: BaseException | None = None) -> None:
+    def _finish(
+        self,
+        key: Key,
+        fut: Future[bytes],
+        data: bytes | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
         with self._inflight_lock:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
@@ -400,8 +437,9 @@ class ChunkDevice:
         else:
             fut.set_result(data if data is not None else b"")
 
-    def _fetch_group(self, group: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]],
-                     prefetch: bool) -> None:
+    def _fetch_group(
+        self, group: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]], prefetch: bool
+    ) -> None:
         meta = group[0][1]
         start = group[0][2].compressed_offset
         end = max(it[2].compressed_end for it in group)
@@ -419,12 +457,12 @@ class ChunkDevice:
         self.fetches += 1
         if prefetch:
             self.cache_metrics.record_prefetch(len(raw), 1, len(group))
-        log.debug("blob %s: fetched [%d, %d) for %d chunk(s)", meta.blob_id, start, end,
-                  len(group))
+        log.debug("blob %s: fetched [%d, %d) for %d chunk(s)", meta.blob_id, start, end, len(group))
         for key, _m, desc, fut in group:
             try:
-                data = self._decode(meta, desc, raw[desc.compressed_offset - start:
-                                                    desc.compressed_end - start])
+                data = self._decode(
+                    meta, desc, raw[desc.compressed_offset - start : desc.compressed_end - start]
+                )
             except NydusError as exc:
                 log.error("%s", exc)
                 self._finish(key, fut, exc=exc)
@@ -444,14 +482,17 @@ class ChunkDevice:
         else:
             data = piece
             if len(data) != desc.uncompressed_size:
-                raise StorageError(f"blob {meta.blob_id} chunk {desc.index}: stored "
-                                   f"{len(data)} bytes, expected {desc.uncompressed_size}")
+                raise StorageError(
+                    f"blob {meta.blob_id} chunk {desc.index}: stored "
+                    f"{len(data)} bytes, expected {desc.uncompressed_size}"
+                )
         if self.validate and desc.digest is not None:
             got = meta.digester.digest(data)
             if got != desc.digest:
                 raise DigestMismatch(
                     f"blob {meta.blob_id} chunk {desc.index}: digest mismatch "
-                    f"(expected {desc.digest.hex()}, got {got.hex()})")
+                    f"(expected {desc.digest.hex()}, got {got.hex()})"
+                )
         return data
 
     # ---- prefetch and state ------------------------------------------------------------
@@ -486,4 +527,3 @@ class ChunkDevice:
     def inflight_count(self) -> int:
         with self._inflight_lock:
             return len(self._inflight)
-

@@ -28,8 +28,9 @@ class LocalFsBackend(BackendBase):
             blob_file = os.path.realpath(blob_file)
         if dir:
             if not os.path.isdir(dir):
-                raise ConfigError(f"localfs backend: blob directory {dir} does not exist or is "
-                                  "not a directory")
+                raise ConfigError(
+                    f"localfs backend: blob directory {dir} does not exist or is not a directory"
+                )
             dir = os.path.realpath(dir)
         self.dir = dir
         self.blob_file = blob_file
@@ -38,7 +39,7 @@ class LocalFsBackend(BackendBase):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, cfg: BackendConfig) -> "LocalFsBackend":
+    def from_config(cls, cfg: BackendConfig) -> LocalFsBackend:
         s = cfg.settings
         if not isinstance(s, LocalFsConfig):
             raise ConfigError("localfs backend: missing localfs settings")
@@ -70,8 +71,9 @@ class LocalFsBackend(BackendBase):
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
-                    err = StorageError(f"localfs backend: cannot open blob {blob_id} at {path}: "
-                                       f"{exc.strerror}")
+                    err = StorageError(
+                        f"localfs backend: cannot open blob {blob_id} at {path}: {exc.strerror}"
+                    )
                     if exc.errno == errno.ENOENT:
                         err.errno = errno.ENOENT
                     raise err from exc

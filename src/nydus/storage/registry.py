@@ -35,17 +35,22 @@ class RegistryBackend(BackendBase):
         except NydusError as exc:
             raise ConfigError(str(exc)) from exc
         if cfg.proxy.url:
-            log.warning("registry backend: proxy %s is not supported, connecting directly",
-                        cfg.proxy.url)
+            log.warning(
+                "registry backend: proxy %s is not supported, connecting directly", cfg.proxy.url
+            )
         self.repo = cfg.repo
-        self.client = RegistryClient(cfg.host, insecure=cfg.use_http,
-                                     skip_verify=cfg.skip_verify, credentials=creds,
-                                     timeout=float(max(cfg.timeout, cfg.connect_timeout, 1)),
-                                     retries=cfg.retry_limit)
+        self.client = RegistryClient(
+            cfg.host,
+            insecure=cfg.use_http,
+            skip_verify=cfg.skip_verify,
+            credentials=creds,
+            timeout=float(max(cfg.timeout, cfg.connect_timeout, 1)),
+            retries=cfg.retry_limit,
+        )
         self._sizes: dict[str, int] = {}
 
     @classmethod
-    def from_config(cls, cfg: BackendConfig) -> "RegistryBackend":
+    def from_config(cls, cfg: BackendConfig) -> RegistryBackend:
         s = cfg.settings
         if not isinstance(s, RegistryConfig):
             raise ConfigError("registry backend: missing registry settings")
@@ -64,8 +69,9 @@ class RegistryBackend(BackendBase):
         if got is None:
             n = self.client.stat_blob(self.repo, "sha256:" + blob_id)
             if n is None:
-                raise StorageError(f"registry backend: blob {blob_id} not found in "
-                                   f"{self.client.host}/{self.repo}")
+                raise StorageError(
+                    f"registry backend: blob {blob_id} not found in {self.client.host}/{self.repo}"
+                )
             got = self._sizes[blob_id] = n
         return got
 

@@ -22,7 +22,7 @@ class Compressor(IntEnum):
     ZSTD = 3
 
     @classmethod
-    def from_name(cls, name: str) -> "Compressor":
+    def from_name(cls, name: str) -> Compressor:
         try:
             return {
                 "none": cls.NONE,
@@ -44,7 +44,7 @@ class Compressor(IntEnum):
         if self is Compressor.NONE:
             return bytes(data)
         if self is Compressor.LZ4_BLOCK:
-            return lz4.block.compress(data, store_size=False)
+            return bytes(lz4.block.compress(data, store_size=False))
         if self is Compressor.ZSTD:
             return _zstd_compressor().compress(data)
         if self is Compressor.GZIP:
@@ -65,9 +65,7 @@ class Compressor(IntEnum):
         except (lz4.block.LZ4BlockError, zstandard.ZstdError, OSError, EOFError) as exc:
             raise FormatError(f"{self.label} decompression failed: {exc}") from exc
         if len(out) != size:
-            raise FormatError(
-                f"{self.label} decompression gave {len(out)} bytes, expected {size}"
-            )
+            raise FormatError(f"{self.label} decompression gave {len(out)} bytes, expected {size}")
         return out
 
 

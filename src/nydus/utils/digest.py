@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable
+from typing import Any
 
 import blake3
 
@@ -16,7 +17,7 @@ class Digester(IntEnum):
     SHA256 = 1
 
     @classmethod
-    def from_name(cls, name: str) -> "Digester":
+    def from_name(cls, name: str) -> Digester:
         try:
             return {"blake3": cls.BLAKE3, "sha256": cls.SHA256}[name.lower()]
         except KeyError:
@@ -32,7 +33,8 @@ class Digester(IntEnum):
     def digest(self, data: bytes | memoryview) -> bytes:
         return self.hasher()(data)
 
-    def new(self):  # noqa: ANN201 - hashlib-like object
+    def new(self) -> Any:
+        """A fresh incremental hasher (`update`, `digest`) of this algorithm."""
         return blake3.blake3() if self is Digester.BLAKE3 else hashlib.sha256()
 
 
