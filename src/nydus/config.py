@@ -36,6 +36,7 @@ __all__ = [
     "RafsOptions",
     "RegistryConfig",
     "S3Config",
+    "backend_config",
     "from_v1",
     "from_v2",
     "load_config",
@@ -763,6 +764,23 @@ def load_config(path: str | Path) -> NydusdConfig:
         return parse_config(text)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def backend_config(btype: str, doc: Any, where: str = "backend config") -> BackendConfig:
+    """A validated backend config from a type and its settings object (a parsed JSON object
+    or its text), as `nydus-image --backend-type T --backend-config S` give them."""
+    if isinstance(doc, (str, bytes)):
+        try:
+            doc = json.loads(doc)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config: {where} is not valid JSON: {exc}") from None
+    cfg = BackendConfig(btype, _backend_settings(btype, _Obj(doc, where)))
+    if cfg.settings is None:
+        raise ConfigError(
+            f"config: unknown backend type {btype!r} (expected one of {', '.join(BACKEND_TYPES)})"
+        )
+    cfg.validate(where)
+    return cfg
 
 
 def localfs_config(blob_dir: str, cache_dir: str | None = None) -> NydusdConfig:

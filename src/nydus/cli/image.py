@@ -1,10 +1,11 @@
-"""`nydus-image`: create, merge, check, inspect."""
+"""`nydus-image`: create, merge, check, inspect, unpack, export, stat."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
@@ -13,6 +14,7 @@ from nydus.cli.common import parse_size, run_main, setup_logging
 from nydus.errors import BuildError, NydusError
 
 if TYPE_CHECKING:
+    from nydus.config import BackendConfig
     from nydus.format.rafs import RafsSuper
 
 log = logging.getLogger("nydus.image")
@@ -117,7 +119,65 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("-C", "--config")
     i.add_argument("-R", "--request")
     i.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    u = sub.add_parser("unpack", help="unpack a RAFS filesystem to a tar file")
+    u.add_argument("bootstrap_pos", nargs="?", metavar="BOOTSTRAP")
+    u.add_argument("-B", "--bootstrap", help="[deprecated] RAFS bootstrap")
+    u.add_argument("-b", "--blob", help="the RAFS data blob file")
+    u.add_argument("-D", "--blob-dir", help="directory holding the data blobs (localfs)")
+    _backend_args(u)
+    u.add_argument("--output", required=True, help="path of the output tar file")
+    u.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    e = sub.add_parser("export", help="export a RAFS filesystem as a raw EROFS block disk image")
+    e.add_argument("--block", action="store_true", required=True, help="raw block disk image")
+    e.add_argument("-B", "--bootstrap", help="bootstrap of the filesystem to export")
+    e.add_argument(
+        "-D", "--localfs-dir", "--blob-dir", dest="blob_dir", help="directory of the blobs"
+    )
+    e.add_argument("-C", "--config", help="blob cache entry config (JSON, config_v2)")
+    e.add_argument("-O", "--output", help="output image (default <dir>/<bootstrap name>.disk)")
+    e.add_argument("--threads", default="4", help="worker threads, 1-32")
+    e.add_argument("--verity", action="store_true", help="append dm-verity hash data")
+    e.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    st = sub.add_parser("stat", help="deduplication statistics of RAFS filesystems")
+    st.add_argument("-B", "--bootstrap", help="one bootstrap")
+    st.add_argument("-D", "--blob-dir", help="every bootstrap in this directory")
+    st.add_argument("-T", "--target", help="a bootstrap deduplicated against the others")
+    st.add_argument("-C", "--config", help="(accepted for compatibility)")
+    st.add_argument("--digester", default="blake3", help="blake3, sha256")
+    st.add_argument("-J", "--output-json", help="write the statistics as JSON")
+    st.add_argument("-l", "--log-level", dest="sub_log_level")
     return p
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend-type", help="registry, oss, s3, http-proxy, localfs, ...")
+    p.add_argument("--backend-config", help="backend config (JSON)")
+    p.add_argument("--backend-config-file", help="backend config file (JSON)")
+
+
+def _backend(a: argparse.Namespace) -> BackendConfig | None:
+    from nydus.builder.source_image import source_backend
+
+    if a.backend_config and a.backend_config_file:
+        raise BuildError("--backend-config and --backend-config-file conflict")
+    text = a.backend_config
+    if a.backend_config_file:
+        try:
+            with open(a.backend_config_file) as f:
+                text = f.read()
+        except OSError as exc:
+            raise BuildError(
+                f"backend config file {a.backend_config_file}: {exc.strerror}"
+            ) from exc
+    return source_backend(
+        blob_dir=getattr(a, "blob_dir", None),
+        blob=getattr(a, "blob", None),
+        backend_type=a.backend_type,
+        backend_config_text=text,
+    )
 
 
 def _output_json(
@@ -280,6 +340,106 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unpack(a: argparse.Namespace) -> int:
+    from nydus.builder.source_image import open_image
+    from nydus.builder.unpack import unpack
+
+    if a.bootstrap and a.bootstrap_pos:
+        raise BuildError("give the bootstrap once (BOOTSTRAP or --bootstrap)")
+    path = a.bootstrap or a.bootstrap_pos
+    if not path:
+        raise BuildError("missing bootstrap (BOOTSTRAP or --bootstrap)")
+    with open_image(path, _backend(a)) as src:
+        stats = unpack(src, a.output)
+    log.info(
+        "unpacked %s to %s: %d entries, %d files (%d bytes), %d hard links",
+        path,
+        a.output,
+        stats.entries,
+        stats.files,
+        stats.bytes,
+        stats.hardlinks,
+    )
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from nydus.builder.export import export_block
+    from nydus.builder.source_image import open_image
+
+    try:
+        threads = int(a.threads)
+    except ValueError:
+        threads = 0
+    if not 1 <= threads <= 32:
+        raise BuildError(f"invalid --threads {a.threads!r} (1-32)")
+    bootstrap, backend = a.bootstrap, None
+    if a.config:
+        if a.blob_dir:
+            raise BuildError("--config and --localfs-dir conflict")
+        bootstrap, backend = _blob_cache_entry(a.config, bootstrap)
+    elif a.blob_dir:
+        if not bootstrap:
+            raise BuildError("--localfs-dir needs --bootstrap")
+        from nydus.builder.source_image import source_backend
+
+        backend = source_backend(blob_dir=a.blob_dir)
+    else:
+        raise BuildError("both option -C/--config and -D/--localfs-dir are missing")
+    if not bootstrap:
+        raise BuildError("missing --bootstrap")
+    output = a.output
+    if not output:
+        if not a.blob_dir:
+            raise BuildError("--output is required with --config")
+        output = os.path.join(a.blob_dir, os.path.basename(bootstrap) + ".disk")
+    with open_image(bootstrap, backend) as src:
+        res = export_block(src, output, verity=a.verity, threads=threads)
+    log.info(
+        "exported %s to %s: %d blocks%s",
+        bootstrap,
+        output,
+        res.blocks,
+        " (blob addresses relaid)" if res.relaid else "",
+    )
+    if res.verity_options:
+        print(f"dm-verity options: {res.verity_options}")
+    return 0
+
+
+def _blob_cache_entry(path: str, bootstrap: str | None) -> tuple[str | None, BackendConfig]:
+    """`export -C`: a BlobCacheEntry JSON: `config_v2` (backend) and `metadata_path`."""
+    from nydus.config import parse_config
+    from nydus.errors import ConfigError
+
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise BuildError(f"config {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"config {path}: invalid JSON: {exc}") from exc
+    cfg = doc.get("config_v2") if isinstance(doc, dict) else None
+    if not isinstance(cfg, dict):
+        raise BuildError(f"config {path}: no config_v2 object (a blob cache entry)")
+    try:
+        parsed = parse_config(json.dumps(cfg))
+    except ConfigError as exc:
+        raise BuildError(f"config {path}: {exc}") from exc
+    meta = cfg.get("metadata_path")
+    return bootstrap or (meta if isinstance(meta, str) else None), parsed.backend
+
+
+def cmd_stat(a: argparse.Namespace) -> int:
+    from nydus.builder.stat import stat_images
+
+    if a.digester.lower() not in ("blake3", "sha256"):
+        raise BuildError(f"invalid --digester {a.digester!r} (blake3, sha256)")
+    st = stat_images(a.bootstrap, a.blob_dir, a.target, a.output_json)
+    print("\n".join(st.lines()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     a = parser.parse_args(argv)
@@ -297,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             "merge": cmd_merge,
             "check": cmd_check,
             "inspect": cmd_inspect,
+            "unpack": cmd_unpack,
+            "export": cmd_export,
+            "stat": cmd_stat,
         }.get(a.cmd)
         if handler is None:
             parser.print_help()
