@@ -1,4 +1,4 @@
-"""`nydusify`: convert OCI images to Nydus images in a registry, and check them."""
+"""`nydusify`: convert OCI images to Nydus images in a registry, check, copy and mount them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from nydus.cli.common import parse_size, run_main
 from nydus.cli.image import Parser
@@ -71,7 +72,74 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--nydus-image")
     k.add_argument("--nydusd")
     k.add_argument("--multi-platform", action="store_true")
+
+    cp = sub.add_parser("copy", help="copy an image (with all its blobs) between registries")
+    cp.add_argument("--source", required=True, help="source image reference")
+    cp.add_argument("--target", required=True, help="target image reference")
+    cp.add_argument("--source-insecure", action="store_true")
+    cp.add_argument("--target-insecure", action="store_true")
+    cp.add_argument("--all-platforms", action="store_true", help="copy every platform")
+    cp.add_argument("--platform", help="platforms to copy (comma list), default the host's")
+    cp.add_argument("--push-chunk-size", default="0MB", help="upload in chunks of this size")
+    cp.add_argument("--work-dir", default="./tmp")
+    cp.add_argument("--nydus-image", help="(accepted for compatibility)")
+    cp.add_argument("--source-backend-type", help="(not supported)")
+    cp.add_argument("--source-backend-config", help="(not supported)")
+    cp.add_argument("--source-backend-config-file", help="(not supported)")
+
+    mo = sub.add_parser("mount", aliases=["view"], help="mount a Nydus image from a registry")
+    mo.add_argument("--target", required=True, help="Nydus image reference")
+    mo.add_argument("--target-insecure", action="store_true")
+    mo.add_argument("--mount-path", default="./image-fs")
+    mo.add_argument("--platform", help="platform of the image (default the host's)")
+    mo.add_argument("--work-dir", default="./tmp")
+    mo.add_argument("--nydusd", help="nydusd binary (default: ours)")
+    mo.add_argument("--prefetch", action="store_true", help="prefetch the whole image")
+    mo.add_argument("--backend-type", help="read blobs from this backend, not the registry")
+    mo.add_argument("--backend-config", help="backend config (JSON)")
+    mo.add_argument("--backend-config-file", help="backend config file (JSON)")
     return p
+
+
+def _json_arg(text: str | None, path: str | None, what: str) -> dict[str, Any] | None:
+    """A JSON object given inline or as a file (at most one of them)."""
+    if text and path:
+        raise NydusError(f"{what} and {what}-file conflict")
+    if not text and not path:
+        return None
+    try:
+        if path:
+            with open(path) as f:
+                text = f.read()
+        doc = json.loads(text or "")
+    except OSError as exc:
+        raise NydusError(f"{what}-file {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise NydusError(f"invalid {what} JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise NydusError(f"{what} must be a JSON object")
+    return doc
+
+
+def _human_size(text: str) -> int:
+    """Sizes as nydusify takes them: `0MB`, `16MiB`, `4096`, `0x1000`."""
+    t = text.strip().lower().replace(" ", "")
+    units = {
+        "kib": 1 << 10,
+        "mib": 1 << 20,
+        "gib": 1 << 30,
+        "kb": 1000,
+        "mb": 1000**2,
+        "gb": 1000**3,
+        "k": 1 << 10,
+        "m": 1 << 20,
+        "g": 1 << 30,
+        "b": 1,
+    }
+    for suffix, mult in units.items():
+        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(suffix)]) * mult)
+    return parse_size(t)
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
@@ -175,6 +243,49 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy(a: argparse.Namespace) -> int:
+    from nydus.converter.copy import CopyOptions, copy_image
+
+    if a.source_backend_type or a.source_backend_config or a.source_backend_config_file:
+        raise NydusError("--source-backend-type is not supported by this nydusify copy")
+    copy_image(
+        CopyOptions(
+            source=a.source,
+            target=a.target,
+            source_insecure=a.source_insecure,
+            target_insecure=a.target_insecure,
+            all_platforms=a.all_platforms,
+            platforms=a.platform.split(",") if a.platform else [],
+            work_dir=a.work_dir,
+            push_chunk_size=_human_size(a.push_chunk_size),
+        )
+    )
+    return 0
+
+
+def cmd_mount(a: argparse.Namespace) -> int:
+    from nydus.converter.mount import MountOptions, mount_image
+
+    config = _json_arg(a.backend_config, a.backend_config_file, "--backend-config")
+    if config is not None and not a.backend_type:
+        raise NydusError("--backend-config needs --backend-type")
+    if a.backend_type and config is None:
+        raise NydusError("--backend-type needs --backend-config or --backend-config-file")
+    return mount_image(
+        MountOptions(
+            target=a.target,
+            mount_path=a.mount_path,
+            target_insecure=a.target_insecure,
+            platform=a.platform,
+            work_dir=a.work_dir,
+            nydusd=a.nydusd,
+            prefetch=a.prefetch,
+            backend_type=a.backend_type,
+            backend_config=config,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     a = parser.parse_args(argv)
@@ -183,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         from nydus.converter import logs
 
         logs.setup("debug" if a.debug else a.log_level)
-        handler = {"convert": cmd_convert, "check": cmd_check}.get(a.cmd)
+        handler = {
+            "convert": cmd_convert,
+            "check": cmd_check,
+            "copy": cmd_copy,
+            "mount": cmd_mount,
+            "view": cmd_mount,
+        }.get(a.cmd)
         if handler is None:
             parser.print_help()
             return 1

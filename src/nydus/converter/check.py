@@ -473,8 +473,13 @@ def _filesystem_rule(
 
 
 def _nydusd_path(o: CheckOptions) -> str:
-    if o.nydusd:
-        return o.nydusd
+    return find_nydusd(o.nydusd)
+
+
+def find_nydusd(explicit: str | None) -> str:
+    """The nydusd to run: `explicit`, else ours beside this interpreter, else on PATH."""
+    if explicit:
+        return explicit
     beside = Path(sys.executable).parent / "nydusd"
     if beside.exists():
         return str(beside)
@@ -532,6 +537,26 @@ def _clean(fs_dir: Path) -> None:
     shutil.rmtree(fs_dir, ignore_errors=True)
 
 
+def registry_backend(client: RegistryClient, ref: Reference, insecure: bool) -> dict[str, Any]:
+    """nydusd's registry backend config for `ref` (scheme as `client` found it, credentials
+    from the Docker config)."""
+    backend: dict[str, Any] = {
+        "scheme": "http" if client.scheme == "http" else "https",
+        "host": ref.host,
+        "repo": ref.repo,
+        "skip_verify": insecure,
+        "timeout": 30,
+        "connect_timeout": 10,
+        "retry_limit": 2,
+    }
+    creds = load_credentials(ref.host)
+    if creds is not None and creds.registry_token:
+        backend["registry_token"] = creds.registry_token
+    elif creds is not None and creds.has_password:
+        backend["auth"] = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+    return backend
+
+
 class _Nydusd:
     """nydusd mounting the target bootstrap over the registry backend; always unmounted."""
 
@@ -549,22 +574,7 @@ class _Nydusd:
         self.sock = fs_dir / "nydusd.sock"
         self.log_path = fs_dir / "nydusd.log"
         self.bootstrap = bootstrap
-        backend: dict[str, Any] = {
-            "scheme": "http" if client.scheme == "http" else "https",
-            "host": ref.host,
-            "repo": ref.repo,
-            "skip_verify": o.target_insecure,
-            "timeout": 30,
-            "connect_timeout": 10,
-            "retry_limit": 2,
-        }
-        creds = load_credentials(ref.host)
-        if creds is not None and creds.registry_token:
-            backend["registry_token"] = creds.registry_token
-        elif creds is not None and creds.has_password:
-            backend["auth"] = base64.b64encode(
-                f"{creds.username}:{creds.password}".encode()
-            ).decode()
+        backend = registry_backend(client, ref, o.target_insecure)
         self.cfg = {
             "device": {"backend": {"type": "registry", "config": backend}},
             "mode": "direct",
