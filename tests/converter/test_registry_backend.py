@@ -7,8 +7,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import time
 
 import pytest
+
+from nydus.storage.http import BREAKER_COOLDOWN
 
 from tests.converter.conftest import convert, read_amount, registry_config
 from tests.converter.images import Layout, large_layers, make_image, push
@@ -94,7 +97,16 @@ def test_registry_down_gives_eio_then_recovers(flaky, nydusd, tmp_path):
     assert "retry 2/2" in d.log()
 
     flaky["registry"] = restart_registry(reg)
-    got = (mnt / "data/b.bin").read_bytes()
+    # the backend's circuit breaker may still be failing fast for its cooldown: then a probe
+    deadline = time.monotonic() + BREAKER_COOLDOWN + 10
+    while True:
+        try:
+            got = (mnt / "data/b.bin").read_bytes()
+            break
+        except OSError as exc:
+            if exc.errno != errno.EIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     assert hashlib.sha256(got).digest() == hashlib.sha256(b).digest()
     assert read_amount(d)["read_amount_total"] > failed["read_amount_total"]
     assert (mnt / "data/a.bin").read_bytes() == a

@@ -297,15 +297,40 @@ class RegistryClient:
         """Exactly `length` bytes of a blob from `start` (a Range GET, as nydusd's backend).
 
         Redirects to blob storage are followed and the target cached per blob; a cached target
-        that expired or answers 401/403 is resolved again through the registry.
+        that expired or answers 401/403 is resolved again through the registry. A server that
+        ignores Range is streamed past the bytes before the range (never buffered whole).
         """
-        what = self._what(repo, "blob", check_digest(digest))
+        what = f"{self._what(repo, 'blob', check_digest(digest))} range {start}+{length}"
         if start < 0 or length < 0:
             raise RegistryError(f"{what}: invalid range start={start} length={length}")
         if length == 0:
             return b""
+        response = self.open_blob_range(
+            repo, digest, start, length, attempts=None, accept=(200, 206)
+        )
+        try:
+            return _range_body(response, start, length, what)
+        finally:
+            response.close()
+
+    def open_blob_range(
+        self,
+        repo: str,
+        digest: str,
+        start: int,
+        length: int,
+        *,
+        attempts: int | None = 1,
+        accept: Sequence[int] | None = None,
+    ) -> httpx.Response:
+        """The streamed reply (after auth and redirects) to a Range GET of `length` bytes of
+        a blob from `start`; the caller reads and closes it. `accept`: the statuses returned
+        (None: any; others raise RegistryError, transient ones after retries). `attempts`
+        (1 by default: the caller owns retries) bounds tries of transient failures."""
+        what = self._what(repo, "blob", check_digest(digest))
         headers = {"Range": f"bytes={start}-{start + length - 1}", "Accept-Encoding": "identity"}
         span = f"{what} range {start}+{length}"
+        every: Sequence[int] = range(100, 600) if accept is None else tuple(accept)
         cached = self._cached_redirect(repo, digest)
         if cached is not None:
             response = self._send(
@@ -315,11 +340,14 @@ class RegistryClient:
                 span,
                 headers=headers,
                 anonymous=True,
-                ok=(200, 206, 401, 403),
+                ok=(*every, 401, 403),
+                stream=True,
                 follow_redirects=True,
+                attempts=attempts,
             )
             if response.status_code not in (401, 403):
-                return _range_body(response, start, length, span)
+                return response
+            _drain(response)
             log.debug(
                 "%s: cached redirect refused (%d), resolving again", what, response.status_code
             )
@@ -330,23 +358,28 @@ class RegistryClient:
             repo,
             span,
             headers=headers,
-            ok=(200, 206, *_REDIRECTS),
+            ok=[*(s for s in every if s != 401), *_REDIRECTS],
+            stream=True,
+            attempts=attempts,
         )
-        if response.status_code in _REDIRECTS:
-            target = self._redirect_target(response)
-            self._remember_redirect(repo, digest, target)
-            log.debug("%s redirected to %s", what, redact_url(target))
-            response = self._send(
-                "GET",
-                target,
-                repo,
-                span,
-                headers=headers,
-                anonymous=True,
-                ok=(200, 206),
-                follow_redirects=True,
-            )
-        return _range_body(response, start, length, span)
+        if response.status_code not in _REDIRECTS:
+            return response
+        target = self._redirect_target(response)
+        _drain(response)
+        self._remember_redirect(repo, digest, target)
+        log.debug("%s redirected to %s", what, redact_url(target))
+        return self._send(
+            "GET",
+            target,
+            repo,
+            span,
+            headers=headers,
+            anonymous=True,
+            ok=every,
+            stream=True,
+            follow_redirects=True,
+            attempts=attempts,
+        )
 
     def push_blob(
         self,
@@ -717,17 +750,25 @@ def _check_echoed_digest(response: httpx.Response, digest: str, what: str) -> No
 
 
 def _range_body(response: httpx.Response, start: int, length: int, what: str) -> bytes:
-    data = response.content
+    skip = 0
     if response.status_code == 200:
-        log.debug("%s: server ignored Range, slicing the whole blob", what)
-        data = data[start : start + length]
+        log.debug("%s: server ignored Range, streaming past the bytes before it", what)
+        skip = start
     else:
         served = response.headers.get("content-range", "")
         if served and not served.startswith(f"bytes {start}-"):
             raise RegistryError(f"{what}: server returned range {served!r}")
-    if len(data) != length:
-        raise RegistryError(f"{what}: short read, got {len(data)} bytes")
-    return data
+    buf = bytearray()
+    for piece in response.iter_bytes():
+        if skip:
+            if len(piece) <= skip:
+                skip -= len(piece)
+                continue
+            piece, skip = piece[skip:], 0
+        buf += piece[: length - len(buf)]
+        if len(buf) >= length:
+            return bytes(buf)
+    raise RegistryError(f"{what}: short read, got {len(buf)} bytes")
 
 
 def _status_error(response: httpx.Response, what: str, host: str, repo: str) -> RegistryError:
