@@ -12,7 +12,6 @@ import time
 import pytest
 
 from nydus.storage.http import BREAKER_COOLDOWN
-
 from tests.converter.conftest import convert, read_amount, registry_config
 from tests.converter.images import Layout, large_layers, make_image, push
 from tests.helpers.layers import D, F

@@ -186,15 +186,15 @@ class HttpBackend(BackendBase):
         finally:
             response.close()
 
-    @staticmethod
-    def _check_content_range(response: httpx.Response, offset: int, size: int, what: str) -> None:
+    def _check_content_range(
+        self, response: httpx.Response, offset: int, size: int, what: str
+    ) -> None:
         served = response.headers.get("content-range", "")
         want = f"bytes {offset}-{offset + size - 1}/"
         if served and not served.startswith(want):
             total = served.rpartition("/")[2]
-            if served.startswith(f"bytes {offset}-") and total.isdigit():
-                if int(total) < offset + size:
-                    raise StorageError(f"{what}: the blob has only {total} bytes")
+            if total.isdigit() and int(total) < offset + size:
+                raise StorageError(f"{self.name}: {what}: the blob has only {total} bytes")
             raise Transient(f"server answered range {served!r}")
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) != size:
