@@ -41,6 +41,7 @@ __all__ = [
     "from_v2",
     "load_config",
     "localfs_config",
+    "parse_backend_config",
     "parse_config",
 ]
 
@@ -570,6 +571,19 @@ def _backend_settings(btype: str, o: _Obj | None) -> Any:
     if cls is None:
         return None
     return cls.parse(o if o is not None else _Obj({}, ""))
+
+
+def parse_backend_config(btype: str, doc: Any, where: str = "backend config") -> BackendConfig:
+    """A validated backend config from a type name and its JSON object (nydusify's
+    `--backend-type` / `--backend-config`)."""
+    if btype not in _BACKEND_CLASSES:
+        raise ConfigError(
+            f"{where}: unknown backend type {btype!r} (expected one of "
+            f"{', '.join(sorted(_BACKEND_CLASSES))})"
+        )
+    cfg = BackendConfig(btype, _backend_settings(btype, _Obj(doc, where)))
+    cfg.validate(where, tuple(_BACKEND_CLASSES))
+    return cfg
 
 
 def _prefetch_v1(o: _Obj | None) -> PrefetchConfig:

@@ -190,6 +190,12 @@ def _registry_backend(cfg: BackendConfig) -> BlobBackend:
     return RegistryBackend.from_config(cfg)
 
 
+def _object_store_backend(cfg: BackendConfig) -> BlobBackend:
+    from nydus.storage.objstore import ObjectStoreBackend
+
+    return ObjectStoreBackend.from_config(cfg)
+
+
 def _load_builtin() -> None:
     global _builtin_loaded
     if _builtin_loaded:
@@ -199,7 +205,9 @@ def _load_builtin() -> None:
 
     _FACTORIES.setdefault("localfs", LocalFsBackend.from_config)
     _FACTORIES.setdefault("registry", _registry_backend)
-    for t in ("oss", "s3", "http-proxy", "localdisk"):
+    _FACTORIES.setdefault("s3", _object_store_backend)
+    _FACTORIES.setdefault("oss", _object_store_backend)
+    for t in ("http-proxy", "localdisk"):
         _FACTORIES.setdefault(t, _not_yet(t, "not implemented"))
 
 

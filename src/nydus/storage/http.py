@@ -142,7 +142,9 @@ class HttpBackend(BackendBase):
     def _open_range(self, blob_id: str, offset: int, size: int) -> httpx.Response:
         raise NotImplementedError
 
-    def _final_error(self, response: httpx.Response, body: bytes, what: str) -> StorageError:
+    def _final_error(
+        self, response: httpx.Response, body: bytes, blob_id: str, what: str
+    ) -> StorageError:
         """The error for a status retrying cannot fix; `body`: the start of the reply's."""
         return StorageError(f"{self.name}: {what}: {_status_text(response)}")
 
@@ -182,7 +184,7 @@ class HttpBackend(BackendBase):
                 raise Transient(
                     _status_text(response), _retry_after(response.headers.get("retry-after"))
                 )
-            raise self._final_error(response, error_body(response), what)
+            raise self._final_error(response, error_body(response), blob_id, what)
         finally:
             response.close()
 

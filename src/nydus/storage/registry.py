@@ -61,7 +61,9 @@ class RegistryBackend(HttpBackend):
         with _client_errors():
             return self.client.open_blob_range(self.repo, "sha256:" + blob_id, offset, size)
 
-    def _final_error(self, response: httpx.Response, body: bytes, what: str) -> StorageError:
+    def _final_error(
+        self, response: httpx.Response, body: bytes, blob_id: str, what: str
+    ) -> StorageError:
         reason = registry_reason(
             httpx.Response(response.status_code, headers=response.headers, content=body)
         )
