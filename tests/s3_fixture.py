@@ -143,7 +143,9 @@ def start_seaweedfs(workdir: Path, bucket: str = BUCKET, timeout: float = 60.0) 
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"weed exited with {proc.returncode}: {log_path.read_text()[-2000:]}"
+                )
             if _bucket_ready(running):
                 return running
             if time.monotonic() > deadline:

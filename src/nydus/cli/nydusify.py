@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend-type", default=_env("BACKEND_TYPE"))
     c.add_argument("--backend-config", default=_env("BACKEND_CONFIG"))
     c.add_argument("--backend-config-file", default=_env("BACKEND_CONFIG_FILE"))
+    c.add_argument("--backend-force-push", action="store_true", default=_flag("BACKEND_FORCE_PUSH"))
     c.add_argument("--output-json", default=_env("OUTPUT_JSON"))
     c.add_argument("--batch-size", default="0")
     c.add_argument("--push-retry-count", default="3")
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--nydus-image")
     k.add_argument("--nydusd")
     k.add_argument("--multi-platform", action="store_true")
+    k.add_argument("--target-backend-type")
+    k.add_argument("--target-backend-config")
+    k.add_argument("--target-backend-config-file")
 
     cp = sub.add_parser("copy", help="copy an image (with all its blobs) between registries")
     cp.add_argument("--source", required=True, help="source image reference")
@@ -175,22 +179,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         patterns = [ln.strip() for ln in sys.stdin if ln.strip()] or ["/"]
     elif a.prefetch_dir:
         patterns = [a.prefetch_dir]
-    backend_config = None
-    if a.backend_type:
-        if a.backend_type != "localfs":
-            raise NydusError(f"unsupported --backend-type {a.backend_type!r} (localfs)")
-        if bool(a.backend_config) == bool(a.backend_config_file):
-            raise NydusError(
-                "--backend-type needs exactly one of --backend-config or --backend-config-file"
-            )
-        try:
-            text = a.backend_config
-            if a.backend_config_file:
-                with open(a.backend_config_file) as f:
-                    text = f.read()
-            backend_config = json.loads(text)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise NydusError(f"invalid backend config: {exc}") from exc
+    backend_type, backend_config = _backend_args(a, "")
     chunk_size = parse_size(a.chunk_size)
     import time
 
@@ -209,8 +198,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
             merge_platform=a.merge_platform,
             oci=a.oci,
             prefetch_patterns=patterns,
-            backend_type=a.backend_type,
+            backend_type=backend_type,
             backend_config=backend_config,
+            backend_force_push=a.backend_force_push,
         )
     )
     if a.output_json:
@@ -225,9 +215,33 @@ def cmd_convert(a: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_args(a: argparse.Namespace, prefix: str) -> tuple[str | None, dict[str, Any] | None]:
+    """(`--<prefix>backend-type`, its parsed JSON config): exactly one of
+    `--<prefix>backend-config` / `--<prefix>backend-config-file` goes with a type."""
+    flag = prefix.replace("_", "-")
+    btype = getattr(a, f"{prefix}backend_type")
+    text = getattr(a, f"{prefix}backend_config")
+    path = getattr(a, f"{prefix}backend_config_file")
+    if not btype:
+        if text or path:
+            raise NydusError(f"backend type is empty, please specify option '--{flag}backend-type'")
+        return None, None
+    from nydus.converter.blob_target import BLOB_BACKEND_TYPES
+
+    if btype not in BLOB_BACKEND_TYPES:
+        raise NydusError(f"--{flag}backend-type should be one of {list(BLOB_BACKEND_TYPES)}")
+    if not text and not path:
+        raise NydusError(
+            f"--{flag}backend-type needs --{flag}backend-config or --{flag}backend-config-file"
+        )
+    doc = _json_arg(text, path, f"--{flag}backend-config")
+    return btype, doc
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     from nydus.converter.check import CheckOptions, check
 
+    backend_type, backend_config = _backend_args(a, "target_")
     check(
         CheckOptions(
             source=a.source,
@@ -238,6 +252,8 @@ def cmd_check(a: argparse.Namespace) -> int:
             work_dir=a.work_dir,
             multi_platform=a.multi_platform,
             nydusd=a.nydusd or None,
+            target_backend_type=backend_type,
+            target_backend_config=backend_config,
         )
     )
     return 0
@@ -266,11 +282,7 @@ def cmd_copy(a: argparse.Namespace) -> int:
 def cmd_mount(a: argparse.Namespace) -> int:
     from nydus.converter.mount import MountOptions, mount_image
 
-    config = _json_arg(a.backend_config, a.backend_config_file, "--backend-config")
-    if config is not None and not a.backend_type:
-        raise NydusError("--backend-config needs --backend-type")
-    if a.backend_type and config is None:
-        raise NydusError("--backend-type needs --backend-config or --backend-config-file")
+    backend_type, config = _backend_args(a, "")
     return mount_image(
         MountOptions(
             target=a.target,
@@ -280,7 +292,7 @@ def cmd_mount(a: argparse.Namespace) -> int:
             work_dir=a.work_dir,
             nydusd=a.nydusd,
             prefetch=a.prefetch,
-            backend_type=a.backend_type,
+            backend_type=backend_type,
             backend_config=config,
         )
     )

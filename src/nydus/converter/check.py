@@ -81,6 +81,9 @@ class CheckOptions:
     multi_platform: bool = False  # require the merged index of --merge-platform
     nydusd: str | None = None  # default: the nydusd beside this interpreter, then PATH
     mount_timeout: float = 60.0
+    # where the blobs live when not in the registry (convert --backend-type): s3, oss, localfs
+    target_backend_type: str | None = None
+    target_backend_config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -149,6 +152,7 @@ def check(o: CheckOptions) -> CheckResult:
         _manifest_rule(target, source)
         log.info("Checking Nydus bootstrap")
         boot_path, report = _bootstrap_rule(tclient, target, dst_dir)
+        _external_blobs_rule(o, target, report)
         result = CheckResult(
             target.manifest_digest, [b.blob_id for b in report.blobs], report.version
         )
@@ -419,6 +423,42 @@ def _bootstrap_rule(
     return boot_path, report
 
 
+def _external_blobs_rule(o: CheckOptions, target: _Image, report: CheckReport) -> None:
+    """Blobs kept in an external backend (no blob layers): each must be in that backend."""
+    if len(target.manifest.layers) > 1 or not report.blobs:
+        return
+    if not o.target_backend_type:
+        if o.source:
+            raise CheckError(
+                f"{o.target} keeps its blobs outside the registry (its manifest lists only "
+                "the bootstrap): give --target-backend-type and --target-backend-config[-file]"
+            )
+        log.info("Blobs live in an external backend; not checked without --target-backend-type")
+        return
+    from nydus.config import parse_backend_config
+    from nydus.storage import create_backend
+
+    cfg = parse_backend_config(
+        o.target_backend_type, o.target_backend_config or {}, "--target-backend-config"
+    )
+    backend = create_backend(cfg)
+    missing = []
+    try:
+        for b in report.blobs:
+            try:
+                backend.size(b.blob_id)
+            except NydusError as exc:
+                missing.append(f"blob {b.blob_id}: {exc}")
+    finally:
+        backend.close()
+    if missing:
+        raise CheckError(
+            f"blobs of {o.target} missing from the {o.target_backend_type} backend: "
+            + "; ".join(missing[:MAX_LISTED])
+        )
+    log.info("All %d blobs are in the %s backend", len(report.blobs), o.target_backend_type)
+
+
 # -- filesystem rule --------------------------------------------------------------------------
 
 
@@ -575,8 +615,11 @@ class _Nydusd:
         self.log_path = fs_dir / "nydusd.log"
         self.bootstrap = bootstrap
         backend = registry_backend(client, ref, o.target_insecure)
+        backend_type = "registry"
+        if o.target_backend_type:
+            backend_type, backend = o.target_backend_type, dict(o.target_backend_config or {})
         self.cfg = {
-            "device": {"backend": {"type": "registry", "config": backend}},
+            "device": {"backend": {"type": backend_type, "config": backend}},
             "mode": "direct",
             "digest_validate": True,
             "enable_xattr": True,

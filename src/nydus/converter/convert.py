@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from nydus import __version__
 from nydus.builder.build import CreateOptions, MergeLayer, create, merge_layers
 from nydus.builder.inline import blob_meta_cache
+from nydus.converter.blob_target import BlobTarget, open_blob_target
 from nydus.converter.bootstrap_layer import make_bootstrap_layer
 from nydus.errors import NydusError
 from nydus.oci import mediatypes as mt
@@ -53,8 +53,9 @@ class ConvertOptions:
     merge_platform: bool = False
     oci: bool = False
     prefetch_patterns: list[str] | None = None
-    backend_type: str | None = None  # localfs: blobs to a directory, not the registry
+    backend_type: str | None = None  # localfs, s3, oss: blobs there, not in the registry
     backend_config: dict[str, Any] | None = None
+    backend_force_push: bool = False
     parallel: int = 4
 
 
@@ -87,7 +88,11 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
         if (dst_ref.host == src_ref.host and o.target_insecure == o.source_insecure)
         else _client(dst_ref, o.target_insecure)
     )
+    target: BlobTarget | None = None
     try:
+        target = open_blob_target(
+            o.backend_type, o.backend_config, dst, dst_ref, o.backend_force_push
+        )
         top = src.get_manifest(src_ref.repo, src_ref.ref)
         doc = parse_manifest(top.data, top.media_type)
         wanted = [Platform.parse(p) for p in o.platforms] if o.platforms else []
@@ -122,11 +127,13 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
             )
             log.info("Pulling image %s with platform %s", o.source, pname)
             sub = "" if len(entries) == 1 else f"{plat.os}-{plat.architecture}" if plat else ""
-            results.append(_convert_one(o, src, dst, src_ref, dst_ref, desc, plat, sub))
+            results.append(_convert_one(o, src, dst, target, src_ref, dst_ref, desc, plat, sub))
         _push_top(o, dst, dst_ref, doc, results)
         log.info("Success convert image %s to %s", o.source, o.target)
         return results
     finally:
+        if target is not None:
+            target.close()
         src.close()
         if dst is not src:
             dst.close()
@@ -136,6 +143,7 @@ def _convert_one(
     o: ConvertOptions,
     src: RegistryClient,
     dst: RegistryClient,
+    target: BlobTarget,
     src_ref: Reference,
     dst_ref: Reference,
     desc: Descriptor,
@@ -216,9 +224,13 @@ def _convert_one(
         meta = blob_meta_cache(os.path.join(blob_dir, digest[7:]))
         if meta is not None:
             metas.append((digest[7:], meta))
-    push_blobs = _blob_pusher(o, dst, dst_ref, blob_dir)
     with ThreadPoolExecutor(max(1, min(o.parallel, len(seen)))) as pool:
-        list(pool.map(push_blobs, sorted(seen, key=[b[0] for b in built].index)))
+        list(
+            pool.map(
+                lambda digest: target.push(digest, os.path.join(blob_dir, digest[7:])),
+                sorted(seen, key=[b[0] for b in built].index),
+            )
+        )
     docker = mt.is_docker(fetched.media_type) and not o.oci
     layer = make_bootstrap_layer(bootstrap, metas)
     log.info("Pushing bootstrap layer %s", layer.digest)
@@ -229,7 +241,7 @@ def _convert_one(
         len(layer.gz),
         annotations={mt.NYDUS_BOOTSTRAP_ANNOTATION: "true", mt.NYDUS_FS_VERSION_ANNOTATION: "6"},
     )
-    external = o.backend_type is not None
+    external = target.external
     new_config = copy.deepcopy(config)
     rootfs = new_config.setdefault("rootfs", {"type": "layers"})
     rootfs["diff_ids"] = ([] if external else [d.digest for d in blob_descs]) + [layer.diff_id]
@@ -266,27 +278,6 @@ def _config_platform(config: dict[str, Any]) -> Platform | None:
     if config.get("os") and config.get("architecture"):
         return Platform(config["os"], config["architecture"], config.get("variant") or None)
     return None
-
-
-def _blob_pusher(
-    o: ConvertOptions, dst: RegistryClient, dst_ref: Reference, blob_dir: str
-) -> Callable[[str], None]:
-    def push(digest: str) -> None:
-        path = os.path.join(blob_dir, digest[7:])
-        if o.backend_type == "localfs":
-            target_dir = (o.backend_config or {}).get("dir")
-            if not target_dir:
-                raise ConvertError('--backend-type localfs needs a config {"dir": DIR}')
-            os.makedirs(target_dir, exist_ok=True)
-            log.info("Pushing blob layer %s to %s", digest, target_dir)
-            import shutil
-
-            shutil.copyfile(path, os.path.join(target_dir, digest[7:]))
-            return
-        log.info("Pushing blob layer %s", digest)
-        dst.push_blob(dst_ref.repo, digest, path, os.path.getsize(path))
-
-    return push
 
 
 def _push_top(
