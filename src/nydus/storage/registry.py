@@ -94,11 +94,14 @@ class RegistryBackend(HttpBackend):
 
 
 class _client_errors:
-    """Transient RegistryClient failures (its one try failed) become `Transient`."""
+    """Transient RegistryClient failures (its one try failed) are retried by the shared
+    rules: a transport error as itself (so the rules name the cause), others as Transient."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, RegistryError) and exc.retryable:
+            if isinstance(exc.__cause__, httpx.TransportError):
+                raise exc.__cause__
             raise Transient(str(exc)) from exc
