@@ -464,14 +464,37 @@ class ChunkDevice:
                     meta, desc, raw[desc.compressed_offset - start : desc.compressed_end - start]
                 )
             except NydusError as exc:
-                log.error("%s", exc)
-                self._finish(key, fut, exc=exc)
-                continue
+                try:
+                    data = self._refetch(meta, desc, exc)
+                except NydusError as final:
+                    self._finish(key, fut, exc=final)
+                    continue
             cache = self.caches.get(key[0])
             if cache is not None:
                 cache.store(desc, data)
             self._lru.put(key, data)
             self._finish(key, fut, data=data)
+
+    def _refetch(self, meta: BlobMeta, desc: ChunkDesc, exc: NydusError) -> bytes:
+        """A chunk whose fetched data fails (digest, decompression) is read again on its
+        own, up to the backend's `retry_limit` times (a byte flipped in transit is not a
+        broken blob); then the read fails, logged at WARNING with blob, offset and cause."""
+        tries = int(getattr(self.backend, "retry_limit", 0))
+        for attempt in range(1, tries + 1):
+            log.warning("%s; fetching it again (%d/%d)", exc, attempt, tries)
+            try:
+                raw = self.backend.read(meta.blob_id, desc.compressed_offset, desc.compressed_size)
+                return self._decode(meta, desc, raw)
+            except NydusError as again:
+                exc = again
+        log.warning(
+            "blob %s chunk %d (compressed offset %d): read fails with EIO: %s",
+            meta.blob_id,
+            desc.index,
+            desc.compressed_offset,
+            exc,
+        )
+        raise exc
 
     def _decode(self, meta: BlobMeta, desc: ChunkDesc, piece: bytes) -> bytes:
         if desc.compressed:
