@@ -166,9 +166,17 @@ def _to_row(
 
 
 class _Mount:
-    """Our nydusd over the registry backend (plain HTTP, no blob cache)."""
+    """Our nydusd over the registry backend (plain HTTP, no blob cache), or over `backend`
+    (a `{"type", "config"}` object) when given; `mount_seconds`: start to RUNNING."""
 
-    def __init__(self, base: Path, host: str, repo: str, bootstrap: Path) -> None:
+    def __init__(
+        self,
+        base: Path,
+        host: str,
+        repo: str,
+        bootstrap: Path,
+        backend: dict[str, Any] | None = None,
+    ) -> None:
         import httpx
 
         shutil.rmtree(base, ignore_errors=True)
@@ -177,16 +185,15 @@ class _Mount:
         self.mnt.mkdir()
         cfg = {
             "device": {
-                "backend": {
-                    "type": "registry",
-                    "config": {"scheme": "http", "host": host, "repo": repo},
-                }
+                "backend": backend
+                or {"type": "registry", "config": {"scheme": "http", "host": host, "repo": repo}}
             },
             "mode": "direct",
             "digest_validate": True,
         }
         (base / "registry.json").write_text(json.dumps(cfg))
         self.log = open(base / "nydusd.log", "wb")
+        t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [
                 NYDUSD,
@@ -215,6 +222,7 @@ class _Mount:
                 raise RuntimeError(f"nydusd exited: {(base / 'nydusd.log').read_text()}")
             try:
                 if self.http.get("/api/v1/daemon").json().get("state") == "RUNNING":
+                    self.mount_seconds = time.monotonic() - t0
                     break
             except (httpx.HTTPError, ValueError):
                 pass

@@ -260,6 +260,10 @@ from benchmarks import start_cases as _start_cases  # noqa: E402
 
 _start_cases.register(CASES, Row)  # start, read-all, metadata, image-build (vs the OCI way)
 
+from benchmarks import objstore_cases as _objstore_cases  # noqa: E402
+
+_objstore_cases.register(CASES, Row)  # backend-cold (blobs in S3 vs in the registry)
+
 
 # -- output ----------------------------------------------------------------------------------------
 
