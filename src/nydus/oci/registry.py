@@ -41,8 +41,9 @@ from nydus.oci.auth import (
 from nydus.oci.errors import AuthError, RegistryError, RegistryNotFound
 from nydus.oci.manifest import Descriptor
 from nydus.oci.reference import Reference, api_host, check_digest, sha256_digest
+from nydus.utils.ranges import take_range
 
-__all__ = ["BlobSource", "FetchedManifest", "PushResult", "RegistryClient"]
+__all__ = ["BlobSource", "FetchedManifest", "PushResult", "RegistryClient", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -663,7 +664,7 @@ class RegistryClient:
         delay = min(self.max_backoff, self.backoff * (2**attempt))
         delay *= 0.5 + random.random() / 2
         if retry_after:
-            delay = min(self.max_backoff, max(delay, _parse_retry_after(retry_after)))
+            delay = min(self.max_backoff, max(delay, parse_retry_after(retry_after)))
         time.sleep(delay)
 
 
@@ -758,17 +759,10 @@ def _range_body(response: httpx.Response, start: int, length: int, what: str) ->
         served = response.headers.get("content-range", "")
         if served and not served.startswith(f"bytes {start}-"):
             raise RegistryError(f"{what}: server returned range {served!r}")
-    buf = bytearray()
-    for piece in response.iter_bytes():
-        if skip:
-            if len(piece) <= skip:
-                skip -= len(piece)
-                continue
-            piece, skip = piece[skip:], 0
-        buf += piece[: length - len(buf)]
-        if len(buf) >= length:
-            return bytes(buf)
-    raise RegistryError(f"{what}: short read, got {len(buf)} bytes")
+    data = take_range(response.iter_bytes(), skip, length)
+    if len(data) < length:
+        raise RegistryError(f"{what}: short read, got {len(data)} bytes")
+    return data
 
 
 def _status_error(response: httpx.Response, what: str, host: str, repo: str) -> RegistryError:
@@ -785,7 +779,7 @@ def _status_error(response: httpx.Response, what: str, host: str, repo: str) -> 
     )
 
 
-def _parse_retry_after(value: str) -> float:
+def parse_retry_after(value: str) -> float:
     value = value.strip()
     if value.isdigit():
         return float(value)

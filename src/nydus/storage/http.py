@@ -26,15 +26,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import httpx
 
 from nydus.config import HttpCommon
 from nydus.errors import StorageError
+from nydus.oci.registry import parse_retry_after
 from nydus.storage.backend import BackendBase
 from nydus.storage.transport import GuardedTransport, RequestGuard, guarded, ssl_context
+from nydus.utils.ranges import take_range
 
 __all__ = ["CircuitBreaker", "HttpBackend", "Transient"]
 
@@ -295,17 +296,10 @@ class HttpBackend(BackendBase):
 
 def _body_range(response: httpx.Response, skip: int, size: int) -> bytes:
     """`size` bytes of the body after the first `skip`; reads no further than needed."""
-    buf = bytearray()
-    for piece in response.iter_raw():
-        if skip:
-            if len(piece) <= skip:
-                skip -= len(piece)
-                continue
-            piece, skip = piece[skip:], 0
-        buf += piece[: size - len(buf)]
-        if len(buf) >= size:
-            return bytes(buf)
-    raise Transient(f"short body: {len(buf)} of {size} bytes")
+    data = take_range(response.iter_raw(), skip, size)
+    if len(data) < size:
+        raise Transient(f"short body: {len(data)} of {size} bytes")
+    return data
 
 
 def _status_text(response: httpx.Response) -> str:
@@ -335,12 +329,4 @@ def _transport_text(exc: httpx.TransportError, guard: RequestGuard) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return parse_retry_after(value) if value else None
