@@ -288,7 +288,7 @@ def test_backend_registry():
     with pytest.raises(ConfigError, match="unknown backend type 'ftp'"):
         create_backend(BackendConfig("ftp"))
     with pytest.raises(ConfigError, match="not supported yet"):
-        create_backend(BackendConfig("s3"))
+        create_backend(BackendConfig("localdisk"))
     assert [size_bucket(n) for n in (1, 1024, 4096, 65536, 131072, 600000, 1 << 20)] == [
         0,
         1,
