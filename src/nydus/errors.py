@@ -1,4 +1,9 @@
-"""One error root for the project; subclasses carry an errno for FUSE and the API."""
+"""One error root for the project; subclasses carry an errno for FUSE and the API.
+
+The kinds a service raises for a bad request (`InvalidArgument`, `NotFound`, `Unsupported`,
+`NotReady`) say what went wrong, not how a protocol reports it: `daemon/api.py` maps them to
+HTTP statuses, FUSE to their errno.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +22,31 @@ class FormatError(NydusError):
     errno = errno.EINVAL
 
 
+class InvalidArgument(NydusError):
+    """A request or value that is not acceptable (a bad parameter, an unknown key)."""
+
+    errno = errno.EINVAL
+
+
+class Unsupported(NydusError):
+    """A well-formed request for something this implementation does not do."""
+
+    errno = errno.EOPNOTSUPP
+
+
+class NotReady(NydusError):
+    """A request that the current state does not allow yet (e.g. the daemon is not running)."""
+
+    errno = errno.EAGAIN
+
+
 class BuildError(NydusError):
     """A source tree or layer that cannot be built into an image."""
 
     errno = errno.EINVAL
 
 
-class ConfigError(NydusError):
+class ConfigError(InvalidArgument):
     """An invalid nydusd configuration or command line value."""
 
     errno = errno.EINVAL
@@ -42,6 +65,6 @@ class DigestMismatch(StorageError):
 
 
 class NotFound(NydusError):
-    """A path or inode that does not exist in the filesystem."""
+    """Something named that does not exist: a path, an inode, a mounted instance."""
 
     errno = errno.ENOENT

@@ -9,42 +9,51 @@ from collections.abc import Callable
 from typing import TextIO
 
 from nydus.errors import NydusError
+from nydus.utils.loglevel import TRACE, parse_level
 
-LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "off": logging.CRITICAL + 10,
-}
+
+def _stamp(created: float) -> str:
+    """`2020-10-22T10:22:23+08:00`: local time with the UTC offset."""
+    t = time.localtime(created)
+    off = time.strftime("%z", t)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + off[:3] + ":" + off[3:]
 
 
 class RustStyleFormatter(logging.Formatter):
     """`2020-10-22T10:22:23+08:00 - INFO - message` as nydus-image and nydusd log."""
 
     def format(self, record: logging.LogRecord) -> str:
-        t = time.localtime(record.created)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t)
-        off = time.strftime("%z", t)
-        stamp += off[:3] + ":" + off[3:]
         level = "WARN" if record.levelno == logging.WARNING else record.levelname
-        return f"{stamp} - {level} - {record.getMessage()}"
+        return f"{_stamp(record.created)} - {level} - {record.getMessage()}"
 
 
-def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    lvl = LEVELS.get(level.lower())
-    if lvl is None:
-        raise NydusError(f"invalid log level {level!r} (trace, debug, info, warn, error)")
+class LogrusFormatter(logging.Formatter):
+    """`INFO[2020-10-22T19:16:57+08:00] message` as nydusify logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = {logging.WARNING: "WARN", logging.CRITICAL: "FATA"}.get(
+            record.levelno, record.levelname[:4]
+        )
+        return f"{level}[{_stamp(record.created)}] {record.getMessage()}"
+
+
+def setup_logging(
+    level: str = "info",
+    stream: TextIO | None = None,
+    formatter: logging.Formatter | None = None,
+) -> int:
+    """One handler on the root logger (stderr unless `stream`); returns the level set."""
+    lvl = parse_level(level)
+    logging.addLevelName(TRACE, "TRACE")
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RustStyleFormatter())
+    handler.setFormatter(formatter or RustStyleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
     # httpx logs every request (with full URLs) at INFO: keep that for debugging only
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.DEBUG if lvl <= logging.DEBUG else logging.WARNING)
+    return lvl
 
 
 def run_main(fn: Callable[[], int | None]) -> int:

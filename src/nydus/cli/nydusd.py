@@ -166,7 +166,8 @@ def _log_to_file(path: str) -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from nydus.daemon.service import DaemonOptions, run_daemon
+    from nydus.daemon.lifecycle import run_daemon
+    from nydus.daemon.service import DaemonOptions
 
     args = _parser().parse_args(argv)
     if args.cmd not in (None, "fuse"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
 
-from nydus.cli.common import parse_size, run_main
+from nydus.cli.common import LogrusFormatter, parse_size, run_main, setup_logging
 from nydus.cli.image import Parser
 from nydus.errors import NydusError
 
@@ -303,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
 
     def body() -> int:
-        from nydus.converter import logs
-
-        logs.setup("debug" if a.debug else a.log_level)
+        lvl = setup_logging("debug" if a.debug else a.log_level, formatter=LogrusFormatter())
+        # the builder's own INFO lines are noise inside a conversion; so are httpx's
+        logging.getLogger("nydus.builder").setLevel(max(lvl, logging.WARNING))
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         handler = {
             "convert": cmd_convert,
             "check": cmd_check,

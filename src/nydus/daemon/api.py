@@ -2,6 +2,10 @@
 
 A small threaded HTTP/1.1 server: one thread per connection, keep-alive, and idle
 connections are never closed (nydus-snapshotter treats a hang-up as daemon death).
+
+The service raises domain errors; `STATUS` is the one place that turns them into HTTP
+statuses (any other `NydusError` is a 500). Every error body is
+`{"code": "UNDEFINED", "message": ...}`.
 """
 
 from __future__ import annotations
@@ -18,22 +22,30 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from nydus.errors import NydusError
+from nydus.errors import InvalidArgument, NotFound, NotReady, NydusError, Unsupported
 
 if TYPE_CHECKING:
     from nydus.daemon.service import NydusDaemon
 
-__all__ = ["ApiError", "ApiServer"]
+__all__ = ["STATUS", "ApiServer", "status_of"]
 
 log = logging.getLogger(__name__)
 
+#: error kind -> HTTP status, first match wins (subclasses before their bases)
+STATUS: tuple[tuple[type[NydusError], HTTPStatus], ...] = (
+    (NotFound, HTTPStatus.NOT_FOUND),
+    (InvalidArgument, HTTPStatus.BAD_REQUEST),  # ConfigError included
+    (Unsupported, HTTPStatus.NOT_IMPLEMENTED),
+    (NotReady, HTTPStatus.SERVICE_UNAVAILABLE),
+)
 
-class ApiError(NydusError):
-    """An API failure with its HTTP status."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+def status_of(exc: NydusError) -> HTTPStatus:
+    """The HTTP status that reports `exc`: its kind's, else 500."""
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return HTTPStatus.INTERNAL_SERVER_ERROR
 
 
 Query = dict[str, str]
@@ -77,12 +89,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length > 0 else b""
         try:
             resp = self.server.api.dispatch(self.command, url.path, query, raw)
-        except ApiError as exc:
-            resp = _Response(exc.status, {"code": "UNDEFINED", "message": str(exc)})
         except NydusError as exc:
-            resp = _Response(
-                HTTPStatus.INTERNAL_SERVER_ERROR, {"code": "UNDEFINED", "message": str(exc)}
-            )
+            resp = _Response(status_of(exc), {"code": "UNDEFINED", "message": str(exc)})
         except Exception as exc:
             log.exception("api: %s %s failed", self.command, self.path)
             resp = _Response(
@@ -158,16 +166,16 @@ class ApiServer:
     def dispatch(self, method: str, path: str, query: Query, raw: bytes) -> _Response:
         methods = self.routes.get(path.rstrip("/") or path)
         if methods is None:
-            raise ApiError(HTTPStatus.NOT_FOUND, f"no route for {path}")
+            raise NotFound(f"no route for {path}")
         handler = methods.get(method)
         if handler is None:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"method {method} is not supported on {path}")
+            raise InvalidArgument(f"method {method} is not supported on {path}")
         body: Any = None
         if raw:
             try:
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}") from None
+                raise InvalidArgument(f"request body is not JSON: {exc}") from None
         out = handler(query, body)
         if isinstance(out, _Response):
             return out
@@ -177,19 +185,16 @@ class ApiServer:
     def _need(query: Query, key: str) -> str:
         v = query.get(key)
         if not v:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {key!r} is required")
+            raise InvalidArgument(f"query parameter {key!r} is required")
         return v
 
     def _unsupported(self, query: Query, body: Any) -> _Response:
-        raise ApiError(HTTPStatus.NOT_IMPLEMENTED, "not supported by this nydusd")
+        raise Unsupported("not supported by this nydusd")
 
     def _set_log_level(self, body: Any) -> _Response:
         if not isinstance(body, dict) or not isinstance(body.get("log_level"), str):
-            raise ApiError(HTTPStatus.BAD_REQUEST, 'expected {"log_level": "<level>"}')
-        try:
-            self.daemon.set_log_level(body["log_level"])
-        except NydusError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            raise InvalidArgument('expected {"log_level": "<level>"}')
+        self.daemon.set_log_level(body["log_level"])
         return NO_CONTENT
 
     def _start(self) -> _Response:
@@ -206,11 +211,8 @@ class ApiServer:
 
     def _put_config(self, query: Query, body: Any) -> _Response:
         if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "expected a JSON object")
-        try:
-            self.daemon.update_runtime_config(query.get("id"), body)
-        except NydusError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            raise InvalidArgument("expected a JSON object")
+        self.daemon.update_runtime_config(query.get("id"), body)
         return NO_CONTENT
 
     # ---- life cycle --------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The nydusd service: load a RAFS image, mount it with FUSE, answer the API, shut down.
+"""The nydusd service: the RAFS instances a daemon holds and the views the API reports.
 
-`run_daemon(options)` is the whole life cycle; `NydusDaemon` holds the mounts and metrics
-the API reports.
+`NydusDaemon` loads and holds the mounts, prefetches, and answers the API's questions; it
+knows nothing of HTTP: a bad request raises a domain error (`NotFound`, `InvalidArgument`,
+`NotReady`...) that `api.py` maps to a status. The process around it (FUSE session, signals,
+API server) is `lifecycle.run_daemon`.
 """
 
 from __future__ import annotations
@@ -11,47 +13,41 @@ import logging
 import mmap
 import os
 import platform
-import signal
 import stat
 import struct
 import subprocess
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import nydus
 from nydus.config import NydusdConfig
-from nydus.daemon.api import ApiError, ApiServer
 from nydus.daemon.state import DaemonState, StateMachine
-from nydus.errors import ConfigError, FormatError, NydusError
+from nydus.errors import (
+    ConfigError,
+    FormatError,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    NydusError,
+    Unsupported,
+)
 from nydus.format.constants import super_flags_names
 from nydus.format.rafs import RafsSuper, open_bootstrap
 from nydus.fs import FsOptions, RafsFs
 from nydus.storage import ChunkDevice, create_backend
 from nydus.storage.backend import BlobBackend
+from nydus.utils.loglevel import LEVELS
 
 __all__ = [
-    "LOG_LEVELS",
     "DaemonOptions",
     "NydusDaemon",
     "RafsMount",
     "load_bootstrap",
-    "run_daemon",
 ]
 
 log = logging.getLogger(__name__)
-
-TRACE = 5
-#: nydusd log level names -> logging levels
-LOG_LEVELS = {
-    "trace": TRACE,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +142,14 @@ def _build_time() -> str:
 class NydusDaemon:
     """State, mounts and metrics of one nydusd process."""
 
-    def __init__(self, options: DaemonOptions) -> None:
+    def __init__(self, options: DaemonOptions, on_exit: Callable[[], None] | None = None) -> None:
+        """`on_exit` is how the process around the daemon ends it (`request_exit`)."""
         self.options = options
         self.id = options.id
         self.supervisor = options.supervisor
         self.state = StateMachine()
         self.mounts: dict[str, RafsMount] = {}
-        self.api: ApiServer | None = None
+        self._on_exit = on_exit
         self.runtime: dict[str, dict[str, str]] = {}
         self._version: dict[str, str] | None = None
         self._lock = threading.Lock()
@@ -325,17 +322,16 @@ class NydusDaemon:
         if id is None or id == "":
             if len(mounts) == 1:
                 return next(iter(mounts.values()))
-            raise ApiError(
-                404 if not mounts else 400,
-                "no instance mounted" if not mounts else "several instances are mounted: give ?id=",
-            )
+            if not mounts:
+                raise NotFound("no instance mounted")
+            raise InvalidArgument("several instances are mounted: give ?id=")
         if id in mounts:
             return mounts[id]
         if by_device_id:
             for m in mounts.values():
                 if m.config.id == id:
                     return m
-        raise ApiError(404, f"no instance with id {id!r}")
+        raise NotFound(f"no instance with id {id!r}")
 
     def backend_info(self, mountpoint: str) -> dict[str, Any]:
         m = self._mount(mountpoint)
@@ -370,16 +366,16 @@ class NydusDaemon:
         m = self._mount(id)
         if latest:
             if not m.fs.metrics.latest_read_files_enabled:
-                raise ApiError(400, "latest_read_files is not enabled")
+                raise InvalidArgument("latest_read_files is not enabled")
             return m.fs.metrics.take_latest_read_files()
         if not m.fs.metrics.files_enabled:
-            raise ApiError(400, "iostats_files is not enabled")
+            raise InvalidArgument("iostats_files is not enabled")
         return m.fs.metrics.files_snapshot()
 
     def pattern_metrics(self, id: str | None) -> Any:
         m = self._mount(id)
         if not m.fs.metrics.access_pattern_enabled:
-            raise ApiError(400, "access_pattern is not enabled")
+            raise InvalidArgument("access_pattern is not enabled")
         return []
 
     def backend_metrics(self, id: str | None) -> dict[str, Any]:
@@ -406,70 +402,25 @@ class NydusDaemon:
         allowed = {"registry_auth", "proxy_url", "dragonfly_scheduler_endpoint"}
         for k, v in body.items():
             if k not in allowed:
-                raise NydusError(f"unknown runtime config key {k!r}")
+                raise InvalidArgument(f"unknown runtime config key {k!r}")
             if not isinstance(v, str):
-                raise NydusError(f"runtime config {k} must be a string")
+                raise InvalidArgument(f"runtime config {k} must be a string")
         self.runtime.setdefault(id or "/", {}).update(body)
         log.info("runtime config updated: %s", ", ".join(sorted(body)))
 
     def set_log_level(self, level: str) -> None:
-        lv = LOG_LEVELS.get(level.lower())
+        lv = LEVELS.get(level.lower())
         if lv is None:
-            raise ConfigError(f"unknown log level {level!r} (trace, debug, info, warn, error)")
+            raise InvalidArgument(f"unknown log level {level!r} (trace, debug, info, warn, error)")
         logging.getLogger().setLevel(lv)
         log.info("log level set to %s", level.lower())
 
     def api_start(self) -> None:
         if self.state.state is not DaemonState.RUNNING:
-            raise ApiError(503, f"daemon is {self.state.state.value}")
+            raise NotReady(f"daemon is {self.state.state.value}")
 
     def request_exit(self) -> None:
+        if self._on_exit is None:
+            raise Unsupported("this daemon cannot be stopped through the API")
         log.info("exit requested through the API")
-        threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
-
-
-def run_daemon(options: DaemonOptions) -> int:
-    """The nydusd life cycle; raises NydusError for bad input before anything is mounted."""
-    from nydus.fuse import FuseSession
-
-    if options.virtual_mountpoint != "/":
-        raise ConfigError("--virtual-mountpoint other than / is not supported")
-    mountpoint = os.path.abspath(options.mountpoint)
-    if not os.path.exists(mountpoint):
-        raise ConfigError(f"mountpoint {mountpoint} does not exist")
-    if not os.path.isdir(mountpoint):
-        raise ConfigError(f"mountpoint {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        log.warning("%s is already a mountpoint; mounting on top of it", mountpoint)
-    prefetch_files = list(options.prefetch_files)
-    daemon = NydusDaemon(options)
-    m = daemon.mount_rafs(options.virtual_mountpoint, options.bootstrap, options.config)
-    session = FuseSession(m.fs, mountpoint, threads=options.threads)
-    try:
-        if options.apisock:
-            daemon.api = ApiServer(daemon, options.apisock)
-            daemon.api.start()
-        daemon.state.to(DaemonState.READY)
-        session.mount()
-    except BaseException:
-        if daemon.api is not None:
-            daemon.api.stop()
-        daemon.close_mounts()
-        raise
-
-    def started() -> None:
-        daemon.state.to(DaemonState.RUNNING)
-        log.info("starting fuse daemon")
-        daemon.start_prefetch(m, tuple(prefetch_files))
-
-    try:
-        session.serve(started)
-    finally:
-        t0 = time.monotonic()
-        session.close()
-        daemon.state.to(DaemonState.STOPPED)
-        if daemon.api is not None:
-            daemon.api.stop()
-        daemon.close_mounts()
-        log.info("nydusd stopped (%.1f ms to unmount)", (time.monotonic() - t0) * 1000)
-    return 0
+        self._on_exit()
