@@ -18,14 +18,13 @@ from __future__ import annotations
 import atexit
 import json
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nydus.daemon.process import NydusdCommand, start_nydusd
 from tests.converter.images import Layout, large_layers, make_image, push, rich_layers
 from tests.helpers.proc import run_measured
 from tests.registry_fixture import start_registry
@@ -177,8 +176,6 @@ class _Mount:
         bootstrap: Path,
         backend: dict[str, Any] | None = None,
     ) -> None:
-        import httpx
-
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
         self.mnt, self.sock = base / "mnt", base / "api.sock"
@@ -192,58 +189,23 @@ class _Mount:
             "digest_validate": True,
         }
         (base / "registry.json").write_text(json.dumps(cfg))
-        self.log = open(base / "nydusd.log", "wb")
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                NYDUSD,
-                "--config",
-                str(base / "registry.json"),
-                "--mountpoint",
-                str(self.mnt),
-                "--bootstrap",
-                str(bootstrap),
-                "--apisock",
-                str(self.sock),
-                "--log-level",
-                "warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        command = NydusdCommand(
+            self.mnt,
+            bootstrap,
+            self.sock,
+            config=base / "registry.json",
+            log_level="warn",
+            binary=NYDUSD,
         )
-        self.http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.sock)),
-            base_url="http://localhost",
-            timeout=10,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nydusd exited: {(base / 'nydusd.log').read_text()}")
-            try:
-                if self.http.get("/api/v1/daemon").json().get("state") == "RUNNING":
-                    self.mount_seconds = time.monotonic() - t0
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("nydusd did not mount within 60 s")
-            time.sleep(0.02)
+        self.process = start_nydusd(command, base / "nydusd.log", timeout=60)
+        self.mount_seconds = self.process.ready_seconds or 0.0
 
     def backend(self) -> dict[str, Any]:
-        return self.http.get("/api/v1/metrics/backend").json()
+        metrics: dict[str, Any] = self.process.client.call("GET", "v1/metrics/backend")
+        return metrics
 
     def stop(self) -> None:
-        self.http.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
-        self.log.close()
+        self.process.stop(timeout=60)
 
 
 def case_lazy(ctx: Any, row_cls: type) -> list[Any]:

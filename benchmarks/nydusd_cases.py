@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from nydus.daemon.process import NydusdCommand, start_nydusd
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -47,14 +48,8 @@ def drop_caches() -> bool:
         return False
 
 
-def _is_mounted(path: Path) -> bool:
-    target = os.path.abspath(path)
-    with open("/proc/self/mountinfo", "rb") as f:
-        return any(line.split(b" ")[4].decode("unicode_escape") == target for line in f)
-
-
 class Daemon:
-    """A nydusd subprocess serving one mount."""
+    """A nydusd subprocess serving one mount (`nydus.daemon.process`)."""
 
     def __init__(
         self, base: Path, bootstrap: Path, blob_dir: Path, cache_dir: Path | None, threads: int = 4
@@ -70,49 +65,24 @@ class Daemon:
         if cache_dir is not None:
             cfg["device"]["cache"] = {"type": "blobcache", "config": {"work_dir": str(cache_dir)}}
         (base / "config.json").write_text(json.dumps(cfg))
-        self.sock = base / "api.sock"
-        self.log = open(base / "nydusd.log", "wb")
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                NYDUSD,
-                "--config",
-                str(base / "config.json"),
-                "--mountpoint",
-                str(self.mnt),
-                "--bootstrap",
-                str(bootstrap),
-                "--apisock",
-                str(self.sock),
-                "--log-level",
-                "warn",
-                "--thread-num",
-                str(threads),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        command = NydusdCommand(
+            self.mnt,
+            bootstrap,
+            base / "api.sock",
+            config=base / "config.json",
+            log_level="warn",
+            threads=threads,
+            binary=NYDUSD,
         )
-        while not _is_mounted(self.mnt):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nydusd exited: {(base / 'nydusd.log').read_text()}")
-            if time.monotonic() - t0 > 60:
-                raise RuntimeError("nydusd did not mount within 60 s")
-            time.sleep(0.01)
-        self.start_seconds = time.monotonic() - t0
+        self.process = start_nydusd(command, base / "nydusd.log", timeout=60)
+        self.start_seconds = self.process.ready_seconds or 0.0
 
     def api(self, path: str) -> Any:
-        import httpx
-
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.sock)),
-            base_url="http://localhost",
-            timeout=10,
-        ) as c:
-            return c.get(path).json()
+        return self.process.client.call("GET", path.removeprefix("/api/"))
 
     def peak_rss_mib(self) -> float:
         try:
-            for line in open(f"/proc/{self.proc.pid}/status"):
+            for line in open(f"/proc/{self.process.pid}/status"):
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         except OSError:
@@ -120,16 +90,7 @@ class Daemon:
         return 0.0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if _is_mounted(self.mnt):
-            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
-        self.log.close()
+        self.process.stop(timeout=60)
 
 
 def _read_file(path: Path, bufsize: int = MIB) -> tuple[int, float]:

@@ -50,6 +50,10 @@ from images import MB, PY_WORKLOAD, Converted, Image, NotAvailable, Session  # n
 from nydusd_cases import drop_caches  # noqa: E402
 from throttle import ThrottleProxy  # noqa: E402
 
+from nydus.daemon.process import NydusdCommand, start_nydusd  # noqa: E402
+from nydus.errors import NydusError  # noqa: E402
+from nydus.kernel.mounts import unmount_all  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MIB = 1 << 20
 THROTTLE_MBIT = 100.0
@@ -76,13 +80,6 @@ def _sh(*cmd: str) -> None:
     r = subprocess.run(list(cmd), capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
-
-
-def _umount(path: Path) -> None:
-    if os.path.ismount(path):
-        subprocess.run(["umount", str(path)], capture_output=True)
-        if os.path.ismount(path):
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _rmtree(path: Path) -> None:
@@ -272,49 +269,25 @@ class NydusMount:
             cfg["amplify_io"] = amplify_io
         (base / "cache").mkdir()
         (base / "config.json").write_text(json.dumps(cfg))
-        self.sock = base / "api.sock"
-        self.logf = open(base / "nydusd.log", "wb")
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "nydusd"),
-                "--config",
-                str(base / "config.json"),
-                "--mountpoint",
-                str(self.mnt),
-                "--bootstrap",
-                str(boot),
-                "--apisock",
-                str(self.sock),
-                "--log-level",
-                "warn",
-                "--thread-num",
-                str(threads),
-            ],
-            stdout=self.logf,
-            stderr=subprocess.STDOUT,
+        command = NydusdCommand(
+            self.mnt,
+            boot,
+            base / "api.sock",
+            config=base / "config.json",
+            log_level="warn",
+            threads=threads,
+            binary=str(BIN / "nydusd"),
         )
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(
-                    "nydusd did not mount: "
-                    + (base / "nydusd.log").read_text(errors="replace")[-500:]
-                )
-            time.sleep(0.01)
+        self.process = start_nydusd(command, base / "nydusd.log", timeout=60)
         self.ready_s = time.monotonic() - self.t0
 
     def backend_metrics(self) -> dict[str, Any]:
-        import httpx
-
         deadline = time.monotonic() + 10
         while True:
             try:
-                with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.sock))) as api:
-                    r = api.get("http://nydusd/api/v1/metrics/backend")
-                    r.raise_for_status()
-                    return r.json()  # type: ignore[no-any-return]
-            except (httpx.HTTPError, OSError):
+                metrics: dict[str, Any] = self.process.client.call("GET", "v1/metrics/backend")
+                return metrics
+            except NydusError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
@@ -327,15 +300,7 @@ class NydusMount:
         )
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        _umount(self.mnt)
-        self.logf.close()
+        self.process.stop(timeout=15)
 
 
 # -- running the workload --------------------------------------------------------------------------------
@@ -369,7 +334,7 @@ def overlay(lower: Path, base: Path, with_sys: bool) -> Iterator[Path]:
         yield merged
     finally:
         for m in reversed(mounted):
-            _umount(m)
+            unmount_all(m)
         for d in (upper, work, merged):
             _rmtree(d)
 

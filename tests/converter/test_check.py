@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from nydus.kernel import is_mounted
 from tests.converter.conftest import convert, get_blob, get_manifest, http, nydusify
 from tests.converter.images import Layout, arch_layers, make_image, push, sha256
 from tests.helpers.layers import F
@@ -171,7 +172,7 @@ def test_corrupted_blob_data_fails_the_filesystem_check(registry, tmp_path):
     assert run.returncode == 1
     [err] = [ln for ln in run.lines if ln.startswith("ERRO")]
     assert "/victim.bin: cannot read: Input/output error" in err
-    assert not os.path.ismount(tmp_path / "out/fs/target_mounted")
+    assert not is_mounted(tmp_path / "out/fs/target_mounted")
     assert "digest mismatch" in (tmp_path / "out/fs/nydusd.log").read_text()
 
 

@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import struct
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nydus.kernel import is_mounted
 from tests.converter.conftest import (
     LOG_LINE,
     Run,
@@ -291,7 +291,7 @@ def test_nydusify_check_passes(images, kind, tmp_path):
         json.loads((out / "target/nydus_config.json").read_text())["history"][-1]["created_by"]
         == "Nydus Converter"
     )
-    assert not os.path.ismount(out / "fs" / "target_mounted")
+    assert not is_mounted(out / "fs" / "target_mounted")
 
 
 @pytest.mark.parametrize("kind", ["oci", "v2s2"])

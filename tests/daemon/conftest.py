@@ -8,31 +8,37 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from nydus.daemon.client import http_client
+from nydus.daemon.process import NydusdCommand, NydusdProcess, StartError, start_nydusd
+from nydus.kernel.mounts import is_mounted, unmount_all
+
 NYDUSD = str(Path(sys.executable).parent / "nydusd")
 START_TIMEOUT = 30.0
 
-
-def is_mounted(path: str | os.PathLike[str]) -> bool:
-    """True when `path` is a mountpoint per /proc/self/mountinfo (works for dead FUSE mounts)."""
-    target = os.path.abspath(path)
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            mp = line.split(b" ")[4].decode("unicode_escape")
-            if mp == target:
-                return True
-    return False
+__all__ = [
+    "NYDUSD",
+    "Daemon",
+    "api_client",
+    "copy_tree",
+    "findmnt",
+    "force_unmount",
+    "is_mounted",
+    "localfs_config",
+    "nydusd",
+    "run_nydusd",
+]
 
 
 def findmnt(path: str | os.PathLike[str]) -> str:
+    """util-linux's view of the mount at `path` (an oracle beside our mountinfo parser)."""
     r = subprocess.run(
         ["findmnt", "-n", "--mountpoint", os.path.abspath(path)], capture_output=True, text=True
     )
@@ -40,64 +46,60 @@ def findmnt(path: str | os.PathLike[str]) -> str:
 
 
 def force_unmount(path: str | os.PathLike[str]) -> None:
-    """fusermount3 -u, then umount -l, until the path is no longer a mountpoint."""
-    for cmd in (["fusermount3", "-u", "-z"], ["umount", "-l"]):
-        if not is_mounted(path):
-            return
-        subprocess.run([*cmd, os.path.abspath(path)], capture_output=True)
+    """Clear every mount left at `path`."""
+    unmount_all(path)
 
 
 def api_client(sock: str | os.PathLike[str]) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.HTTPTransport(uds=os.fspath(sock)),
-        base_url="http://localhost",
-        timeout=10.0,
-    )
+    return http_client(sock)
 
 
 @dataclass
 class Daemon:
-    """A running nydusd subprocess."""
+    """A running nydusd subprocess (a `NydusdProcess`) as the tests use it."""
 
-    proc: subprocess.Popen[bytes]
-    mountpoint: Path
-    apisock: Path
-    log_path: Path
+    process: NydusdProcess
     config_path: Path | None
-    args: list[str] = field(default_factory=list)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.process.mountpoint
+
+    @property
+    def apisock(self) -> Path:
+        return self.process.apisock
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.output
+
+    @property
+    def args(self) -> list[str]:
+        return self.process.argv
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.output_text()
 
     def api(self) -> httpx.Client:
-        return api_client(self.apisock)
+        return self.process.http()
 
     def get(self, path: str, **params: str) -> httpx.Response:
         with self.api() as c:
             return c.get(path, params=params or None)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.process.alive()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        """Signal and wait; what the daemon leaves mounted stays (tests look at it)."""
+        return self.process.stop(sig, timeout, unmount=False)
 
     def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        force_unmount(self.mountpoint)
+        self.process.stop(signal.SIGTERM, 15.0)
 
 
 def localfs_config(
@@ -120,22 +122,6 @@ def localfs_config(
 
 
 StartFn = Callable[..., Daemon]
-
-
-def _wait_ready(d: Daemon) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if d.proc.poll() is not None:
-            raise AssertionError(f"nydusd exited with {d.proc.returncode}:\n{d.log()}")
-        if is_mounted(d.mountpoint) and d.apisock.exists():
-            try:
-                r = d.get("/api/v1/daemon")
-                if r.status_code == 200 and r.json()["state"] == "RUNNING":
-                    return
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"nydusd did not become RUNNING in {START_TIMEOUT}s:\n{d.log()}")
 
 
 @pytest.fixture
@@ -171,27 +157,23 @@ def nydusd(tmp_path: Path) -> Iterator[StartFn]:
             cfg_path.write_text(json.dumps(config))
         elif config is not None:
             cfg_path = Path(config)
-        args = [NYDUSD]
-        if cfg_path is not None:
-            args += ["--config", str(cfg_path)]
-        args += [
-            "--mountpoint",
-            str(mnt),
-            "--bootstrap",
-            os.fspath(bootstrap),
-            "--apisock",
-            str(sock),
-            "--log-level",
-            log_level,
-            *extra,
-        ]
-        log_path = base / "nydusd.log"
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT)
-        d = Daemon(proc, mnt, sock, log_path, cfg_path, args)
+        command = NydusdCommand(
+            mnt,
+            bootstrap,
+            sock,
+            config=cfg_path,
+            log_level=log_level,
+            extra=tuple(extra),
+            binary=NYDUSD,
+        )
+        try:
+            process = start_nydusd(
+                command, base / "nydusd.log", wait=wait, timeout=START_TIMEOUT, poll_interval=0.05
+            )
+        except StartError as exc:
+            raise AssertionError(f"{exc}:\n{exc.output}") from None
+        d = Daemon(process, cfg_path)
         started.append(d)
-        if wait:
-            _wait_ready(d)
         return d
 
     yield start

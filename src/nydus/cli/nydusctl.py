@@ -12,10 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import httpx
-
 from nydus.cli.common import run_main, setup_logging
-from nydus.errors import ConfigError, NydusError
+from nydus.daemon.client import ApiClient
+from nydus.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -58,37 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("kind", choices=("backend", "cache", "fsstats"))
     m.add_argument("-I", "--interval", type=float, help="(not supported; prints once)")
     return p
-
-
-class Client:
-    """Synchronous client of a nydusd API socket."""
-
-    def __init__(self, sock: str) -> None:
-        self.sock = sock
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=sock), base_url="http://localhost", timeout=10.0
-        )
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            r = self._http.request(
-                method, f"/api/{path}", content=None if body is None else json.dumps(body)
-            )
-        except httpx.HTTPError as exc:
-            raise NydusError(f"cannot reach nydusd at {self.sock}: {exc}") from exc
-        if r.status_code == 204:
-            return None
-        try:
-            data = r.json()
-        except ValueError:
-            data = r.text
-        if r.status_code >= 400:
-            msg = data.get("message") if isinstance(data, dict) else data
-            raise NydusError(f"nydusd answered {r.status_code}: {msg}")
-        return data
-
-    def close(self) -> None:
-        self._http.close()
 
 
 def _print_info(d: dict[str, Any]) -> None:
@@ -154,7 +122,7 @@ def _print_fsstats(d: dict[str, Any]) -> None:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    client = Client(args.sock)
+    client = ApiClient(args.sock)
     try:
         if args.cmd == "info":
             data = client.call("GET", "v1/daemon")

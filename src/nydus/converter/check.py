@@ -27,10 +27,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import stat
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,8 +39,10 @@ from nydus.builder.check import CheckReport, check_bootstrap
 from nydus.converter.bootstrap_layer import read_bootstrap_layer
 from nydus.converter.convert import file_digest
 from nydus.converter.unpack import IterReader, Unpacker, open_layer_stream
+from nydus.daemon.process import NydusdCommand, NydusdProcess, StartError, find_nydusd, start_nydusd
 from nydus.errors import FormatError, NydusError
 from nydus.format.rafs import open_bootstrap
+from nydus.kernel.mounts import unmount_all
 from nydus.oci import mediatypes as mt
 from nydus.oci.auth import load_credentials
 from nydus.oci.manifest import (
@@ -512,68 +511,11 @@ def _filesystem_rule(
     return report
 
 
-def _nydusd_path(o: CheckOptions) -> str:
-    return find_nydusd(o.nydusd)
-
-
-def find_nydusd(explicit: str | None) -> str:
-    """The nydusd to run: `explicit`, else ours beside this interpreter, else on PATH."""
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "nydusd"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nydusd")
-    if found is None:
-        raise CheckError("nydusd not found (give --nydusd)")
-    return found
-
-
-def _is_mounted(path: Path) -> bool:
-    target = os.path.abspath(path)
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split(b" ")
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
-    except OSError:
-        return False
-    return False
-
-
-def _unescape(raw: bytes) -> str:
-    """Mount points in mountinfo escape space, tab, newline and backslash as \\ooo."""
-    out, i = bytearray(), 0
-    while i < len(raw):
-        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
-def _unmount(path: Path) -> None:
-    for cmd in (["fusermount3", "-u", "-z"], ["fusermount", "-u", "-z"], ["umount", "-l"]):
-        if not _is_mounted(path):
-            return
-        try:
-            subprocess.run([*cmd, str(path)], capture_output=True, timeout=30, check=False)
-        except (OSError, subprocess.SubprocessError):
-            continue
-    if _is_mounted(path):
-        log.warning("could not unmount %s", path)
-
-
 def _clean(fs_dir: Path) -> None:
     """Remove what an earlier check left in `fs_dir` (unmounting a stale mount first)."""
     mnt = fs_dir / "target_mounted"
-    if _is_mounted(mnt):
-        _unmount(mnt)
-        if _is_mounted(mnt):
-            raise CheckError(f"{mnt} is still mounted from an earlier check")
+    if not unmount_all(mnt):
+        raise CheckError(f"{mnt} is still mounted from an earlier check")
     shutil.rmtree(fs_dir, ignore_errors=True)
 
 
@@ -624,97 +566,40 @@ class _Nydusd:
             "digest_validate": True,
             "enable_xattr": True,
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: NydusdProcess | None = None
 
     def __enter__(self) -> Self:
+        try:
+            binary = find_nydusd(self.o.nydusd)
+        except StartError:
+            raise CheckError("nydusd not found (give --nydusd)") from None
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w") as f:
             json.dump(self.cfg, f)
-        args = [
-            _nydusd_path(self.o),
-            "--config",
-            str(self.config),
-            "--mountpoint",
-            str(self.mnt),
-            "--bootstrap",
-            str(self.bootstrap),
-            "--apisock",
-            str(self.sock),
-            "--log-level",
-            "warn",
-            "--log-file",
-            str(self.log_path),
-        ]
+        command = NydusdCommand(
+            self.mnt,
+            self.bootstrap,
+            self.sock,
+            config=self.config,
+            log_level="warn",
+            log_file=self.log_path,  # the same file: errors before --log-file applies too
+            binary=binary,
+        )
         try:
-            with open(self.log_path, "ab") as log_file:  # errors before --log-file applies
-                self.proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file
-                )
-        except OSError as exc:
-            self._remove_config()
-            raise CheckError(f"cannot start nydusd {args[0]}: {exc.strerror}") from exc
-        try:
-            self._wait()
-        except BaseException:
+            self.daemon = start_nydusd(command, self.log_path, timeout=self.o.mount_timeout)
+        except StartError as exc:
             self.__exit__()
-            raise
+            raise CheckError(str(exc)) from None
         return self
 
-    def _wait(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.o.mount_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CheckError(
-                    f"nydusd exited with code {self.proc.returncode} before "
-                    f"mounting {self.mnt}: {self._last_error()}"
-                )
-            if _is_mounted(self.mnt) and self._running():
-                return
-            time.sleep(0.05)
-        raise CheckError(f"nydusd did not mount {self.mnt} within {self.o.mount_timeout:.0f}s")
-
-    def _running(self) -> bool:
-        if not self.sock.exists():
-            return False
-        import httpx
-
-        try:
-            with httpx.Client(
-                transport=httpx.HTTPTransport(uds=str(self.sock)),
-                base_url="http://localhost",
-                timeout=5,
-            ) as c:
-                r = c.get("/api/v1/daemon")
-                return r.status_code == 200 and r.json().get("state") == "RUNNING"
-        except (httpx.HTTPError, ValueError):
-            return False
-
-    def _last_error(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            text = ""
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        return lines[-1] if lines else "no log output"
-
-    def _remove_config(self) -> None:
+    def __exit__(self, *exc: object) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        unmount_all(self.mnt)
         try:
             self.config.unlink()
         except OSError:
             pass
-
-    def __exit__(self, *exc: object) -> None:
-        p = self.proc
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-        _unmount(self.mnt)
-        self._remove_config()
         try:
             self.mnt.rmdir()
         except OSError:

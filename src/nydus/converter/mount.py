@@ -13,16 +13,16 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from nydus.converter.bootstrap_layer import read_bootstrap_layer
-from nydus.converter.check import _is_mounted, _parse, _unmount, find_nydusd, registry_backend
+from nydus.converter.check import _parse, registry_backend
+from nydus.daemon.process import NydusdCommand, StartError, find_nydusd, start_nydusd
 from nydus.errors import FormatError, NydusError
+from nydus.kernel.mounts import is_mounted
 from nydus.oci.manifest import Platform, host_platform
 from nydus.oci.reference import Reference
 from nydus.oci.registry import RegistryClient
@@ -75,7 +75,7 @@ def mount_image(o: MountOptions) -> int:
     """Mount and serve until nydusd ends (a signal or an external unmount); nydusd's exit
     code."""
     mnt = Path(o.mount_path).absolute()
-    if _is_mounted(mnt):
+    if is_mounted(mnt):
         raise MountError(f"{mnt} is already a mount point")
     work = Path(o.work_dir) / "nydusify-mount"
     boot = work / "image.boot"
@@ -103,53 +103,37 @@ def mount_image(o: MountOptions) -> int:
     with open(fd, "w") as f:
         json.dump(cfg, f)
     mnt.mkdir(parents=True, exist_ok=True)
-    args = [
-        find_nydusd(o.nydusd),
-        "--config",
-        str(config),
-        "--mountpoint",
-        str(mnt),
-        "--bootstrap",
-        str(boot),
-        "--log-level",
-        "info",
-    ]
+    try:
+        binary = find_nydusd(o.nydusd)
+    except StartError:
+        config.unlink(missing_ok=True)
+        raise MountError("nydusd not found (give --nydusd)") from None
+    command = NydusdCommand(mnt, boot, config=config, log_level="info", binary=binary)
     log.info("Mounting Nydus image %s to %s", o.target, mnt)
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-    except OSError as exc:
+        daemon = start_nydusd(command, None, wait=False)  # its log goes to our stderr
+    except StartError as exc:
         config.unlink(missing_ok=True)
-        raise MountError(f"cannot start nydusd {args[0]}: {exc.strerror}") from exc
+        raise MountError(str(exc)) from None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        if daemon.alive():
+            daemon.proc.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        deadline = time.monotonic() + o.mount_timeout
-        while not _is_mounted(mnt):
-            if proc.poll() is not None:
-                raise MountError(f"nydusd exited with code {proc.returncode} before mounting")
-            if time.monotonic() > deadline:
-                raise MountError(f"nydusd did not mount {mnt} within {o.mount_timeout:.0f}s")
-            time.sleep(0.05)
+        try:
+            daemon.wait_running(o.mount_timeout, poll_interval=0.05)
+        except StartError as exc:
+            raise MountError(str(exc)) from None
         log.info("Mounted Nydus image %s at %s; interrupt (Ctrl+C) to unmount", o.target, mnt)
         while True:
             try:
-                return proc.wait()
+                return daemon.proc.wait()
             except InterruptedError:
                 continue
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        if _is_mounted(mnt):
-            _unmount(mnt)
+        daemon.stop()  # SIGTERM, then SIGKILL; what is left mounted is unmounted
         for s, h in old.items():
             signal.signal(s, h)
         config.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from nydus.daemon.api import ApiServer
 from nydus.daemon.service import DaemonOptions, NydusDaemon
 from nydus.daemon.state import DaemonState
 from nydus.errors import ConfigError
+from nydus.kernel.mounts import is_mounted
 
 __all__ = ["run_daemon"]
 
@@ -43,7 +44,7 @@ def run_daemon(options: DaemonOptions) -> int:
         raise ConfigError(f"mountpoint {mountpoint} does not exist")
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
+    if is_mounted(mountpoint):
         log.warning("%s is already a mountpoint; mounting on top of it", mountpoint)
     prefetch_files = tuple(options.prefetch_files)
     daemon = NydusDaemon(options, on_exit=_exit_soon)

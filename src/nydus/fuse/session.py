@@ -14,6 +14,7 @@ import trio
 from nydus.errors import NydusError
 from nydus.fs import RafsFs
 from nydus.fuse.ops import DEFAULT_TIMEOUT, RafsOperations
+from nydus.kernel.mounts import mount_device
 
 __all__ = ["FuseError", "FuseSession", "mount_options"]
 
@@ -56,26 +57,15 @@ def _fuse_fd() -> int | None:
     return None
 
 
-def _mount_device(mountpoint: str) -> str | None:
-    """`major:minor` of the filesystem mounted at `mountpoint`, from /proc/self/mountinfo
-    (asking the kernel with stat() would need the FUSE loop to be running)."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        fields = line.split(b" ")
-        if fields[4].decode("unicode_escape", "replace") == mountpoint:
-            found = fields[2].decode()  # the last (topmost) mount wins
-    return found
-
-
 def tune_readahead(mountpoint: str, kb: int = READAHEAD_KB) -> None:
     """Raise the mount's read-ahead window so sequential reads arrive as large requests
     (the kernel default is 128 KiB per FUSE read). Best effort: needs root."""
-    dev = _mount_device(mountpoint)
+    # from the mount table: asking the kernel with stat() would need the FUSE loop running
+    try:
+        dev = mount_device(mountpoint)
+    except NydusError as exc:
+        log.debug("cannot tune read-ahead of %s: %s", mountpoint, exc)
+        return
     if dev is None:
         return
     path = f"/sys/class/bdi/{dev}/read_ahead_kb"
