@@ -230,7 +230,9 @@ class ApiServer:
         try:
             server = _Server(self.path, _RequestHandler)
         except OSError as exc:
-            raise NydusError(f"cannot listen on API socket {self.path}: {exc.strerror}") from exc
+            raise NydusError(
+                f"cannot listen on API socket {self.path}: {exc.strerror or exc}"
+            ) from exc
         server.api = self
         self._server = server
         self._thread = threading.Thread(
