@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from nydus.kernel import unmount_all
 from tests.converter.conftest import NYDUSIFY, convert, get_manifest, http, is_mounted, nydusify
 from tests.converter.images import Layout, arch_layers, make_image, push, rich_layers, skopeo
 from tests.helpers.snapshot import compare_trees, snapshot_tree
@@ -180,8 +181,7 @@ def test_mount_until_interrupted(converted, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        unmount_all(mnt)
 
 
 def test_unpack_of_a_converted_image_over_the_registry_backend(
