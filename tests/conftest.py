@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ REPO_ROOT = TESTS_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # `tests` is a package: make `import tests.helpers` work
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.helpers.env import require_kernel_fs, require_tools  # noqa: E402
+from tests.helpers.env import NEEDS, NEEDS_ATTR, missing, unmet  # noqa: E402
 
 
 def _venv_script(name: str) -> str | None:
@@ -33,22 +32,27 @@ def nydus_image() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def require_root() -> None:
-    """Skip when not root: loop devices, mounts, mknod, chown and trusted.* xattrs need it."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (loop devices, mount, mknod, chown, trusted.* xattrs)")
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test inherits the needs its fixtures declare with ``tests.helpers.env.fixture_needs``
+    (so ``-m "not root"`` deselects it too)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        for name in getattr(item, "fixturenames", ()):
+            defs = info.name2fixturedefs.get(name)
+            if defs:  # the last definition is the one this test gets
+                for mark in getattr(defs[-1].func, NEEDS_ATTR, ()):
+                    item.add_marker(mark)
 
 
-@pytest.fixture(scope="session")
-def erofs_env(require_root: None) -> None:
-    """Root, kernel EROFS, losetup and erofs-utils present."""
-    require_tools("losetup", "mount", "umount", "mkfs.erofs", "fsck.erofs", "dump.erofs")
-    require_kernel_fs("erofs")
-
-
-@pytest.fixture(scope="session")
-def overlay_env(require_root: None) -> None:
-    """Root and kernel overlayfs present."""
-    require_tools("mount", "umount")
-    require_kernel_fs("overlay")
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The one policy for needs (root, kernel, tools, golden), before any fixture is set up:
+    an unmet need skips the test with the reason, or fails it in CI (``tests.helpers.env``)."""
+    for name in NEEDS:
+        for mark in item.iter_markers(name):
+            reason = unmet(name, mark.args)
+            if reason:
+                missing(reason)

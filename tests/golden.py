@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+from tests.helpers.env import missing
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(os.environ.get("NYDUS_GOLDEN", REPO.parent / "shared" / "golden"))
 
 
 def golden_path(*parts: str) -> Path:
-    """Path inside the golden set; skips the calling test (saying why) when absent."""
+    """Path inside the golden set.  When absent: the calling test skips saying why, or fails
+    in CI (``CI=true``): a CI run without the golden set must not pass on our own images alone.
+    Tests that read the golden set also carry ``@pytest.mark.golden``."""
     p = GOLDEN.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"golden vector {p} absent (shared/golden is not beside the repository)")
+        missing(
+            f"golden vector {p} absent (../shared/golden beside the repository, or NYDUS_GOLDEN)"
+        )
     return p
 
 

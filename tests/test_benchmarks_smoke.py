@@ -7,7 +7,6 @@ present, succeeded and carries positive measurements.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +23,8 @@ EXPECTED = [
 ]
 
 
+@pytest.mark.tools("mkfs.erofs", "zstd", "tar", "bash")
 def test_benchmark_quick_build(tmp_path):
-    for tool in ("mkfs.erofs", "zstd", "tar", "bash"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
     out = tmp_path / "bench.json"
     r = subprocess.run(
         [

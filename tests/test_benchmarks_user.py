@@ -8,15 +8,13 @@ present, succeeded and carries positive measurements, and that OCI and Nydus row
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.registry_fixture import registry_available
+from tests.registry_fixture import REGISTRY_BIN
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = ["start", "read-all", "metadata", "image-build"]
@@ -42,25 +40,10 @@ EXPECTED = {
 }
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (mount, chroot, drop_caches)"
-    if not Path("/dev/fuse").exists():
-        return "no /dev/fuse"
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        return "no overlayfs"
-    if not registry_available():
-        return "docker-registry not installed"
-    for tool in ("skopeo", "tar", "gzip", "find", "bash"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
-    return None
-
-
+@pytest.mark.root("mount, chroot, drop_caches")
+@pytest.mark.kernel("fuse", "overlay")
+@pytest.mark.tools(REGISTRY_BIN, "openssl", "skopeo", "tar", "gzip", "find", "bash")
 def test_benchmark_quick_user_cases(tmp_path):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
     out = tmp_path / "bench.json"
     r = subprocess.run(
         [

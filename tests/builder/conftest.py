@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.env import fixture_needs
 from tests.helpers.trees import FullTreeInfo, make_full_tree
 
 # 64 KiB chunks: multi-chunk files stay small, so the whole suite stays fast
@@ -122,7 +123,8 @@ def create(nydus_image: str) -> CreateFn:
 
 
 @pytest.fixture(scope="session")
-def full_tree(tmp_path_factory: pytest.TempPathFactory, require_root: None) -> FullTreeInfo:
+@fixture_needs(pytest.mark.root("device nodes, chown, trusted.* xattrs in the source tree"))
+def full_tree(tmp_path_factory: pytest.TempPathFactory) -> FullTreeInfo:
     """The every-entry-type fixture tree (64 KiB chunk geometry), made once per session."""
     return make_full_tree(tmp_path_factory.mktemp("full-tree") / "src", chunk_size=CS)
 

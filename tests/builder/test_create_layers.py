@@ -17,6 +17,7 @@ import pytest
 
 from tests.builder.conftest import CS
 from tests.golden import golden_path
+from tests.helpers.env import EROFS_MOUNT, OVERLAY_MOUNT, marked
 from tests.helpers.erofs import fsck_erofs, mount_erofs
 from tests.helpers.layers import (
     overlay_view,
@@ -26,8 +27,6 @@ from tests.helpers.layers import (
     write_three_layers,
 )
 from tests.helpers.snapshot import compare_trees, snapshot_tree
-
-pytestmark = pytest.mark.usefixtures("erofs_env", "overlay_env")
 
 
 def _build_stack(create, sources, out: Path, *, type_args, compressor="none"):
@@ -78,6 +77,7 @@ def _compare_levels(builds, blob_dir: Path, tars, tmp_path: Path, *, content: bo
                 assert not any(os.path.basename(n).startswith(b".wh.") for n in names)
 
 
+@marked(*EROFS_MOUNT, *OVERLAY_MOUNT)
 @pytest.mark.parametrize("compressor", ["none", "zstd"])
 def test_three_tar_layers_equal_overlay_view(create, tmp_path, compressor):
     """(e) tar-rafs layer by layer with --parent-bootstrap == overlayfs over the three tars."""
@@ -93,6 +93,7 @@ def test_three_tar_layers_equal_overlay_view(create, tmp_path, compressor):
         assert rc == 0, out
 
 
+@marked(*EROFS_MOUNT, *OVERLAY_MOUNT)
 def test_three_dir_layers_overlayfs_whiteouts(create, tmp_path):
     """(e) the same layers unpacked as overlayfs directories (char 0:0 whiteouts, opaque xattr),
     built with --whiteout-spec overlayfs, give the same view."""
@@ -122,6 +123,7 @@ def test_cross_layer_chunk_dedup(create, tmp_path):
     assert blob2 < new_data - CS + 8 * 4096 + 4096, (blob2, new_data)
 
 
+@marked(*EROFS_MOUNT, *OVERLAY_MOUNT)
 @pytest.mark.parametrize("variant", ["gnu", "ustar", "gzip"])
 def test_single_layer_formats(create, tmp_path, variant):
     """GNU (long-name records, base-256 ids), ustar (prefix field) and gzip-compressed
@@ -152,6 +154,8 @@ def test_single_layer_formats(create, tmp_path, variant):
             assert any(len(os.fsencode(p)) > 100 for p in snapshot_tree(mp, content=False))
 
 
+@pytest.mark.golden
+@marked(*EROFS_MOUNT, *OVERLAY_MOUNT)
 def test_upstream_all_entry_type_tar(create, tmp_path):
     """(f) upstream's all-entry-type.tar: the four hard-linked names are one nid with nlink 4
     holding the 15 bytes ``This is a test\\n`` (spec 13.5), and the whole tree equals its
@@ -185,6 +189,7 @@ def test_upstream_all_entry_type_tar(create, tmp_path):
     assert hashlib.sha256(built.blob.read_bytes()).hexdigest() == built.blobs[0]
 
 
+@marked(*EROFS_MOUNT)
 def test_whiteout_spec_none_keeps_whiteouts(create, tmp_path):
     """--whiteout-spec none (what nydusify uses per layer, spec 10.1): `.wh.` entries are kept as
     ordinary files and nothing is removed from the parent."""
@@ -209,6 +214,7 @@ def test_whiteout_spec_none_keeps_whiteouts(create, tmp_path):
         assert sorted(os.listdir(mp / "var/cache")) == [".wh..wh..opq", "a", "b", "new", "sub"]
 
 
+@marked(*EROFS_MOUNT, *OVERLAY_MOUNT)
 def test_layer_without_data_writes_no_blob(create, tmp_path):
     """A layer holding no file data (dirs, empty files, symlinks, whiteouts) writes no blob; on a
     parent its blob table is the parent's (spec 10.2)."""

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
-
+from tests.helpers.env import EROFS_MOUNT
 from tests.helpers.erofs import mount_erofs
 from tests.helpers.proc import run_measured
 from tests.helpers.trees import make_sparse_file
 
-pytestmark = pytest.mark.usefixtures("erofs_env")
+pytestmark = [*EROFS_MOUNT]
 
 GIB = 1 << 30
 SIZE = 3 * GIB

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.builder.conftest import CS, run_nydus_image
+from tests.helpers.env import EROFS_MOUNT, marked
 from tests.helpers.erofs import fsck_erofs, mount_erofs
 from tests.helpers.snapshot import compare_trees, snapshot_tree
-
-pytestmark = pytest.mark.usefixtures("erofs_env")
 
 MATRIX = [
     ("none", "blake3"),
@@ -70,6 +69,7 @@ def _check_report(built, compressor: str) -> None:
     assert built.bootstrap.stat().st_size % 4096 == 0
 
 
+@marked(*EROFS_MOUNT)
 @pytest.mark.parametrize(("compressor", "digester"), MATRIX, ids=_ids(MATRIX))
 def test_metadata_through_kernel(
     full_tree, full_builds, compressor, digester, tmp_path, nydus_image
@@ -86,6 +86,7 @@ def test_metadata_through_kernel(
     assert built.blobs[0] in r.stdout + r.stderr
 
 
+@marked(*EROFS_MOUNT)
 @pytest.mark.parametrize("digester", ["blake3", "sha256"])
 def test_data_through_kernel(full_tree, full_builds, digester, tmp_path):
     """(b) --compressor none: the blob is the uncompressed view; every file's bytes match."""
@@ -109,6 +110,7 @@ def test_data_through_kernel(full_tree, full_builds, digester, tmp_path):
                 assert b.read(40) == a.read(40), off
 
 
+@pytest.mark.tools("fsck.erofs")
 @pytest.mark.parametrize("digester", ["blake3", "sha256"])
 def test_fsck_erofs(full_tree, full_builds, digester, tmp_path):
     """(c) fsck.erofs --device=BLOB BOOTSTRAP passes; --extract reproduces the tree."""
@@ -127,6 +129,7 @@ def test_fsck_erofs(full_tree, full_builds, digester, tmp_path):
     assert diffs == [], "\n".join(diffs)
 
 
+@marked(*EROFS_MOUNT)
 def test_blob_toc_variant_through_kernel(full_tree, create, tmp_path):
     """(b') --features blob-toc appends a ToC after the CI area; the kernel still reads the data."""
     built = create(full_tree.root, tmp_path / "toc", "--features", "blob-toc", compressor="none")
@@ -175,6 +178,7 @@ def test_chunk_dedup_in_uncompressed_blob(full_tree, full_builds):
     assert size < total * 0.6  # sanity: dedup really removed the repeated data
 
 
+@marked(*EROFS_MOUNT)
 @pytest.mark.parametrize("chunk_size", [0x1000, 0x1000000], ids=["4KiB", "16MiB"])
 def test_chunk_size_limits(full_tree, create, chunk_size, tmp_path):
     """The smallest and largest allowed chunk sizes (spec 2.3) give correct data through the kernel."""
@@ -186,6 +190,7 @@ def test_chunk_size_limits(full_tree, create, chunk_size, tmp_path):
         assert diffs == [], "\n".join(diffs)
 
 
+@marked(*EROFS_MOUNT)
 def test_repeatable_drops_explicit_ids(full_tree, create, tmp_path):
     """--repeatable: no explicit uid/gid (spec 2.4 EXPLICIT_UID_GID clear), so the kernel, which
     always reports the on-disk values, shows 0:0 everywhere; everything else is unchanged."""

@@ -27,6 +27,7 @@ def _golden(name: str):
 # ---- golden v1 configs -----------------------------------------------------------------------
 
 
+@pytest.mark.golden
 def test_docs_localfs_is_valid():
     c = load_config(_golden("real/nydus-docs-nydusd-localfs.json")).validate()
     assert c.source_version == 1
@@ -40,6 +41,7 @@ def test_docs_localfs_is_valid():
     assert c.rafs.prefetch.enable is False
 
 
+@pytest.mark.golden
 def test_misc_template_fails_validation_for_missing_host():
     c = load_config(_golden("real/nydus-misc-nydusd-config.json"))
     r = c.backend.registry
@@ -49,6 +51,7 @@ def test_misc_template_fails_validation_for_missing_host():
         c.validate()
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize(
     "name",
     ["real/snapshotter-nydusd-config.fusedev.json", "real/snapshotter-nydusd-config-localfs.json"],
@@ -59,6 +62,7 @@ def test_snapshotter_templates_are_refused_as_is(name):
         load_config(_golden(name))
 
 
+@pytest.mark.golden
 def test_snapshotter_fusedev_template_after_filling_needs_host_and_repo():
     doc = json.loads(_golden("real/snapshotter-nydusd-config.fusedev.json").read_text())
     doc["device"]["cache"]["config"] = {"work_dir": "/cache"}
@@ -73,6 +77,7 @@ def test_snapshotter_fusedev_template_after_filling_needs_host_and_repo():
     assert c.rafs.batch_size == 1048576
 
 
+@pytest.mark.golden
 def test_snapshotter_runtime_registry_is_valid():
     c = load_config(_golden("constructed/snapshotter-runtime-registry.json")).validate()
     r = c.backend.registry
@@ -92,6 +97,7 @@ def test_snapshotter_runtime_registry_is_valid():
     assert c.rafs.prefetch.enable and c.rafs.prefetch.prefetch_all
 
 
+@pytest.mark.golden
 def test_minimal_valid_registry():
     c = load_config(_golden("constructed/minimal-valid-registry.json")).validate()
     r = c.backend.registry
@@ -100,21 +106,25 @@ def test_minimal_valid_registry():
     assert c.cache.type == "" and not c.cache.enabled
 
 
+@pytest.mark.golden
 def test_minimal_valid_localfs_blobcache():
     c = load_config(_golden("constructed/minimal-valid-localfs-blobcache.json")).validate()
     assert c.cache.type == "blobcache" and c.cache.work_dir == "."
 
 
+@pytest.mark.golden
 def test_invalid_blobcache_without_config():
     with pytest.raises(ConfigError, match="device.cache.config is required"):
         load_config(_golden("constructed/invalid-blobcache-without-config.json"))
 
 
+@pytest.mark.golden
 def test_invalid_retry_limit_over_u8():
     with pytest.raises(ConfigError, match=r"retry_limit = 300 is out of range"):
         load_config(_golden("constructed/invalid-retry-limit-over-u8.json"))
 
 
+@pytest.mark.golden
 def test_invalid_auth_without_colon_parses_but_fails_validation():
     c = load_config(_golden("constructed/invalid-auth-without-colon.json"))
     assert c.backend.registry is not None and c.backend.registry.auth == "bm9jb2xvbg=="
@@ -122,6 +132,7 @@ def test_invalid_auth_without_colon_parses_but_fails_validation():
         c.validate()
 
 
+@pytest.mark.golden
 def test_every_golden_file_is_classified():
     """Each file of the golden folder either parses+validates or fails with a ConfigError."""
     root = golden_path("nydusd-v1")
@@ -444,6 +455,7 @@ def test_redacted_hides_secrets():
     assert s3.backend.settings.access_key_secret == "" and s3.backend.settings.access_key_id == ""
 
 
+@pytest.mark.golden
 def test_to_v2_dict_shape_and_roundtrip():
     c = load_config(_golden("real/nydus-docs-nydusd-localfs.json")).validate()
     d = c.to_v2_dict()

@@ -1,8 +1,9 @@
 """Fixtures for the nydusify tests: real registries (plain and htpasswd), `nydusify` and
 `umoci` as subprocesses, our nydusd on a real FUSE mount over the registry backend.
 
-These tests need root, /dev/fuse, docker-registry, skopeo and umoci: on a machine without
-them they fail rather than skip (CI runs them as root)."""
+The registries need docker-registry, openssl and skopeo (test images are pushed with it);
+`nydusify check --source` and unpacking layers need root (owners, device nodes), the nydusd
+fixture root and FUSE. Each is declared where it is needed (tests/helpers/env.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.daemon.conftest import Daemon, api_client, is_mounted, nydusd  # noqa: F401  (fixture)
+from tests.helpers.env import fixture_needs
 from tests.registry_fixture import REGISTRY_BIN, RunningRegistry, start_registry
 
 NYDUSIFY = str(Path(sys.executable).parent / "nydusify")
@@ -32,22 +33,18 @@ USER, PASSWORD = "alice", "s3cret-Conv3rt-Pa55"
 WRONG_PASSWORD = "wr0ng-Pa55-for-alice"
 
 
-def _require() -> None:
-    missing = [t for t in ("skopeo", "umoci", "fusermount3") if shutil.which(t) is None]
-    if not Path(REGISTRY_BIN).exists():
-        missing.append(REGISTRY_BIN)
-    if missing:
-        pytest.fail(f"tests/converter needs {', '.join(missing)}")
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.fail("tests/converter need root and /dev/fuse")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tools() -> None:
-    _require()
+# what a registry of test images needs: the registry, TLS certificates, skopeo to push
+REGISTRY_NEEDS = pytest.mark.tools(REGISTRY_BIN, "openssl", "skopeo")
+# `nydusify check --source`: unpacks the source image (owners, device nodes) and mounts the
+# target with our nydusd over FUSE
+CHECK_FILESYSTEM = (
+    pytest.mark.root("nydusify check unpacks the source and mounts the target"),
+    pytest.mark.kernel("fuse"),
+)
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(REGISTRY_NEEDS)
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
     r = start_registry(tmp_path_factory.mktemp("registry"))
     yield r
@@ -55,6 +52,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegist
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(REGISTRY_NEEDS)
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
     r = start_registry(tmp_path_factory.mktemp("auth-registry"), htpasswd={USER: PASSWORD})
     yield r

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.converter.conftest import (
+    CHECK_FILESYSTEM,
     PASSWORD,
     USER,
     WRONG_PASSWORD,
@@ -22,6 +23,7 @@ from tests.converter.conftest import (
 )
 from tests.converter.images import Layout, make_image, push, rich_layers
 from tests.daemon.conftest import run_nydusd
+from tests.helpers.env import marked
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def private(auth_registry, tmp_path_factory):
     }
 
 
+@marked(*CHECK_FILESYSTEM)
 def test_convert_and_check_with_docker_config_credentials(private, auth_registry, tmp_path):
     work = tmp_path / "tmp"
     run = convert(

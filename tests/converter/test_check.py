@@ -12,8 +12,16 @@ import os
 import pytest
 
 from nydus.kernel import is_mounted
-from tests.converter.conftest import convert, get_blob, get_manifest, http, nydusify
+from tests.converter.conftest import (
+    CHECK_FILESYSTEM,
+    convert,
+    get_blob,
+    get_manifest,
+    http,
+    nydusify,
+)
 from tests.converter.images import Layout, arch_layers, make_image, push, sha256
+from tests.helpers.env import marked
 from tests.helpers.layers import F
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -141,6 +149,7 @@ def test_broken_rules_are_named(image, registry, tmp_path, case, message):
     assert err.startswith("ERRO[") and ("invalid Nydus" in err)
 
 
+@marked(*CHECK_FILESYSTEM)
 def test_corrupted_blob_data_fails_the_filesystem_check(registry, tmp_path):
     """A flipped byte in a blob the registry stores: nydusd (digest_validate) refuses the
     chunk, check names the file, and the target is unmounted afterwards."""

@@ -22,6 +22,7 @@ import pytest
 
 from nydus.kernel import is_mounted
 from tests.converter.conftest import (
+    CHECK_FILESYSTEM,
     LOG_LINE,
     Run,
     convert,
@@ -33,6 +34,7 @@ from tests.converter.conftest import (
 )
 from tests.converter.images import Layout, make_image, push, rich_layers, sha256, skopeo
 from tests.golden import golden_path
+from tests.helpers.env import marked
 from tests.helpers.layers import D, F
 from tests.helpers.snapshot import compare_trees, snapshot_tree
 
@@ -177,6 +179,7 @@ def _shape(obj: Any) -> Any:
     return obj
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("kind", KINDS)
 def test_manifest_config_and_layers_have_upstreams_shape(images, registry, kind):
     conv = images[kind]
@@ -243,6 +246,7 @@ def test_manifest_config_and_layers_have_upstreams_shape(images, registry, kind)
     assert struct.unpack_from("<I", boot, 1024)[0] == EROFS_MAGIC
 
 
+@marked(*CHECK_FILESYSTEM)
 @pytest.mark.parametrize("kind", KINDS)
 def test_nydusify_check_passes(images, kind, tmp_path):
     conv = images[kind]
@@ -294,6 +298,8 @@ def test_nydusify_check_passes(images, kind, tmp_path):
     assert not is_mounted(out / "fs" / "target_mounted")
 
 
+@pytest.mark.tools("umoci")
+@pytest.mark.tools("umoci")
 @pytest.mark.parametrize("kind", ["oci", "v2s2"])
 def test_registry_mount_equals_umoci_unpack(images, registry, nydusd, kind, tmp_path):
     """The seed's registry.json (scheme http, host, repo) mounts the converted image; the tree
@@ -363,6 +369,7 @@ def test_fs_version_5_is_refused_clearly(registry, tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@marked(*CHECK_FILESYSTEM)
 def test_implied_parent_directory_keeps_the_lower_metadata(registry, tmp_path):
     layout = Layout(tmp_path / "layout")
     layout.add_image(

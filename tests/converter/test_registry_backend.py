@@ -12,8 +12,9 @@ import time
 import pytest
 
 from nydus.storage.http import BREAKER_COOLDOWN
-from tests.converter.conftest import convert, read_amount, registry_config
+from tests.converter.conftest import REGISTRY_NEEDS, convert, read_amount, registry_config
 from tests.converter.images import Layout, large_layers, make_image, push
+from tests.helpers.env import fixture_needs
 from tests.helpers.layers import D, F
 from tests.registry_fixture import restart_registry, start_registry
 
@@ -59,6 +60,7 @@ def test_reading_one_small_file_fetches_a_tiny_part_of_the_image(large, registry
 
 
 @pytest.fixture
+@fixture_needs(REGISTRY_NEEDS)
 def flaky(tmp_path_factory):
     """A registry of its own (stopped and restarted by the test) with a 2-layer image whose
     files live in different blobs."""

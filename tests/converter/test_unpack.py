@@ -14,6 +14,7 @@ import zstandard
 
 from nydus.converter.unpack import IterReader, Unpacker, UnpackError, open_layer_stream
 from tests.converter.images import rich_layers
+from tests.helpers.env import OVERLAY_MOUNT, marked
 from tests.helpers.layers import (
     CHR,
     D,
@@ -41,7 +42,8 @@ def _unpack(layers: list[bytes], dest: Path, pieces: int = 0) -> Unpacker:
     return u
 
 
-def test_rich_layers_equal_the_overlayfs_view(tmp_path, overlay_env):
+@marked(*OVERLAY_MOUNT)
+def test_rich_layers_equal_the_overlayfs_view(tmp_path):
     """Whiteouts, opaque dirs (marker before and after same-layer siblings), hard links,
     symlinks, devices, FIFOs, xattrs, ids and modes: the unpacked tree is the tree the kernel
     shows for the same layer stack."""
@@ -70,6 +72,7 @@ def test_rich_layers_equal_the_overlayfs_view(tmp_path, overlay_env):
     assert os.stat(ours / "usr/bin/ping").st_mode & 0o7777 == 0o4755
 
 
+@pytest.mark.root("unpacked layers keep their owners")
 def test_zstd_layer_stream(tmp_path):
     tar = layer_bytes([D("a"), F("a/b", b"zstd data\n", xattrs={"user.k": b"v"})])
     z = zstandard.ZstdCompressor().compress(tar)
@@ -78,6 +81,7 @@ def test_zstd_layer_stream(tmp_path):
     assert os.getxattr(tmp_path / "root/a/b", "user.k") == b"v"
 
 
+@pytest.mark.root("unpacked layers keep their owners")
 def test_never_writes_through_a_symlink(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -98,6 +102,7 @@ def test_dotdot_is_refused(tmp_path):
     assert not (tmp_path / "escape").exists()
 
 
+@pytest.mark.root("unpacked layers keep their owners")
 def test_hard_link_to_a_lower_layer_and_type_replacements(tmp_path):
     lower = layer_bytes(
         [
@@ -125,6 +130,7 @@ def test_hard_link_to_a_lower_layer_and_type_replacements(tmp_path):
     assert (root / "dir-then-file").read_bytes() == b"4"
 
 
+@pytest.mark.root("unpacked layers keep their owners")
 def test_device_nodes_are_skipped_only_when_mknod_fails(tmp_path, monkeypatch):
     data = layer_bytes([CHR("dev/null", 1, 3, mode=0o666), F("dev/keep", b"k")])
     u = _unpack([data], tmp_path / "made")
@@ -146,6 +152,7 @@ def test_truncated_layer_is_one_clear_error(tmp_path):
         _unpack([data], tmp_path / "root")
 
 
+@pytest.mark.root("unpacked layers keep their owners")
 def test_whiteout_after_the_same_layers_directory_clears_only_lower_entries(tmp_path):
     lower = layer_bytes([D("opt"), F("opt/old", b"lower"), D("opt/sub"), F("opt/sub/deep", b"d")])
     upper = layer_bytes([D("opt"), F("opt/new", b"upper"), whiteout("opt")])

@@ -19,6 +19,7 @@ import pytest
 from nydus.daemon.client import http_client
 from nydus.daemon.process import NydusdCommand, NydusdProcess, StartError, start_nydusd
 from nydus.kernel.mounts import is_mounted, unmount_all
+from tests.helpers.env import fixture_needs
 
 NYDUSD = str(Path(sys.executable).parent / "nydusd")
 START_TIMEOUT = 30.0
@@ -125,14 +126,13 @@ StartFn = Callable[..., Daemon]
 
 
 @pytest.fixture
+@fixture_needs(pytest.mark.root("FUSE mounts"), pytest.mark.kernel("fuse"))
 def nydusd(tmp_path: Path) -> Iterator[StartFn]:
     """`start(bootstrap, config, *extra_args, name=...)` -> a RUNNING, mounted `Daemon`.
 
     `config` is a dict (written as JSON), a path, or None (then pass `-D DIR` in extra_args).
     Every daemon started here is stopped and its mountpoint cleared at teardown.
     """
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.fail("these tests need root and /dev/fuse")
     started: list[Daemon] = []
     counter = [0]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.conftest import localfs_config
+from tests.helpers.env import fixture_needs
 from tests.helpers.snapshot import compare_trees, snapshot_tree
 from tests.helpers.trees import make_full_tree
 
@@ -22,9 +23,8 @@ DIGESTERS = ["blake3", "sha256"]
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(pytest.mark.root("device nodes, chown, trusted.* xattrs in the source tree"))
 def full_tree(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.fail("needs root (device nodes, chown, trusted.* xattrs)")
     root = tmp_path_factory.mktemp("src") / "tree"
     info = make_full_tree(root, chunk_size=CS)
     return info, snapshot_tree(root)

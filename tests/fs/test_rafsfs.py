@@ -1,5 +1,8 @@
 """RafsFs without FUSE: lookup, getattr, readdir offsets, read, readlink, xattrs, statfs,
-errors with errnos, uid/gid policy and metrics."""
+errors with errnos, uid/gid policy and metrics.
+
+Over upstream's golden images (exact values) and, for the same behaviours, over an image of our
+own (tests/image_factory.py) checked against its source tree: the latter need no golden set."""
 
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ from nydus.format.rafs import open_bootstrap
 from nydus.fs import FOPS, FsError, FsOptions, RafsFs
 from nydus.storage import ChunkDevice, LocalFsBackend
 from tests.golden import golden_path
+from tests.image_factory import OwnImage, build_image
+
+GOLDEN = pytest.mark.golden
 
 
 def _fs(kind: str = "v6", **opts) -> RafsFs:
@@ -29,12 +35,39 @@ def _fs(kind: str = "v6", **opts) -> RafsFs:
     return RafsFs(sb, dev, FsOptions(**opts), uid=4242, gid=4343)
 
 
+def _own_fs(img: OwnImage, **opts) -> RafsFs:
+    sb = img.open()
+    dev = ChunkDevice(sb, LocalFsBackend(dir=str(img.blob_dir)), validate=True)
+    return RafsFs(sb, dev, FsOptions(**opts), uid=4242, gid=4343)
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory) -> OwnImage:
+    return build_image(tmp_path_factory.mktemp("own"))
+
+
+@pytest.fixture(scope="module")
+def own_repeatable(tmp_path_factory) -> OwnImage:
+    """Built with --repeatable: no explicit uid/gid, like the golden v5 images."""
+    return build_image(tmp_path_factory.mktemp("own-repeatable"), repeatable=True)
+
+
+@pytest.fixture(params=[pytest.param("golden", marks=GOLDEN), "own"])
+def case(request) -> tuple[RafsFs, int]:
+    """(fs with file metrics on, a regular file of more than 4196 bytes) of each v6 image."""
+    if request.param == "golden":
+        return _fs("v6", iostats_files=True, latest_read_files=True), 133
+    fs = _own_fs(request.getfixturevalue("own"), iostats_files=True, latest_read_files=True)
+    return fs, fs.resolve("/text.txt")
+
+
 def _err(fn, *args) -> int:
     with pytest.raises(NydusError) as exc:
         fn(*args)
     return exc.value.errno
 
 
+@GOLDEN
 def test_v6_lookup_getattr_read():
     fs = _fs()
     assert fs.root_ino == 128
@@ -53,30 +86,54 @@ def test_v6_lookup_getattr_read():
     assert fs.resolve("/sync_io.rs") == 136
 
 
-def test_errors_carry_errnos():
-    fs = _fs()
-    assert _err(fs.lookup, 128, b"missing") == errno.ENOENT
+def test_own_lookup_getattr_read(own):
+    fs = _own_fs(own)
+    for path in own.paths()[1:]:
+        ino = fs.resolve(path)
+        a, m = fs.getattr(ino), own.member(path)
+        assert (a.uid, a.gid, a.mtime) == (m.uid, m.gid, m.mtime), path  # explicit ids
+        if m.mode is not None:
+            assert a.mode & 0o7777 == m.mode, path
+        if path in own.files:
+            data = own.files[path]
+            assert a.is_reg and a.size == len(data) and a.nlink == (2 if m.name == "small" else 1)
+            assert fs.read(ino, 0, 1 << 20) == data, path
+            assert fs.read(ino, 100, 3000) == data[100:3100]
+            assert fs.read(ino, len(data), 10) == b"" and fs.read(ino, 5, 0) == b""
+    root = fs.root_ino
+    assert fs.lookup(root, b".").ino == root and fs.lookup(root, b"..").ino == root
+    assert fs.lookup(root, b"hard").ino == fs.resolve("/small")
+
+
+def test_errors_carry_errnos(case):
+    fs, f = case
+    root = fs.root_ino
+    assert _err(fs.lookup, root, b"missing") == errno.ENOENT
     with pytest.raises(NotFound):
-        fs.lookup(128, b"missing")
-    assert _err(fs.lookup, 133, b"x") == errno.ENOTDIR
-    assert _err(fs.lookup, 128, b"x" * 256) == errno.ENAMETOOLONG
-    assert _err(fs.readdir, 133) == errno.ENOTDIR
-    assert _err(fs.read, 128, 0, 10) == errno.EISDIR
-    assert _err(fs.open, 128) == errno.EISDIR
-    assert _err(fs.readlink, 133) == errno.EINVAL
-    assert _err(fs.getxattr, 133, b"user.x") == errno.ENODATA
+        fs.lookup(root, b"missing")
+    assert _err(fs.lookup, f, b"x") == errno.ENOTDIR
+    assert _err(fs.lookup, root, b"x" * 256) == errno.ENAMETOOLONG
+    assert _err(fs.readdir, f) == errno.ENOTDIR
+    assert _err(fs.read, root, 0, 10) == errno.EISDIR
+    assert _err(fs.open, root) == errno.EISDIR
+    assert _err(fs.readlink, f) == errno.EINVAL
+    assert _err(fs.getxattr, f, b"user.x") == errno.ENODATA
     assert _err(fs.getattr, 999_999) in (errno.EIO, errno.EINVAL)
 
 
-def test_readdir_offsets_are_stable():
-    fs = _fs("v5")
-    d = fs.resolve("/normal-file-test/holefiles")
+@pytest.mark.parametrize(
+    ("kind", "dirpath"),
+    [pytest.param("golden", "/normal-file-test/holefiles", marks=GOLDEN), ("own", "/dir")],
+)
+def test_readdir_offsets_are_stable(kind, dirpath, request):
+    fs = _fs("v5") if kind == "golden" else _own_fs(request.getfixturevalue("own"))
+    d = fs.resolve(dirpath)
     full = fs.readdir(d)
     names = [i.name for i in full]
     assert names[:2] == [b".", b".."]
     assert names[2:] == sorted(names[2:]) and len(names) == 2 + 10
     assert [i.next_offset for i in full] == list(range(1, len(full) + 1))
-    assert full[1].attr.ino == fs.resolve("/normal-file-test")
+    assert full[1].attr.ino == fs.resolve(dirpath.rsplit("/", 1)[0] or "/")
     # resuming at any offset continues exactly after the entry that produced it
     for k in range(len(full)):
         assert [i.name for i in fs.readdir(d, full[k].next_offset)] == names[k + 1 :]
@@ -86,6 +143,7 @@ def test_readdir_offsets_are_stable():
     assert root[1].attr.ino == fs.root_ino  # the root's parent is itself
 
 
+@GOLDEN
 def test_uid_gid_policy_without_explicit_ids():
     fs = _fs("v5")
     a = fs.getattr(fs.resolve("/hardlink-test/foo"))
@@ -93,6 +151,17 @@ def test_uid_gid_policy_without_explicit_ids():
     assert (a.ino, a.nlink) == (5, 3)
     default = RafsFs(fs.sb, None)
     assert default.getattr(1).uid == os.geteuid()
+
+
+def test_own_uid_gid_policy_without_explicit_ids(own_repeatable):
+    fs = _own_fs(own_repeatable)
+    a = fs.getattr(fs.resolve("/small"))  # 1000:1001 in the source, not kept by --repeatable
+    assert (a.uid, a.gid, a.nlink) == (4242, 4343, 2)
+    default = RafsFs(fs.sb, None)
+    assert (default.getattr(fs.root_ino).uid, default.getattr(fs.root_ino).gid) == (
+        os.geteuid(),
+        os.getegid(),
+    )
 
 
 def test_xattrs_follow_enable_xattr():
@@ -118,6 +187,7 @@ def test_xattrs_follow_enable_xattr():
     assert _err(off.getxattr, 1, b"user.k") == errno.ENODATA
 
 
+@GOLDEN
 def test_symlinks_and_statfs():
     fs = _fs("v5")
     link = fs.resolve("/symlink-test/root-2")
@@ -127,21 +197,33 @@ def test_symlinks_and_statfs():
     assert (st.bsize, st.blocks, st.files, st.namemax) == (4096, (3508766 + 4095) // 4096, 51, 255)
 
 
-def test_read_without_device_is_eio():
-    fs = _fs("v5")
+def test_own_symlinks_and_statfs(own):
+    fs = _own_fs(own)
+    link = fs.resolve("/link")
+    assert fs.readlink(link) == b"/target/of/link"
+    assert fs.getattr(link).is_symlink
+    st = fs.statfs()
+    cs = own.chunk_size
+    chunks = {d[i : i + cs] for d in own.files.values() for i in range(0, len(d), cs)}
+    blocks = sum((len(c) + 4095) // 4096 for c in chunks)  # chunks are 4 KiB aligned
+    assert (st.bsize, st.blocks, st.files, st.namemax) == (4096, blocks, len(own.paths()), 255)
+
+
+def test_read_without_device_is_eio(case):
+    fs, f = case
     bare = RafsFs(fs.sb, None)
-    assert _err(bare.read, 5, 0, 10) == errno.EIO
-    assert bare.read(5, 10_000, 10) == b""  # beyond EOF needs no data
+    assert _err(bare.read, f, 0, 10) == errno.EIO
+    assert bare.read(f, 1 << 30, 10) == b""  # beyond EOF needs no data
 
 
-def test_metrics_counts():
-    fs = _fs(iostats_files=True, latest_read_files=True)
-    fs.open(133)
-    fs.read(133, 0, 4096)
-    fs.read(133, 4096, 100)
-    fs.release(133)
+def test_metrics_counts(case):
+    fs, f = case
+    fs.open(f)
+    fs.read(f, 0, 4096)
+    fs.read(f, 4096, 100)
+    fs.release(f)
     with pytest.raises(NydusError):
-        fs.lookup(128, b"nope")
+        fs.lookup(fs.root_ino, b"nope")
     m = fs.metrics.snapshot()
     assert len(m["fop_hits"]) == len(FOPS) == 15
     assert m["fop_hits"][FOPS.index("read")] == 2
@@ -152,8 +234,8 @@ def test_metrics_counts():
     assert m["nr_opens"] == 0
     assert sum(m["read_latency_dist"]) == 2
     files = fs.metrics.files_snapshot()
-    assert files["133"]["data_read"] == 4196 and files["133"]["total_fops"] == 4
-    assert fs.metrics.take_latest_read_files() == [133]
+    assert files[str(f)]["data_read"] == 4196 and files[str(f)]["total_fops"] == 4
+    assert fs.metrics.take_latest_read_files() == [f]
     assert fs.metrics.take_latest_read_files() == []
     assert fs.metrics.inflight() == []
 

@@ -14,6 +14,8 @@ from nydus.utils.compress import Compressor
 from nydus.utils.digest import Digester
 from tests.golden import golden_path
 
+pytestmark = pytest.mark.golden  # upstream's images: no own equivalent
+
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.env import EROFS_MOUNT, OVERLAY_MOUNT, fixture_needs, marked
 from tests.helpers.erofs import MountError, fsck_erofs, loop_device, mount_erofs
 from tests.helpers.layers import (
     CHR,
@@ -54,14 +55,16 @@ def _losetup_for(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def full_tree(tmp_path_factory, require_root):
+@fixture_needs(pytest.mark.root("device nodes, chown, trusted.* xattrs in the source tree"))
+def full_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("full") / "src"
     info = make_full_tree(root, chunk_size=CS)
     return info
 
 
 @pytest.fixture(scope="module")
-def mkfs_image(full_tree, tmp_path_factory, erofs_env):
+@fixture_needs(*EROFS_MOUNT)
+def mkfs_image(full_tree, tmp_path_factory):
     """The full tree minus its 255-byte name, built by mkfs.erofs 1.5 (see module docstring)."""
     work = tmp_path_factory.mktemp("mkfs")
     src = work / "src"
@@ -236,7 +239,8 @@ def test_fsck_erofs_and_extract(mkfs_image, tmp_path):
     assert diffs == []
 
 
-def test_mount_failure_cleans_up(tmp_path, erofs_env):
+@marked(*EROFS_MOUNT)
+def test_mount_failure_cleans_up(tmp_path):
     junk = tmp_path / "junk.img"
     junk.write_bytes(os.urandom(8192))
     with pytest.raises(MountError, match="mount -t erofs"):
@@ -246,7 +250,9 @@ def test_mount_failure_cleans_up(tmp_path, erofs_env):
     assert not (tmp_path / "mnt").exists()
 
 
-def test_loop_device_detached_after_exception(tmp_path, require_root):
+@pytest.mark.root("loop devices")
+@pytest.mark.tools("losetup")
+def test_loop_device_detached_after_exception(tmp_path):
     img = tmp_path / "x.img"
     img.write_bytes(bytes(4096))
     with pytest.raises(RuntimeError, match="boom"), loop_device(img) as dev:
@@ -312,7 +318,8 @@ def test_layer_writer_headers(tmp_path):
     )
 
 
-def test_unpack_layer_converts_whiteouts(tmp_path, require_root):
+@pytest.mark.root("whiteouts are char 0:0 devices, opaque dirs a trusted.* xattr")
+def test_unpack_layer_converts_whiteouts(tmp_path):
     tar = write_layer(
         tmp_path / "l.tar",
         [
@@ -345,7 +352,8 @@ def test_unpack_layer_converts_whiteouts(tmp_path, require_root):
         unpack_layer(write_layer(tmp_path / "bad.tar", [F("../evil")]), tmp_path / "out2")
 
 
-def test_overlay_view_of_three_layers(tmp_path, overlay_env):
+@marked(*OVERLAY_MOUNT)
+def test_overlay_view_of_three_layers(tmp_path):
     tars = write_three_layers(tmp_path / "tars", chunk_size=CS)
     with overlay_view(tars, tmp_path / "mnt") as view:
         snap = snapshot_tree(view)

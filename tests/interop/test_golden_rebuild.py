@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nydus.format.rafs import open_bootstrap
 from nydus.utils.compress import Compressor
 from tests.golden import V6_BLOB_ID, golden_path
+
+pytestmark = pytest.mark.golden
 
 
 def _extract(boot: bytes, blob: bytes, dest: Path) -> None:

@@ -8,27 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from nydus.builder.build import CreateOptions, create
 from nydus.errors import DigestMismatch
-from nydus.format.rafs import open_bootstrap, walk
+from nydus.format.rafs import walk
 from nydus.storage import ChunkDevice
+from tests.helpers.layers import F
+from tests.image_factory import build_image
 from tests.storage.test_device import SlowBackend
 
 
 @pytest.fixture()
 def image(tmp_path: Path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(8):
-        (src / f"f{i}").write_bytes(os.urandom(20000) + bytes([i]))
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
-    res = create(
-        CreateOptions(source=str(src), bootstrap=str(tmp_path / "boot"), blob_dir=str(blobs))
-    )
-    sb = open_bootstrap((tmp_path / "boot").read_bytes())
-    files = {p: i for p, i in walk(sb) if p != b"/"}
-    return sb, blobs, res.blob_ids[0], files, src
+    files = [F(f"f{i}", os.urandom(20000) + bytes([i])) for i in range(8)]
+    img = build_image(tmp_path / "img", files, chunk_size=0x100000)
+    sb = img.open()
+    inos = {p: i for p, i in walk(sb) if p != b"/"}
+    return sb, img.blob_dir, img.blob_id, inos, img.files
 
 
 def _read(dev: ChunkDevice, sb, ino: int) -> bytes:
@@ -49,15 +43,15 @@ def test_a_read_fetches_the_following_chunks_once(image, tmp_path):
     )
     dev.load()
     del be.calls[:]  # blob meta reads
-    assert _read(dev, sb, files[b"/f0"]) == (src / "f0").read_bytes()
+    assert _read(dev, sb, files[b"/f0"]) == src[b"/f0"]
     assert len(be.calls) == 1
     # 20 KiB incompressible chunks: 64 KiB covers this chunk and the next two
     first = be.calls[0]
     assert first[1] == 0 and 3 * 20001 <= first[2] <= 64 << 10
-    assert _read(dev, sb, files[b"/f1"]) == (src / "f1").read_bytes()
-    assert _read(dev, sb, files[b"/f2"]) == (src / "f2").read_bytes()
+    assert _read(dev, sb, files[b"/f1"]) == src[b"/f1"]
+    assert _read(dev, sb, files[b"/f2"]) == src[b"/f2"]
     assert len(be.calls) == 1  # served from the amplified fetch
-    assert _read(dev, sb, files[b"/f3"]) == (src / "f3").read_bytes()
+    assert _read(dev, sb, files[b"/f3"]) == src[b"/f3"]
     assert len(be.calls) == 2
 
 
@@ -68,7 +62,7 @@ def test_no_amplification_within_one_chunk_of_batch(image):
     dev.load()
     del be.calls[:]
     for name in (b"/f0", b"/f1"):
-        assert _read(dev, sb, files[name]) == (src / name.decode()[1:]).read_bytes()
+        assert _read(dev, sb, files[name]) == src[name]
     assert len(be.calls) == 2
 
 
@@ -85,13 +79,13 @@ def test_a_bad_amplified_chunk_fails_only_its_own_reads(image, tmp_path):
         batch_size=64 << 10,
         cache_dir=str(_mk(tmp_path / "cache")),
     )
-    assert _read(dev, sb, files[b"/f0"]) == (src / "f0").read_bytes()
+    assert _read(dev, sb, files[b"/f0"]) == src[b"/f0"]
     with pytest.raises(DigestMismatch, match="digest mismatch"):
         _read(dev, sb, files[b"/f1"])
     assert dev.inflight_count() == 0
     be.flip = None
-    assert _read(dev, sb, files[b"/f1"]) == (src / "f1").read_bytes()
-    assert _read(dev, sb, files[b"/f2"]) == (src / "f2").read_bytes()
+    assert _read(dev, sb, files[b"/f1"]) == src[b"/f1"]
+    assert _read(dev, sb, files[b"/f2"]) == src[b"/f2"]
 
 
 def _mk(path: Path) -> Path:

@@ -1,5 +1,9 @@
 """The chunk device without FUSE: single fetch per chunk under concurrency, merged reads,
-digest checks, the blob cache files, and blob-meta loading from the golden blobs."""
+digest checks, the blob cache files, and blob-meta loading.
+
+Each behaviour runs over upstream's golden images (``golden-*``) and over images of our own
+(``own-*``, tests/image_factory.py) with the same chunk shapes; the latter need no golden set.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,21 @@ import hashlib
 import os
 import threading
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nydus.config import BackendConfig, LocalFsConfig
 from nydus.errors import ConfigError, DigestMismatch, FormatError, StorageError
+from nydus.format.blobmeta import parse_toc
+from nydus.format.constants import BlobFeatures
 from nydus.format.rafs import open_bootstrap, walk
 from nydus.storage import BackendBase, ChunkDevice, ChunkMap, LocalFsBackend, create_backend
 from nydus.storage.backend import size_bucket
 from tests.golden import V6_BLOB_ID, golden_path
+from tests.image_factory import build_image
 
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 
@@ -47,126 +56,236 @@ class SlowBackend(BackendBase):
         return (self.root / blob_id).stat().st_size
 
 
-def _v5():
+@dataclass
+class Img:
+    """An image and the files of it the tests use (same shapes in golden and own images)."""
+
+    sb: Any
+    blobs: Path
+    blob_id: str
+    chunk_size: int
+    repeat: bytes  # chunks X, X, Y: one chunk twice, then another
+    adjacent: bytes  # two chunks next to each other in the blob
+    first: bytes  # a file that is chunk 0 of the blob (v5, raw) / stored compressed (v6)
+    other: bytes  # a file in other chunks than `first`'s
+    batch: int  # a batch size that amplifies no read beyond its own chunks
+    source: dict[bytes, bytes] = field(default_factory=dict)  # contents, when known
+
+    def ino(self, path: bytes) -> int:
+        return dict(walk(self.sb))[path]
+
+    def content(self, path: bytes) -> bytes:
+        if path in self.source:
+            return self.source[path]
+        # golden v5 blobs are uncompressed: a file is its chunks' bytes
+        blob = (self.blobs / self.blob_id).read_bytes()
+        ino = self.ino(path)
+        data = b"".join(
+            blob[c.compressed_offset : c.compressed_offset + c.compressed_size]
+            for c in self.sb.chunks(ino)
+        )
+        return data[: self.sb.attr(ino).size]
+
+
+def _golden_v5() -> Img:
     sb = open_bootstrap(golden_path("upstream", "v5", "sha256-nocompress-repeatable").read_bytes())
-    return sb, golden_path("upstream", "v5", "blobs")
+    busybox = b"/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar"
+    return Img(
+        sb,
+        golden_path("upstream", "v5", "blobs"),
+        V5_BLOB,
+        0x100000,
+        b"/normal-file-test/holefiles/head-hole-1",
+        busybox,
+        b"/hardlink-test/foo",
+        busybox,
+        1 << 20,  # v5 blobs have no CI array: no amplification
+    )
 
 
-def _v6():
+def _golden_v6() -> Img:
     sb = open_bootstrap(golden_path("upstream", "v6", "bootstrap").read_bytes())
-    return sb, golden_path("upstream", "v6", "blobs")
+    return Img(
+        sb,
+        golden_path("upstream", "v6", "blobs"),
+        V6_BLOB_ID,
+        0x100000,
+        b"",
+        b"",
+        b"/lib.rs",
+        b"/sync_io.rs",
+        1 << 20,
+    )
 
 
-def _ino(sb, path: bytes) -> int:
-    return dict(walk(sb))[path]
+def _own(tmp_path_factory: pytest.TempPathFactory, compressor: str) -> Img:
+    img = build_image(tmp_path_factory.mktemp(f"own-{compressor}"), compressor=compressor)
+    return Img(
+        img.open(),
+        img.blob_dir,
+        img.blob_id,
+        img.chunk_size,
+        b"/repeat.bin",
+        b"/random.bin",
+        b"/dir/f00" if compressor == "none" else b"/text.txt",
+        b"/text.txt" if compressor == "none" else b"/random.bin",
+        img.chunk_size,  # one chunk: v6 reads take the following chunks within the batch
+        img.files,
+    )
 
 
-def test_one_fetch_per_chunk_under_concurrency():
-    sb, blobs = _v5()
-    be = SlowBackend(blobs, delay=0.2)
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, memory_cache=0)
-    ino = _ino(sb, b"/normal-file-test/holefiles/head-hole-1")
-    size = sb.attr(ino).size
-    chunks = sb.chunks(ino)
+@pytest.fixture(scope="module")
+def own_none(tmp_path_factory) -> Img:
+    return _own(tmp_path_factory, "none")
+
+
+@pytest.fixture(scope="module")
+def own_zstd(tmp_path_factory) -> Img:
+    return _own(tmp_path_factory, "zstd")
+
+
+@pytest.fixture(params=[pytest.param("golden-v5", marks=pytest.mark.golden), "own-none"])
+def raw(request) -> Img:
+    """An image whose chunks are stored uncompressed."""
+    return _golden_v5() if request.param == "golden-v5" else request.getfixturevalue("own_none")
+
+
+@pytest.fixture(params=[pytest.param("golden-v6", marks=pytest.mark.golden), "own-zstd"])
+def v6(request) -> Img:
+    """A RAFS v6 image with compressed chunks, CI array, ToC and chunk digests in the blob."""
+    return _golden_v6() if request.param == "golden-v6" else request.getfixturevalue("own_zstd")
+
+
+def test_one_fetch_per_chunk_under_concurrency(raw):
+    be = SlowBackend(raw.blobs, delay=0.2)
+    dev = ChunkDevice(
+        raw.sb, be, readahead_chunks=0, validate=True, memory_cache=0, batch_size=raw.batch
+    )
+    dev.load()
+    del be.calls[:]  # blob meta reads (v6)
+    be.metrics.read_count = 0
+    ino = raw.ino(raw.repeat)
+    size = raw.sb.attr(ino).size
+    chunks = raw.sb.chunks(ino)
     results: list[bytes] = []
     barrier = threading.Barrier(16)
+    cs = raw.chunk_size
 
     def reader() -> None:
         barrier.wait()
-        results.append(dev.read(chunks, size, 1048576 - 100, 200))
+        results.append(dev.read(chunks, size, cs - 100, 200))
 
     threads = [threading.Thread(target=reader) for _ in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    blob = (blobs / V5_BLOB).read_bytes()
-    expect = b"".join(
-        blob[c.compressed_offset : c.compressed_offset + c.compressed_size] for c in chunks
-    )[1048576 - 100 : 1048576 + 100]
-    assert results == [expect] * 16
-    # this file is chunk 13 twice (a sparse file): one distinct chunk, one backend read
-    assert {c.ci_index for c in chunks} == {13, 14}
+    assert results == [raw.content(raw.repeat)[cs - 100 : cs + 100]] * 16
+    # the read spans chunks 0 and 1 of the file, the same blob chunk: one backend read
+    assert len({c.ci_index for c in chunks}) == 2 and chunks[0].ci_index == chunks[1].ci_index
     assert len(be.calls) == 1
     assert be.metrics.read_count == 1
 
 
-def test_adjacent_chunks_are_merged_into_one_backend_read():
-    sb, blobs = _v5()
-    be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, batch_size=4 << 20)
-    # the layer.tar of the busybox fixture spans chunks 6 and 7, adjacent in the blob
-    ino = _ino(
-        sb,
-        b"/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar",
-    )
-    a = sb.attr(ino)
-    chunks = sb.chunks(ino)
-    assert [c.ci_index for c in chunks] == [6, 7]
+def test_adjacent_chunks_are_merged_into_one_backend_read(raw):
+    ino = raw.ino(raw.adjacent)
+    a = raw.sb.attr(ino)
+    chunks = raw.sb.chunks(ino)
+    assert len(chunks) == 2 and chunks[1].ci_index == chunks[0].ci_index + 1
+    extent = chunks[0].compressed_size + chunks[1].compressed_size
+    be = SlowBackend(raw.blobs)
+    dev = ChunkDevice(raw.sb, be, readahead_chunks=0, validate=True, batch_size=extent)
+    dev.load()
+    # have the chunk after them at hand, so that a v6 read amplifies nothing (test_amplify.py)
+    nxt = chunks[1].ci_index + 1
+    for _p, i in walk(raw.sb):
+        for c in raw.sb.chunks(i) if raw.sb.attr(i).is_reg else []:
+            if c.ci_index == nxt:
+                dev.read(raw.sb.chunks(i), raw.sb.attr(i).size, c.file_offset, 1)
+    del be.calls[:]  # blob meta reads (v6), the chunk after
     data = dev.read(chunks, a.size, 0, a.size)
-    assert len(data) == a.size
+    assert data == raw.content(raw.adjacent)
     assert be.calls == [
         (
-            V5_BLOB,
+            raw.blob_id,
             chunks[0].compressed_offset,
             chunks[0].compressed_size + chunks[1].compressed_size,
         )
     ]
-    # the merged read is capped by the batch size (amplify_io): 1 MiB splits them again
-    be2 = SlowBackend(blobs)
-    dev2 = ChunkDevice(sb, be2, readahead_chunks=0, batch_size=1 << 20)
+    # the merged read is capped by the batch size (amplify_io): one chunk splits them again
+    be2 = SlowBackend(raw.blobs)
+    dev2 = ChunkDevice(raw.sb, be2, readahead_chunks=0, batch_size=raw.chunk_size)
+    dev2.load()
+    del be2.calls[:]
     assert dev2.read(chunks, a.size, 0, a.size) == data
     assert len(be2.calls) == 2
 
 
-def test_digest_mismatch_raises_and_is_not_cached(tmp_path):
-    sb, blobs = _v5()
-    be = SlowBackend(blobs)
-    be.flip = 5  # inside chunk 0 (/hardlink-test/foo)
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
+def test_digest_mismatch_raises_and_is_not_cached(raw, tmp_path):
+    be = SlowBackend(raw.blobs)
+    ino = raw.ino(raw.first)
+    chunks = raw.sb.chunks(ino)
+    size = raw.sb.attr(ino).size
+    assert chunks[0].ci_index == 0
+    be.flip = chunks[0].compressed_offset + 5  # inside chunk 0
+    dev = ChunkDevice(
+        raw.sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path), batch_size=raw.batch
+    )
     dev.load()
-    ino = _ino(sb, b"/hardlink-test/foo")
-    chunks = sb.chunks(ino)
-    with pytest.raises(DigestMismatch, match=f"blob {V5_BLOB} chunk 0: digest mismatch") as exc:
-        dev.read(chunks, 944, 0, 944)
+    del be.calls[:]  # blob meta reads (v6)
+    with pytest.raises(DigestMismatch, match=f"blob {raw.blob_id} chunk 0: digest mismatch") as exc:
+        dev.read(chunks, size, 0, size)
     assert exc.value.errno == 5
     assert not dev.caches[0].map.is_ready(0)
     with pytest.raises(DigestMismatch):  # asked again: fetched again, fails again
-        dev.read(chunks, 944, 0, 944)
+        dev.read(chunks, size, 0, size)
     assert len(be.calls) == 2
     be.flip = None
-    good = dev.read(chunks, 944, 0, 944)
-    assert hashlib.md5(good).hexdigest() == "a292e7c6b19c3566a7bbee6a7da632ab"
+    good = dev.read(chunks, size, 0, size)
+    assert good == raw.content(raw.first)
+    if raw.first == b"/hardlink-test/foo":  # golden: the value upstream's image holds
+        assert hashlib.md5(good).hexdigest() == "a292e7c6b19c3566a7bbee6a7da632ab"
     assert dev.caches[0].map.is_ready(0)
     assert dev.inflight_count() == 0
 
 
-def test_without_validation_corruption_passes_through():
-    sb, blobs = _v5()
-    be = SlowBackend(blobs)
-    be.flip = 5
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=False)
-    data = dev.read(sb.chunks(_ino(sb, b"/hardlink-test/foo")), 944, 0, 944)
-    assert data[5] == (blobs / V5_BLOB).read_bytes()[5] ^ 0xFF
+def test_without_validation_corruption_passes_through(raw):
+    be = SlowBackend(raw.blobs)
+    ino = raw.ino(raw.first)
+    c0 = raw.sb.chunks(ino)[0]
+    be.flip = c0.compressed_offset + 5
+    dev = ChunkDevice(raw.sb, be, readahead_chunks=0, validate=False)
+    size = raw.sb.attr(ino).size
+    data = dev.read(raw.sb.chunks(ino), size, 0, size)
+    assert data[5] == raw.content(raw.first)[5] ^ 0xFF
+    assert data[:5] + data[6:] == raw.content(raw.first)[:5] + raw.content(raw.first)[6:]
 
 
-def test_corrupt_compressed_chunk_is_storage_error():
-    sb, blobs = _v6()
-    be = SlowBackend(blobs)
-    be.flip = 100
-    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True)
-    ino = _ino(sb, b"/lib.rs")
-    with pytest.raises(StorageError, match=f"blob {V6_BLOB_ID} chunk 0"):
-        dev.read(sb.chunks(ino), 16931, 0, 4096)
-    ino2 = _ino(sb, b"/sync_io.rs")
-    assert (
-        hashlib.sha256(dev.read(sb.chunks(ino2), 13400, 0, 13400)).hexdigest()
-        == "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96"
-    )
+def test_corrupt_compressed_chunk_is_storage_error(v6):
+    be = SlowBackend(v6.blobs)
+    ino = v6.ino(v6.first)
+    c0 = v6.sb.chunks(ino)[0]
+    assert c0.compressed_size < c0.uncompressed_size  # stored compressed
+    be.flip = c0.compressed_offset + min(100, c0.compressed_size // 2)
+    dev = ChunkDevice(v6.sb, be, readahead_chunks=0, validate=True, batch_size=v6.batch)
+    with pytest.raises(StorageError, match=f"blob {v6.blob_id} chunk {c0.ci_index}"):
+        dev.read(v6.sb.chunks(ino), v6.sb.attr(ino).size, 0, 4096)
+    ino2 = v6.ino(v6.other)
+    size2 = v6.sb.attr(ino2).size
+    got = dev.read(v6.sb.chunks(ino2), size2, 0, size2)
+    if v6.source:
+        assert got == v6.content(v6.other)
+    else:  # golden: the sha256 of upstream's source file
+        assert (
+            hashlib.sha256(got).hexdigest()
+            == "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96"
+        )
 
 
+@pytest.mark.golden
 def test_v6_meta_loading_and_cache_files(tmp_path):
-    sb, blobs = _v6()
+    g = _golden_v6()
+    sb, blobs = g.sb, g.blobs
     be = SlowBackend(blobs)
     dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
     dev.load()
@@ -198,33 +317,70 @@ def test_v6_meta_loading_and_cache_files(tmp_path):
     assert dev2.meta(0).chunks == meta.chunks
 
 
-def test_v6_digests_from_chunk_table_when_blob_has_none(tmp_path):
+def test_own_v6_meta_loading_and_cache_files(own_zstd, tmp_path):
+    sb, blob = own_zstd.sb, own_zstd.sb.blobs[0]
+    raw = (own_zstd.blobs / own_zstd.blob_id).read_bytes()
+    toc = {e.name: e for e in parse_toc(raw[-blob.blob_toc_size :])}
+    be = SlowBackend(own_zstd.blobs)
+    dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
+    dev.load()
+    # CI array + header, ToC, digest array: the three reads of the blob meta path
+    digests = toc["blob.digest"]
+    assert be.calls == [
+        (own_zstd.blob_id, blob.ci_offset, blob.ci_compressed_size + 4096),
+        (own_zstd.blob_id, len(raw) - blob.blob_toc_size, blob.blob_toc_size),
+        (own_zstd.blob_id, digests.compressed_offset, 32 * blob.chunk_count),
+    ]
+    meta = dev.meta(0)
+    table = {r.index: r for r in sb.chunk_table()}
+    assert len(meta.chunks) == blob.chunk_count == len(table)
+    for i, c in enumerate(meta.chunks):
+        r = table[i]
+        assert (
+            c.uncompressed_offset,
+            c.uncompressed_size,
+            c.compressed_offset,
+            c.compressed_size,
+        ) == (
+            r.uncompressed_offset,
+            r.uncompressed_size,
+            r.compressed_offset,
+            r.compressed_size,
+        )
+        assert c.digest == r.digest
+    dev.close()
+    # a second device on the same cache dir reads no metadata from the backend
+    be2 = SlowBackend(own_zstd.blobs)
+    dev2 = ChunkDevice(sb, be2, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
+    dev2.load()
+    assert be2.calls == []
+    assert dev2.meta(0).chunks == meta.chunks
+
+
+def test_v6_digests_from_chunk_table_when_blob_has_none(v6):
     """Without a usable blob.digest section the bootstrap's chunk table provides digests."""
-    from dataclasses import replace
-
-    from nydus.format.constants import BlobFeatures
-
-    sb, blobs = _v6()
+    sb = v6.sb
     blob = sb.blobs[0]
     sb.blobs[0] = replace(blob, features=blob.features & ~BlobFeatures.INLINED_CHUNK_DIGEST)
     try:
-        be = SlowBackend(blobs)
+        be = SlowBackend(v6.blobs)
         dev = ChunkDevice(sb, be, readahead_chunks=0, validate=True)
         dev.load()
         assert len(be.calls) == 1  # only the CI array
-        assert dev.meta(0).chunks[1].digest.hex().startswith("812465bc")
+        table = {r.index: r.digest for r in sb.chunk_table()}
+        assert [c.digest for c in dev.meta(0).chunks] == [table[i] for i in range(len(table))]
+        if v6.blob_id == V6_BLOB_ID:  # golden: the value upstream's image holds
+            assert dev.meta(0).chunks[1].digest.hex().startswith("812465bc")
     finally:
         sb.blobs[0] = blob
 
 
-def test_ci_header_mismatch_is_format_error(tmp_path):
-    from dataclasses import replace
-
-    sb, blobs = _v6()
+def test_ci_header_mismatch_is_format_error(v6):
+    sb = v6.sb
     blob = sb.blobs[0]
     sb.blobs[0] = replace(blob, ci_offset=blob.ci_offset + 16)
     try:
-        dev = ChunkDevice(sb, SlowBackend(blobs), readahead_chunks=0)
+        dev = ChunkDevice(sb, SlowBackend(v6.blobs), readahead_chunks=0)
         with pytest.raises(FormatError, match="CI header|bad magic"):
             dev.load()
     finally:
@@ -300,53 +456,62 @@ def test_backend_registry():
     ]
 
 
-def test_prefetch_fills_the_cache(tmp_path):
-    sb, blobs = _v5()
-    be = SlowBackend(blobs)
+def test_prefetch_fills_the_cache(raw, tmp_path):
+    sb = raw.sb
+    be = SlowBackend(raw.blobs)
     dev = ChunkDevice(sb, be, readahead_chunks=0, cache_dir=str(tmp_path))
     dev.load()
     refs = [c for p, i in walk(sb) if sb.attr(i).is_reg for c in sb.chunks(i)]
+    distinct = {c.ci_index: c for c in refs}
     total = dev.prefetch(refs)
-    assert total == sum({c.ci_index: c.uncompressed_size for c in refs}.values())
+    assert total == sum(c.uncompressed_size for c in distinct.values())
     snap = dev.cache_snapshot()
     assert snap["data_all_ready"] is True
-    assert snap["prefetch_data_amount"] == 3508766
-    assert (tmp_path / f"{V5_BLOB}.blob.data").read_bytes() == (blobs / V5_BLOB).read_bytes()
-    assert os.path.exists(tmp_path / f"{V5_BLOB}.blob.data.chunk_map")
+    assert snap["prefetch_data_amount"] == total
+    if raw.blob_id == V5_BLOB:  # golden: the blob's uncompressed size
+        assert total == 3508766
+    # the cache file holds every chunk at its uncompressed offset
+    cached = (tmp_path / f"{raw.blob_id}.blob.data").read_bytes()
+    for p, i in walk(sb):
+        if sb.attr(i).is_reg:
+            data = b"".join(
+                cached[c.uncompressed_offset : c.uncompressed_offset + c.uncompressed_size]
+                for c in sb.chunks(i)
+            )
+            assert data[: sb.attr(i).size] == raw.content(p), p
+    assert os.path.exists(tmp_path / f"{raw.blob_id}.blob.data.chunk_map")
 
 
-def test_sequential_reads_fetch_the_next_chunks_in_the_background():
-    sb, blobs = _v5()
-    be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, readahead_chunks=2)
-    ino = _ino(sb, b"/normal-file-test/holefiles/head-hole-1")
-    chunks = sb.chunks(ino)  # chunk 13, 13, 14
-    dev.read(chunks, 2097159, 0, 4096)
+def test_sequential_reads_fetch_the_next_chunks_in_the_background(raw):
+    be = SlowBackend(raw.blobs)
+    dev = ChunkDevice(raw.sb, be, readahead_chunks=2, batch_size=raw.batch)
+    dev.load()
+    del be.calls[:]  # blob meta reads (v6)
+    ino = raw.ino(raw.repeat)
+    size = raw.sb.attr(ino).size
+    chunks = raw.sb.chunks(ino)  # X, X, Y
+    dev.read(chunks, size, 0, 4096)
     deadline = time.monotonic() + 10
     while len(be.calls) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     offsets = sorted(off for _b, off, _s in be.calls)
     assert offsets == sorted({c.compressed_offset for c in chunks})
     calls = len(be.calls)
-    assert (
-        dev.read(chunks, 2097159, 2 << 20, 7)
-        == (blobs / V5_BLOB).read_bytes()[
-            chunks[2].compressed_offset : chunks[2].compressed_offset + 7
-        ]
-    )
+    cs = raw.chunk_size
+    assert dev.read(chunks, size, 2 * cs, 7) == raw.content(raw.repeat)[2 * cs : 2 * cs + 7]
     assert len(be.calls) == calls  # already fetched ahead
     dev.close()
 
 
-def test_random_reads_do_not_read_ahead():
-    sb, blobs = _v5()
-    be = SlowBackend(blobs)
-    dev = ChunkDevice(sb, be, readahead_chunks=2, memory_cache=0)
-    ino = _ino(sb, b"/normal-file-test/holefiles/head-hole-3")
-    chunks = sb.chunks(ino)
-    assert [c.ci_index for c in chunks] == [13, 13, 16]
-    size = sb.attr(ino).size
-    dev.read(chunks, size, 1 << 20, 10)  # chunk 1 without chunk 0 before it: no read-ahead
+def test_random_reads_do_not_read_ahead(raw):
+    be = SlowBackend(raw.blobs)
+    dev = ChunkDevice(raw.sb, be, readahead_chunks=2, memory_cache=0, batch_size=raw.batch)
+    dev.load()
+    del be.calls[:]  # blob meta reads (v6)
+    ino = raw.ino(raw.repeat)
+    chunks = raw.sb.chunks(ino)
+    size = raw.sb.attr(ino).size
+    dev.read(chunks, size, raw.chunk_size, 10)  # chunk 1 without chunk 0 before it: no read-ahead
     time.sleep(0.2)
     assert len(be.calls) == 1
     dev.close()
