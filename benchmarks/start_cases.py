@@ -42,13 +42,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from images import MB, PY_WORKLOAD, Converted, Image, NotAvailable, Session  # noqa: E402
-from nydusd_cases import drop_caches  # noqa: E402
-from throttle import ThrottleProxy  # noqa: E402
+from benchmarks.images import MB, PY_WORKLOAD, Converted, Image, NotAvailable, Session
+from benchmarks.nydusd_cases import drop_caches
+from benchmarks.throttle import ThrottleProxy
 
 from nydus.daemon.process import NydusdCommand, start_nydusd  # noqa: E402
 from nydus.errors import NydusError  # noqa: E402
@@ -702,15 +698,15 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
         _rmtree(base)
     rows = []
     for temp in ("cold", "warm"):
-        o, n = stats[f"oci {temp}"], stats[f"nydus {temp}"]
-        ratio = round(n.median() / o.median(), 3)
+        oci, nyd = stats[f"oci {temp}"], stats[f"nydus {temp}"]
+        ratio = round(nyd.median() / oci.median(), 3)
         rows.append(
             make_row(
                 row_cls,
                 "metadata",
                 f"metadata OCI {temp}",
                 "OCI",
-                o,
+                oci,
                 f"find -printf (lstat) of {entries} entries, unpacked tree",
                 image=img.summary(),
                 entries=entries,
@@ -722,7 +718,7 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
                 "metadata",
                 f"metadata Nydus {temp}",
                 "Nydus",
-                n,
+                nyd,
                 f"same through the mount; Nydus/OCI {ratio:.2f}",
                 image=img.summary(),
                 entries=entries,

@@ -104,7 +104,7 @@ def start_token_server(
         "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(other_key)
     )
     der = _openssl("x509", "-in", str(cert), "-outform", "DER")
-    users = dict(users or {})
+    known = dict(users or {})
     server_box: list[TokenServer] = []
 
     def issue(subject: str, scope: str, service: str) -> bytes:
@@ -163,7 +163,7 @@ def start_token_server(
             )
             if user is None and not anonymous:
                 return self._reply(401, b'{"details":"credentials required"}')
-            if user is not None and users.get(user) != password:
+            if user is not None and known.get(user) != password:
                 return self._reply(401, b'{"details":"wrong credentials"}')
             self._reply(200, issue(user or "", fields.get("scope", ""), fields.get("service", "")))
 

@@ -153,7 +153,7 @@ def http(
     registry: RunningRegistry, user: str | None = None, password: str | None = None
 ) -> httpx.Client:
     """A plain client of the registry's API (an outside view, no nydus code)."""
-    auth = (user, password) if user else None
+    auth = (user, password or "") if user else None
     return httpx.Client(base_url=registry.url, auth=auth, timeout=30)
 
 

@@ -22,13 +22,12 @@ def _extract(boot: bytes, blob: bytes, dest: Path) -> None:
     sb = open_bootstrap(boot)
     for ent in sb.readdir(sb.root_ino):
         a = sb.attr(ent.ino)
-        data = b"".join(
-            Compressor.ZSTD.decompress(
-                blob[c.compressed_offset : c.compressed_offset + c.compressed_size],
-                c.uncompressed_size,
-            )
-            for c in sb.chunks(ent.ino)
-        )
+        parts = []
+        for c in sb.chunks(ent.ino):
+            off, size, usize = c.compressed_offset, c.compressed_size, c.uncompressed_size
+            assert off is not None and size is not None and usize is not None  # a chunk table
+            parts.append(Compressor.ZSTD.decompress(blob[off : off + size], usize))
+        data = b"".join(parts)
         p = dest / ent.name.decode()
         p.write_bytes(data)
         p.chmod(a.mode & 0o7777)

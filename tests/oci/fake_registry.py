@@ -136,9 +136,9 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 upload = uuid.uuid4().hex
                 state.uploads[upload] = bytearray()
                 return self.reply(202, headers={"Location": f"{url.path}{upload}?_state=s"})
-            upload = re.fullmatch(r"/v2/(.+)/blobs/uploads/([0-9a-f]+)", url.path)
-            if upload:
-                return self.upload(upload.group(2), body, parse_qs(url.query))
+            upload_url = re.fullmatch(r"/v2/(.+)/blobs/uploads/([0-9a-f]+)", url.path)
+            if upload_url:
+                return self.upload(upload_url.group(2), body, parse_qs(url.query))
             if match and match.group(2) == "manifests":
                 found = state.manifests.get(match.group(3))
                 if found is None:
