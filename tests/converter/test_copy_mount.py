@@ -14,14 +14,24 @@ import time
 import pytest
 
 from nydus.kernel import unmount_all
-from tests.converter.conftest import NYDUSIFY, convert, get_manifest, http, is_mounted, nydusify
+from tests.converter.conftest import (
+    NYDUSIFY,
+    REGISTRY_NEEDS,
+    convert,
+    get_manifest,
+    http,
+    is_mounted,
+    nydusify,
+)
 from tests.converter.images import Layout, arch_layers, make_image, push, rich_layers, skopeo
+from tests.helpers.env import fixture_needs
 from tests.helpers.snapshot import compare_trees, snapshot_tree
 from tests.helpers.tar import gnu_extract
 from tests.registry_fixture import start_registry
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(REGISTRY_NEEDS)
 def second_registry(tmp_path_factory):
     r = start_registry(tmp_path_factory.mktemp("registry-b"))
     yield r
@@ -29,6 +39,7 @@ def second_registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(pytest.mark.root("umoci unpack keeps owners"), pytest.mark.tools("umoci"))
 def converted(registry, tmp_path_factory):
     """The rich image (OCI) in registry A, converted there; umoci's unpack of the source."""
     base = tmp_path_factory.mktemp("copy")

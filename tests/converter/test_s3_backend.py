@@ -13,15 +13,24 @@ import pytest
 
 from nydus.config import parse_backend_config
 from nydus.storage.objstore import ObjectStoreClient, store_from_config
-from tests.converter.conftest import convert, get_manifest, http, nydusify, read_amount
+from tests.converter.conftest import (
+    CHECK_FILESYSTEM,
+    convert,
+    get_manifest,
+    http,
+    nydusify,
+    read_amount,
+)
 from tests.converter.images import Layout, make_image, push
+from tests.helpers.env import fixture_needs, marked
 from tests.helpers.layers import D, F
-from tests.s3_fixture import start_seaweedfs
+from tests.s3_fixture import start_seaweedfs, weed_binary
 
 SMALL = {f"etc/conf/{i:02d}.conf": f"setting {i} = {i * i}\n".encode() * 20 for i in range(30)}
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(pytest.mark.tools(weed_binary() or "weed"))
 def s3(tmp_path_factory):
     gw = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     yield gw
@@ -99,6 +108,7 @@ def test_blobs_go_to_the_bucket_and_only_the_bootstrap_to_the_registry(converted
             assert client.exists(f"nydus/blobs/{blob.name}"), blob.name
 
 
+@marked(*CHECK_FILESYSTEM)
 def test_check_mounts_the_image_from_the_bucket_and_compares(converted, tmp_path):
     run = nydusify(
         "check",

@@ -20,7 +20,8 @@ from nydus.oci.registry import RegistryClient
 from nydus.storage.http import BREAKER_COOLDOWN, BREAKER_THRESHOLD
 from nydus.storage.registry import RegistryBackend
 from tests.fault_proxy import FaultProxy
-from tests.registry_fixture import registry_available, start_registry
+from tests.helpers.env import fixture_needs
+from tests.registry_fixture import REGISTRY_BIN, start_registry
 
 BLOB = os.urandom(4 << 20)
 BLOB_ID = hashlib.sha256(BLOB).hexdigest()
@@ -28,9 +29,8 @@ REPO = "rules/blob"
 
 
 @pytest.fixture(scope="module")
+@fixture_needs(pytest.mark.tools(REGISTRY_BIN, "openssl"))
 def registry(tmp_path_factory):
-    if not registry_available():
-        pytest.fail("these tests need /usr/bin/docker-registry and openssl")
     reg = start_registry(tmp_path_factory.mktemp("rules-registry"))
     with RegistryClient(reg.host, insecure=True) as client:
         client.push_blob(REPO, "sha256:" + BLOB_ID, BLOB)
