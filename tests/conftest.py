@@ -13,7 +13,15 @@ REPO_ROOT = TESTS_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # `tests` is a package: make `import tests.helpers` work
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.helpers.env import NEEDS, NEEDS_ATTR, missing, unmet  # noqa: E402
+from tests.helpers.env import (  # noqa: E402
+    EROFS_MOUNT,
+    NEEDS,
+    NEEDS_ATTR,
+    OVERLAY_MOUNT,
+    fixture_needs,
+    missing,
+    unmet,
+)
 
 
 def _venv_script(name: str) -> str | None:
@@ -30,6 +38,25 @@ def nydus_image() -> str:
     if path is None:
         pytest.fail("nydus-image console script not installed (pip install -e . into this venv)")
     return path
+
+
+# fixtures that only declare needs (the markers say the same; kept for tests that ask for them)
+@pytest.fixture(scope="session")
+@fixture_needs(pytest.mark.root())
+def require_root() -> None:
+    """Root (loop devices, mount, mknod, chown, trusted.* xattrs)."""
+
+
+@pytest.fixture(scope="session")
+@fixture_needs(*EROFS_MOUNT)
+def erofs_env() -> None:
+    """Root, kernel EROFS, losetup and erofs-utils."""
+
+
+@pytest.fixture(scope="session")
+@fixture_needs(*OVERLAY_MOUNT)
+def overlay_env() -> None:
+    """Root and kernel overlayfs."""
 
 
 @pytest.hookimpl(tryfirst=True)
