@@ -45,10 +45,9 @@ from typing import Any
 from benchmarks.images import MB, PY_WORKLOAD, Converted, Image, NotAvailable, Session
 from benchmarks.nydusd_cases import drop_caches
 from benchmarks.throttle import ThrottleProxy
-
-from nydus.daemon.process import NydusdCommand, start_nydusd  # noqa: E402
-from nydus.errors import NydusError  # noqa: E402
-from nydus.kernel.mounts import unmount_all  # noqa: E402
+from nydus.daemon.process import NydusdCommand, start_nydusd
+from nydus.errors import NydusError
+from nydus.kernel.mounts import unmount_all
 
 BIN = Path(sys.executable).parent
 MIB = 1 << 20

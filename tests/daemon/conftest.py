@@ -72,11 +72,15 @@ class Daemon:
 
     @property
     def apisock(self) -> Path:
-        return self.process.apisock
+        sock = self.process.apisock
+        assert sock is not None  # the fixture always passes --apisock
+        return sock
 
     @property
     def log_path(self) -> Path:
-        return self.process.output
+        out = self.process.output
+        assert out is not None  # the fixture always captures the output
+        return out
 
     @property
     def args(self) -> list[str]:
