@@ -16,8 +16,9 @@ __all__ = ["ApiClient", "http_client"]
 
 def http_client(sock: str | os.PathLike[str], timeout: float = 10.0) -> httpx.Client:
     """An httpx client over the unix socket `sock`; paths are `/api/v1/...`."""
+    # no TLS on a unix socket: verify=False spares loading the CA bundle (0.25-0.5 s each)
     return httpx.Client(
-        transport=httpx.HTTPTransport(uds=os.fspath(sock)),
+        transport=httpx.HTTPTransport(uds=os.fspath(sock), verify=False),
         base_url="http://localhost",
         timeout=timeout,
     )
