@@ -227,41 +227,58 @@ class BlobWriter:
         for (size, target, pos), (digest, stored, compressed) in zip(
             p.places, p.future.result(), strict=False
         ):
-            hit = self.dedup.get(digest)
-            if hit is not None and hit.uncompressed_size == size:
-                target[pos] = hit
-                continue
-            if self.compressor is Compressor.NONE and self._upos > self._pos:
-                # identity layout: compressed offset == uncompressed offset
-                out.append(b"\0" * (self._upos - self._pos))
-                self._pos = self._upos
-            chunk = Chunk(
-                digest,
-                self.blob_index,
-                len(self._metas),
-                self._upos,
+            target[pos] = self._place(digest, stored, size, compressed, out)
+        if out:
+            self._emit(b"".join(out))
+
+    def _place(
+        self, digest: bytes, stored: bytes, size: int, compressed: bool, out: list[bytes]
+    ) -> Chunk:
+        """The chunk for `digest`: one already stored, or a new one whose bytes (and any
+        identity-layout padding) are appended to `out`."""
+        hit = self.dedup.get(digest)
+        if hit is not None and hit.uncompressed_size == size:
+            return hit
+        if self.compressor is Compressor.NONE and self._upos > self._pos:
+            # identity layout: compressed offset == uncompressed offset
+            out.append(b"\0" * (self._upos - self._pos))
+            self._pos = self._upos
+        chunk = Chunk(
+            digest,
+            self.blob_index,
+            len(self._metas),
+            self._upos,
+            size,
+            self._pos,
+            len(stored),
+            compressed,
+        )
+        out.append(stored)
+        self._pos += len(stored)
+        self._metas.append(
+            ChunkMeta(
+                chunk.uncompressed_offset,
                 size,
-                self._pos,
+                chunk.compressed_offset,
                 len(stored),
                 compressed,
             )
-            out.append(stored)
-            self._pos += len(stored)
-            self._metas.append(
-                ChunkMeta(
-                    chunk.uncompressed_offset,
-                    size,
-                    chunk.compressed_offset,
-                    len(stored),
-                    compressed,
-                )
-            )
-            self._digests.append(digest)
-            self._upos += align(size, BLOCK_SIZE)
-            self.dedup[digest] = chunk
-            target[pos] = chunk
+        )
+        self._digests.append(digest)
+        self._upos += align(size, BLOCK_SIZE)
+        self.dedup[digest] = chunk
+        return chunk
+
+    def add_stored(self, digest: bytes, stored: bytes, size: int, compressed: bool) -> Chunk:
+        """Append a chunk that is already digested and compressed with this blob's
+        compressor (copied from another blob, say); deduplicated like any other."""
+        if self._batch or self._pending:
+            self.flush()
+        out: list[bytes] = []
+        chunk = self._place(digest, stored, size, compressed, out)
         if out:
             self._emit(b"".join(out))
+        return chunk
 
     def _write(self, data: bytes, hashed: bool = True) -> None:
         self._emit(data, hashed)

@@ -159,7 +159,7 @@ def create(o: CreateOptions) -> BuildResult:
         bopts = BootstrapOptions(
             o.chunk_size, o.compressor, o.digester, explicit_uid_gid=not o.repeatable
         )
-        prefetch = _prefetch_nodes(root, o.prefetch_patterns)
+        prefetch = prefetch_nodes(root, o.prefetch_patterns)
 
         def inline(info: BlobInfo) -> bytes:
             table = blobs + (
@@ -239,7 +239,7 @@ def _read_source(o: CreateOptions, kind: str, writer: BlobWriter) -> Node:
         return read_tar_tree(f, writer, f"source {o.source}")
 
 
-def _prefetch_nodes(root: Node, patterns: list[str] | None) -> list[Node]:
+def prefetch_nodes(root: Node, patterns: list[str] | None) -> list[Node]:
     if not patterns:
         return []
     out: list[Node] = []
@@ -374,7 +374,7 @@ def merge_layers(
     blobs = [replace(infos[ids[old]], blob_index=new) for new, old in enumerate(order)]
     top = layers[-1]
     bopts = BootstrapOptions(top.chunk_size, top.compressor, top.digester, top.explicit_uid_gid)
-    boot = write_bootstrap(root, blobs, bopts, _prefetch_nodes(root, prefetch_patterns))
+    boot = write_bootstrap(root, blobs, bopts, prefetch_nodes(root, prefetch_patterns))
     write_atomic(bootstrap, boot)
     return BuildResult(bootstrap, [b.blob_id for b in blobs])
 

@@ -1,4 +1,4 @@
-"""`nydus-image`: create, merge, check, inspect, unpack, export, stat."""
+"""`nydus-image`: create, merge, check, inspect, unpack, export, stat, optimize."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from nydus import __version__
 from nydus.cli.common import parse_size, run_main, setup_logging
@@ -111,6 +111,31 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("-v", "--verbose", action="store_true")
     k.add_argument("-J", "--output-json")
     k.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    o = sub.add_parser(
+        "optimize",
+        help="move the chunks of listed files into a new prefetch blob",
+        description="Write one new blob holding the chunks of the files in --prefetch-files "
+        "(in list order, deduplicated) and a bootstrap whose chunk indexes point at it and "
+        "whose prefetch table lists those files.",
+    )
+    o.add_argument("-B", "--bootstrap", required=True, help="source bootstrap")
+    o.add_argument(
+        "-p",
+        "--prefetch-files",
+        required=True,
+        help="absolute paths one per line, or upstream's JSON {version: v1, files: [...]}",
+    )
+    o.add_argument("-D", "--blob-dir", help="directory holding the source blobs by id")
+    o.add_argument("-b", "--blob", help="the source data blob file (single-blob images)")
+    o.add_argument("--backend-type", help="read source blobs from a backend: registry, localfs")
+    o.add_argument("--backend-config", help="that backend's config JSON")
+    o.add_argument("--backend-config-file", help="that backend's config JSON in a file")
+    o.add_argument("-O", "--output-bootstrap", default="optimized_bootstrap", help="new bootstrap")
+    o.add_argument("--output-blob-dir", required=True, help="directory for the new blob")
+    o.add_argument("-J", "--output-json", help="write a JSON report")
+    o.add_argument("-C", "--config", help="(accepted for compatibility)")
+    o.add_argument("-l", "--log-level", dest="sub_log_level")
 
     i = sub.add_parser("inspect", help="inspect a bootstrap")
     i.add_argument("bootstrap_pos", nargs="?")
@@ -299,6 +324,67 @@ def cmd_merge(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(a: argparse.Namespace) -> int:
+    from nydus.builder.optimize import blob_dir_reader, optimize, parse_prefetch_list
+
+    try:
+        with open(a.prefetch_files, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise BuildError(f"cannot read prefetch files {a.prefetch_files}: {why}") from exc
+    entries = parse_prefetch_list(text, a.prefetch_files)
+    if not entries:
+        raise BuildError(f"prefetch files {a.prefetch_files} lists no absolute path")
+    backend = None
+    if a.backend_type:
+        backend = _optimize_backend(a)
+        read = backend.read
+    elif a.blob_dir or a.blob:
+        read = blob_dir_reader(a.blob_dir, a.blob)
+    else:
+        raise BuildError("--blob-dir, --blob or --backend-type must be specified")
+    try:
+        res = optimize(a.bootstrap, entries, read, a.output_bootstrap, a.output_blob_dir)
+    finally:
+        if backend is not None:
+            backend.close()
+    log.info(
+        "prefetch blob %s: %d chunks of %d listed files (%d skipped)",
+        res.blob_id,
+        res.chunks,
+        len(res.files),
+        len(res.skipped),
+    )
+    log.info("optimized bootstrap: %s", res.bootstrap)
+    _output_json(a.output_json, res.bootstrap, res.blob_ids)
+    return 0
+
+
+def _optimize_backend(a: argparse.Namespace) -> Any:
+    from nydus.config import from_v1
+    from nydus.storage import create_backend
+
+    text = a.backend_config
+    if a.backend_config_file:
+        try:
+            with open(a.backend_config_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise BuildError(
+                f"cannot read --backend-config-file {a.backend_config_file}: {exc.strerror}"
+            ) from exc
+    try:
+        conf = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"invalid --backend-config JSON: {exc}") from exc
+    cfg = from_v1(
+        {"device": {"backend": {"type": a.backend_type, "config": conf}}, "mode": "direct"}
+    )
+    cfg.backend.validate("--backend-config")
+    return create_backend(cfg.backend)
+
+
 def _open(a: argparse.Namespace) -> tuple[str, RafsSuper]:
     from nydus.builder.build import load_bootstrap
 
@@ -460,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             "unpack": cmd_unpack,
             "export": cmd_export,
             "stat": cmd_stat,
+            "optimize": cmd_optimize,
         }.get(a.cmd)
         if handler is None:
             parser.print_help()

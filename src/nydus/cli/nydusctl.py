@@ -2,12 +2,14 @@
 
 nydusctl --sock SOCK [--raw] info | set log-level LEVEL
                             | metrics backend | metrics cache | metrics fsstats
+                            | metrics pattern [--output FILE [--format list|json]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -54,7 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("key", choices=("log-level",))
     s.add_argument("value")
     m = sub.add_parser("metrics", help="metrics")
-    m.add_argument("kind", choices=("backend", "cache", "fsstats"))
+    m.add_argument("kind", nargs="?", choices=("backend", "cache", "fsstats", "pattern"))
+    m.add_argument(
+        "--pattern", action="store_true", help="the access pattern (same as `metrics pattern`)"
+    )
+    m.add_argument(
+        "-o",
+        "--output",
+        help="with pattern: write the files read, in first-access order, as a prefetch list",
+    )
+    m.add_argument(
+        "--format",
+        choices=("list", "json"),
+        default="list",
+        help="prefetch list format: one path per line (list) or upstream's JSON with ranges",
+    )
     m.add_argument("-I", "--interval", type=float, help="(not supported; prints once)")
     return p
 
@@ -120,6 +136,13 @@ def _print_fsstats(d: dict[str, Any]) -> None:
         print(f"  {name:>8}: {n}")
 
 
+def _print_pattern(d: Any) -> None:
+    print(f"{'inode':>10}  {'reads':>8}  first access")
+    for r in d:
+        t = r.get("first_access_time_secs", 0) + r.get("first_access_time_nanos", 0) / 1e9
+        print(f"{r.get('ino'):>10}  {r.get('nr_read'):>8}  {t:.6f}")
+
+
 def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     client = ApiClient(args.sock)
@@ -130,6 +153,20 @@ def _run(argv: Sequence[str] | None) -> int:
         elif args.cmd == "set":
             client.call("PUT", "v1/daemon", {"log_level": args.value})
             return 0
+        elif args.pattern or args.kind == "pattern":
+            if args.output:
+                from nydus.builder.output import write_atomic
+                from nydus.fs.pattern import format_prefetch_list
+
+                doc = client.call("GET", "v1/metrics/pattern/files")
+                text = format_prefetch_list(doc, args.format)
+                write_atomic(args.output, os.fsencode(text))
+                print(f"{len(doc.get('files') or [])} files written to {args.output}")
+                return 0
+            data = client.call("GET", "v1/metrics/pattern")
+            printer = _print_pattern
+        elif args.kind is None:
+            raise ConfigError("nydusctl metrics: give a kind (backend, cache, fsstats, pattern)")
         else:
             path = {
                 "backend": "v1/metrics/backend",

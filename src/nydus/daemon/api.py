@@ -144,6 +144,12 @@ class ApiServer:
                 "GET": lambda q, b: d.files_metrics(q.get("id"), q.get("latest") == "true")
             },
             "/api/v1/metrics/pattern": {"GET": lambda q, b: d.pattern_metrics(q.get("id"))},
+            "/api/v1/metrics/pattern/files": {
+                "GET": lambda q, b: d.pattern_metrics(q.get("id"), "files")
+            },
+            "/api/v1/metrics/pattern/chunks": {
+                "GET": lambda q, b: d.pattern_metrics(q.get("id"), "chunks")
+            },
             "/api/v1/metrics/backend": {"GET": lambda q, b: d.backend_metrics(q.get("id"))},
             "/api/v1/metrics/blobcache": {"GET": lambda q, b: d.blobcache_metrics(q.get("id"))},
             "/api/v1/metrics/inflight": {"GET": lambda q, b: self._inflight()},

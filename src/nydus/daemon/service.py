@@ -372,11 +372,22 @@ class NydusDaemon:
             raise InvalidArgument("iostats_files is not enabled")
         return m.fs.metrics.files_snapshot()
 
-    def pattern_metrics(self, id: str | None) -> Any:
+    def pattern_metrics(self, id: str | None, view: str = "records") -> Any:
+        """`access_pattern` records (upstream's shape), the files read as a prefetch list
+        (upstream's prefetch-files JSON) or the chunks read, all in first-access order."""
         m = self._mount(id)
-        if not m.fs.metrics.access_pattern_enabled:
+        p = m.fs.pattern
+        if p is None:
             raise InvalidArgument("access_pattern is not enabled")
-        return []
+        if view == "files":
+            return p.prefetch_files()
+        if view == "chunks":
+            return [
+                {"blob_index": bi, "blob_id": m.sb.blobs[bi].blob_id, "chunk_index": ci}
+                for bi, ci in p.chunks()
+                if 0 <= bi < len(m.sb.blobs)
+            ]
+        return p.snapshot()
 
     def backend_metrics(self, id: str | None) -> dict[str, Any]:
         return self._mount(id, by_device_id=True).backend.metrics.snapshot()

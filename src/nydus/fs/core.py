@@ -19,6 +19,7 @@ from nydus.errors import FormatError, NotFound, NydusError, StorageError
 from nydus.format.constants import MAX_NAME_LEN, SuperFlags
 from nydus.format.rafs import Attr, ChunkRef, RafsSuper
 from nydus.fs.metrics import FsMetrics
+from nydus.fs.pattern import AccessPattern
 
 __all__ = ["DirItem", "FsError", "FsOptions", "RafsFs", "StatFs"]
 
@@ -108,6 +109,8 @@ class RafsFs:
             self.options.access_pattern,
             self.options.latest_read_files,
         )
+        #: first accesses of files and chunks (`access_pattern`), None when off
+        self.pattern = AccessPattern(sb) if self.options.access_pattern else None
         self._chunks = _InoCache(1024)
         self._dirs = _InoCache(256)
 
@@ -245,6 +248,8 @@ class RafsFs:
                     )
                 except FormatError as exc:
                     raise FsError(errno.EIO, f"inode {ino}: {exc}") from exc
+                if self.pattern is not None:
+                    self.pattern.record_read(ino, self.chunks(ino), offset, len(data))
             self.metrics.record_read(ino, len(data))
             return data
 
@@ -263,6 +268,8 @@ class RafsFs:
         except NydusError:
             return None  # let `read` report it
         if data is not None:
+            if self.pattern is not None:
+                self.pattern.record_read(ino, self.chunks(ino), offset, len(data))
             self.metrics.record_op("read", ino, int((time.monotonic() - t0) * 1_000_000))
             self.metrics.record_read(ino, len(data))
         return data
