@@ -197,7 +197,7 @@ def test_a_corrupt_source_blob_is_refused_and_nothing_is_written(image, tmp_path
     first = min(
         (c for c in sb.chunk_table() if c.blob_index == 0), key=lambda c: c.compressed_offset
     )
-    files = [p for p in ("/lib/m0.so", "/lib/m1.so", "/lib/m2.so", "/lib/m3.so", "/lib/m4.so")]
+    files = [f"/lib/m{i}.so" for i in range(5)]
     owner = next(
         p
         for p in files

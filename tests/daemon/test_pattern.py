@@ -79,8 +79,7 @@ def test_first_reads_are_recorded_in_order(image, nydusd):
     sb = open_bootstrap(boot.read_bytes())
     inos = {p.decode(): i for p, i in walk(sb)}
     want_first = [
-        (c.blob_index, c.ci_index)
-        for c in sb.chunks(inos["/b"])[:1] + sb.chunks(inos["/a"])[2:3]
+        (c.blob_index, c.ci_index) for c in sb.chunks(inos["/b"])[:1] + sb.chunks(inos["/a"])[2:3]
     ]
     got = [(c["blob_index"], c["chunk_index"]) for c in chunks]
     assert got[:2] == want_first
