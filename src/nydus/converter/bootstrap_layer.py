@@ -35,10 +35,18 @@ class BootstrapLayer:
     diff_id: str  # sha256 of the uncompressed tar
 
 
-def make_bootstrap_layer(bootstrap: bytes, blob_metas: list[tuple[str, bytes]]) -> BootstrapLayer:
+def make_bootstrap_layer(
+    bootstrap: bytes,
+    blob_metas: list[tuple[str, bytes]],
+    extra: list[tuple[str, bytes]] | None = None,
+) -> BootstrapLayer:
+    """`extra` files go under `image/` after the blob metas (`nydusify optimize` adds
+    `prefetch.files`, as upstream's optimizer does)."""
     parts = [_member("image", None, 0o755), _member("image/image.boot", bootstrap, 0o444)]
     for blob_id, meta in blob_metas:
         parts.append(_member(f"image/{blob_id}.blob.meta", meta, 0o444))
+    for name, data in extra or []:
+        parts.append(_member(f"image/{name}", data, 0o444))
     parts.append(b"\0" * (2 * BLOCK))
     tar = b"".join(parts)
     buf = io.BytesIO()
@@ -50,6 +58,24 @@ def make_bootstrap_layer(bootstrap: bytes, blob_metas: list[tuple[str, bytes]]) 
         "sha256:" + hashlib.sha256(data).hexdigest(),
         "sha256:" + hashlib.sha256(tar).hexdigest(),
     )
+
+
+def read_blob_metas(gz_bytes: bytes) -> list[tuple[str, bytes]]:
+    """The `image/<blob id>.blob.meta` members of a bootstrap layer, in tar order."""
+    from nydus.errors import FormatError
+
+    out = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(gz_bytes), mode="r:*") as tf:
+            for m in tf:
+                name = m.name.lstrip("./")
+                if m.isfile() and name.startswith("image/") and name.endswith(".blob.meta"):
+                    f = tf.extractfile(m)
+                    assert f is not None
+                    out.append((name[len("image/") : -len(".blob.meta")], f.read()))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise FormatError(f"bootstrap layer is not a readable tar: {exc}") from exc
+    return out
 
 
 def read_bootstrap_layer(gz_bytes: bytes) -> bytes:

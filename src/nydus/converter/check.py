@@ -106,7 +106,7 @@ class CheckResult:
 
 
 @dataclass
-class _Image:
+class FetchedImage:
     """What was fetched for one reference."""
 
     ref: Reference
@@ -135,7 +135,7 @@ def check(o: CheckOptions) -> CheckResult:
     sclient = None
     try:
         log.info("Parsing image %s", o.target)
-        target = _parse(tclient, tref, platform, nydus=True, multi=o.multi_platform)
+        target = fetch_image(tclient, tref, platform, nydus=True, multi=o.multi_platform)
         _dump(dst_dir, "nydus", target)
         source = None
         if sref is not None:
@@ -145,7 +145,7 @@ def check(o: CheckOptions) -> CheckResult:
                 else RegistryClient.for_reference(sref, skip_verify=o.source_insecure)
             )
             log.info("Parsing image %s", o.source)
-            source = _parse(sclient, sref, platform, nydus=False, multi=False)
+            source = fetch_image(sclient, sref, platform, nydus=False, multi=False)
             _dump(src_dir, "oci", source)
         log.info("Checking Nydus manifest")
         _manifest_rule(target, source)
@@ -171,9 +171,9 @@ def check(o: CheckOptions) -> CheckResult:
 # -- fetching ---------------------------------------------------------------------------------
 
 
-def _parse(
+def fetch_image(
     client: RegistryClient, ref: Reference, platform: Platform, *, nydus: bool, multi: bool
-) -> _Image:
+) -> FetchedImage:
     """The manifest of `ref` for `platform`: the Nydus one (`nydus`) or the OCI one."""
     what = "target" if nydus else "source"
     top = client.get_manifest(ref.repo, ref.ref)
@@ -233,7 +233,7 @@ def _with_config(
     manifest: Manifest,
     data: bytes,
     digest: str,
-) -> _Image:
+) -> FetchedImage:
     raw = client.read_blob(ref.repo, manifest.config.digest)
     try:
         config = json.loads(raw)
@@ -241,10 +241,10 @@ def _with_config(
             raise ValueError("not a JSON object")  # noqa: TRY004 - caught just below
     except ValueError as exc:
         raise CheckError(f"image config {manifest.config.digest} of {ref}: {exc}") from None
-    return _Image(ref, index, index_data, manifest, data, digest, config)
+    return FetchedImage(ref, index, index_data, manifest, data, digest, config)
 
 
-def _dump(directory: Path, kind: str, image: _Image) -> None:
+def _dump(directory: Path, kind: str, image: FetchedImage) -> None:
     def write(name: str, data: bytes | dict[str, Any]) -> None:
         obj = json.loads(data) if isinstance(data, bytes) else data
         (directory / name).write_text(json.dumps(obj, indent=2) + "\n")
@@ -263,7 +263,7 @@ def _dump(directory: Path, kind: str, image: _Image) -> None:
 # -- manifest rule ----------------------------------------------------------------------------
 
 
-def _manifest_rule(target: _Image, source: _Image | None) -> None:
+def _manifest_rule(target: FetchedImage, source: FetchedImage | None) -> None:
     m = target.manifest
     problems: list[str] = []
     if not m.layers:
@@ -344,7 +344,7 @@ def _runtime_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bootstrap_rule(
-    client: RegistryClient, target: _Image, out_dir: Path
+    client: RegistryClient, target: FetchedImage, out_dir: Path
 ) -> tuple[Path, CheckReport]:
     m, repo = target.manifest, target.ref.repo
     layer = m.layers[-1]
@@ -464,9 +464,9 @@ def _external_blobs_rule(o: CheckOptions, target: _Image, report: CheckReport) -
 def _filesystem_rule(
     o: CheckOptions,
     sclient: RegistryClient,
-    source: _Image,
+    source: FetchedImage,
     tclient: RegistryClient,
-    target: _Image,
+    target: FetchedImage,
     boot_path: Path,
     fs_dir: Path,
 ) -> FsReport:

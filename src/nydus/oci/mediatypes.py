@@ -40,6 +40,8 @@ UNCOMPRESSED_ANNOTATION = "containerd.io/uncompressed"
 NYDUS_SOURCE_DIGEST_ANNOTATION = "containerd.io/snapshot/nydus-source-digest"
 NYDUS_SOURCE_REFERENCE_ANNOTATION = "containerd.io/snapshot/nydus-source-reference"
 NYDUS_BUILDER_VERSION_ANNOTATION = "containerd.io/snapshot/nydus-builder-version"
+#: on the bootstrap layer of `nydusify optimize` output: the id of the prefetch blob
+NYDUS_PREFETCH_BLOB_ANNOTATION = "containerd.io/snapshot/nydus-separated-blob-with-prefetch-files"
 
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})

@@ -1,0 +1,217 @@
+"""Record what a workload reads: mount the source image lazily from the registry with nydusd
+(`access_pattern` on), run the command in a chroot over an overlay of the mount (with /proc
+and /dev, the image config's environment and working directory, a time limit), and take the
+files read, in first-access order, from the daemon's API.
+
+A workload that overruns its time limit is stopped and what it read until then is used (a
+server never exits by itself); one that fails is reported and its reads are used too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nydus.errors import NydusError
+from nydus.fs.pattern import format_prefetch_list
+from nydus.oci.reference import Reference
+from nydus.oci.registry import RegistryClient
+
+if TYPE_CHECKING:
+    from nydus.converter.optimize import OptimizeOptions
+
+__all__ = ["WorkloadError", "chroot_overlay", "record_workload", "run_in_chroot"]
+
+log = logging.getLogger("nydus.converter")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class WorkloadError(NydusError):
+    pass
+
+
+def _run(*cmd: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if r.returncode != 0:
+        raise WorkloadError(f"{' '.join(cmd)} failed: {r.stderr.strip() or r.returncode}")
+
+
+def _umount(path: Path) -> None:
+    r = subprocess.run(["umount", str(path)], capture_output=True, timeout=60, check=False)
+    if r.returncode != 0 and os.path.ismount(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, check=False)
+
+
+@contextmanager
+def chroot_overlay(lower: Path, base: Path) -> Iterator[Path]:
+    """A writable overlayfs over `lower` (upper and work dirs under `base`) with /proc and a
+    bind of /dev mounted in it; everything is unmounted on the way out."""
+    upper, work, merged = base / "upper", base / "work", base / "merged"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        _run(
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={lower},upperdir={upper},workdir={work}",
+            str(merged),
+        )
+        stack.callback(_umount, merged)
+        for sub, args in (("proc", ("-t", "proc", "proc")), ("dev", ("--bind", "/dev"))):
+            (merged / sub).mkdir(exist_ok=True)
+            _run("mount", *args, str(merged / sub))
+            stack.callback(_umount, merged / sub)
+        yield merged
+
+
+def run_in_chroot(
+    root: Path, argv: list[str], env: dict[str, str], cwd: str, timeout: float
+) -> int | None:
+    """Run `argv` chrooted in `root`; its exit status, or None when the time limit stopped
+    it. The whole process group is killed at the end either way."""
+
+    def enter() -> None:  # in the child, before exec: PATH is searched inside the chroot
+        os.chroot(root)
+        try:
+            os.chdir(cwd)
+        except OSError:
+            os.chdir("/")
+
+    try:
+        p = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=enter,  # noqa: PLW1509 - chroot needs it; no threads touch the child
+        )
+    except OSError as exc:
+        raise WorkloadError(f"cannot run the workload {argv[0]!r}: {exc.strerror}") from exc
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        status: int | None = p.returncode
+    except subprocess.TimeoutExpired:
+        status = None
+        out = b""
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    tail = out.decode(errors="replace").strip().splitlines()[-5:]
+    for line in tail:
+        log.debug("workload: %s", line)
+    if status:
+        log.warning("workload exited with status %d%s", status, f": {tail[-1]}" if tail else "")
+    return status
+
+
+def _environment(config: dict[str, Any]) -> tuple[dict[str, str], str]:
+    c = config.get("config") or {}
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root"}
+    for item in c.get("Env") or []:
+        if isinstance(item, str) and "=" in item:
+            k, v = item.split("=", 1)
+            env[k] = v
+    cwd = c.get("WorkingDir") or "/"
+    return env, cwd if isinstance(cwd, str) else "/"
+
+
+def record_workload(o: OptimizeOptions, sref: Reference, bootstrap: Path, work: Path) -> str:
+    """Run `o.workload` over a lazy mount of the source image; the prefetch list it yields."""
+    from nydus.converter.check import CheckOptions, _Nydusd, fetch_image
+    from nydus.oci.manifest import Platform, host_platform
+
+    assert o.workload is not None
+    try:
+        argv = shlex.split(o.workload)
+    except ValueError as exc:
+        raise WorkloadError(f"--workload {o.workload!r}: {exc}") from None
+    if not argv:
+        raise WorkloadError("--workload is empty")
+    if os.geteuid() != 0:
+        raise WorkloadError("--workload needs root (FUSE, overlayfs and chroot)")
+    client = RegistryClient.for_reference(sref, skip_verify=o.source_insecure)
+    try:
+        platform = Platform.parse(o.platform) if o.platform else host_platform()
+        image = fetch_image(client, sref, platform, nydus=True, multi=False)
+        env, cwd = _environment(image.config)
+        fs_dir = work / "workload"
+        mnt = fs_dir / "mnt"
+        mnt.mkdir(parents=True)
+        check_opts = CheckOptions(
+            source=None,
+            target=o.source,
+            target_insecure=o.source_insecure,
+            nydusd=o.nydusd,
+            mount_timeout=o.mount_timeout,
+        )
+        daemon = _Nydusd(check_opts, client, sref, bootstrap, mnt, fs_dir)
+        daemon.cfg["access_pattern"] = True
+        daemon.cfg["digest_validate"] = False
+        # a unix socket path must stay short (108 bytes): keep it out of the work dir
+        sock_dir = Path(tempfile.mkdtemp(prefix="nydusify-"))
+        daemon.sock = sock_dir / "api.sock"
+        with _removed(sock_dir), daemon:
+            log.info("Running workload %s (time limit %.0f s)", o.workload, o.workload_timeout)
+            t0 = time.monotonic()
+            with chroot_overlay(mnt, fs_dir / "overlay") as root:
+                status = run_in_chroot(root, argv, env, cwd, o.workload_timeout)
+            secs = time.monotonic() - t0
+            if status is None:
+                log.warning(
+                    "workload stopped at its time limit of %.0f s; using what it read so far",
+                    o.workload_timeout,
+                )
+            doc = _pattern_files(daemon.sock)
+    finally:
+        client.close()
+    listing = format_prefetch_list(doc)
+    n = listing.count("\n")
+    log.info("Workload read %d files in %.1f s", n, secs)
+    if n == 0:
+        raise WorkloadError(f"the workload {o.workload!r} read no file of the image")
+    return listing
+
+
+@contextmanager
+def _removed(path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pattern_files(sock: Path) -> dict[str, Any]:
+    import httpx
+
+    try:
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=30
+        ) as c:
+            r = c.get("/api/v1/metrics/pattern/files")
+    except httpx.HTTPError as exc:
+        raise WorkloadError(f"cannot read the access pattern from nydusd: {exc}") from exc
+    if r.status_code != 200:
+        raise WorkloadError(f"nydusd answered {r.status_code} for the access pattern: {r.text}")
+    doc = r.json()
+    if not isinstance(doc, dict):
+        raise WorkloadError("nydusd's access pattern is not a JSON object")
+    return doc
