@@ -32,6 +32,7 @@ import io
 import json
 import os
 import random
+import shlex
 import shutil
 import stat
 import subprocess
@@ -777,6 +778,55 @@ class Session:
         )
         self.converted[key] = conv
         return conv
+
+    def optimize(
+        self, name: str, workload: list[str] | None, files: list[str] | None = None
+    ) -> Converted:
+        """``nydusify optimize`` of the zstd conversion of <name> with ``--workload`` (a
+        command run in the image) or, without one, ``--prefetch-files`` listing ``files``;
+        cached per name. The result keeps the conversion's bootstrap for chunk accounting."""
+        key = (name, "nydus-optimized")
+        if key in self.converted:
+            return self.converted[key]
+        conv = self.convert(name, "zstd")
+        target = f"{self.host}/{name}:nydus-optimized"
+        work = self.dir / "optimize" / name
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        args = [
+            str(BIN / "nydusify"),
+            "optimize",
+            "--source",
+            conv.ref,
+            "--target",
+            target,
+            "--source-insecure",
+            "--target-insecure",
+            "--work-dir",
+            str(work),
+        ]
+        if workload is not None:
+            args += ["--workload", shlex.join(workload), "--workload-timeout", "600"]
+        else:
+            listing = work / "prefetch.files"
+            listing.write_text("".join(f"{f}\n" for f in files or []))
+            args += ["--prefetch-files", str(listing)]
+        t0 = time.monotonic()
+        r = subprocess.run(args, capture_output=True, text=True)
+        secs = time.monotonic() - t0
+        if r.returncode != 0:
+            tail = (r.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+            raise RuntimeError(f"nydusify optimize {conv.ref} -> {target} failed: {tail}")
+        out = json.loads(r.stdout)
+        opt = self._describe(name, "nydus-optimized", secs, work)
+        opt.bootstrap_file = conv.bootstrap_file
+        self.log(
+            f"optimized {conv.ref} -> {target} in {secs:.1f} s: prefetch blob of "
+            f"{out['files']} files, {out['chunks']} chunks, {out['prefetch_blob_size'] / MB:.1f} MB"
+        )
+        self.converted[key] = opt
+        return opt
 
     def _describe(self, name: str, tag: str, secs: float, work: Path) -> Converted:
         from nydus.oci.registry import RegistryClient

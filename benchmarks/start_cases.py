@@ -54,6 +54,8 @@ MIB = 1 << 20
 THROTTLE_MBIT = 100.0
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CASE_NAMES = ("start", "read-all", "metadata", "image-build")
+#: the prefetch configuration of the "Nydus optimized" start rows (v1 fs_prefetch)
+START_PREFETCH = {"enable": True, "threads_count": 4, "prefetch_all": False}
 
 _SESSION: dict[Path, Session] = {}
 
@@ -229,6 +231,7 @@ class NydusMount:
         *,
         threads: int = 4,
         amplify_io: int | None = None,
+        prefetch: dict[str, Any] | None = None,
     ) -> None:
         from nydus.oci.registry import RegistryClient
 
@@ -262,6 +265,8 @@ class NydusMount:
         }
         if amplify_io is not None:
             cfg["amplify_io"] = amplify_io
+        if prefetch is not None:
+            cfg["fs_prefetch"] = prefetch
         (base / "cache").mkdir()
         (base / "config.json").write_text(json.dumps(cfg))
         command = NydusdCommand(
@@ -277,10 +282,16 @@ class NydusMount:
         self.ready_s = time.monotonic() - self.t0
 
     def backend_metrics(self) -> dict[str, Any]:
+        return self._api("v1/metrics/backend")
+
+    def cache_metrics(self) -> dict[str, Any]:
+        return self._api("v1/metrics/blobcache")
+
+    def _api(self, path: str) -> dict[str, Any]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                metrics: dict[str, Any] = self.process.client.call("GET", "v1/metrics/backend")
+                metrics: dict[str, Any] = self.process.client.call("GET", path)
                 return metrics
             except NydusError:
                 if time.monotonic() > deadline:
@@ -462,6 +473,15 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
     name, sess, img, conv = prepared
     base = ctx.workdir / "run-start"
     rows: list[Any] = []
+    opt, opt_error = None, ""
+    try:
+        opt = sess.optimize(
+            name,
+            optimize_workload() if img.has_python else None,
+            None if img.has_python else ["/" + f for f in img.workload_files],
+        )
+    except RuntimeError as exc:
+        opt_error = str(exc)
     accounting: dict[str, int] | None = None
     what = ""
     for net in ("loopback", f"{THROTTLE_MBIT:g} Mbit/s"):
@@ -475,7 +495,7 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                     )
                 )
                 host = proxy.host
-            oci, nydus = Stats(), Stats()
+            oci, nydus, optimized = Stats(), Stats(), Stats()
             for i in range(ctx.repeat):
                 # OCI: pull + unpack + run
                 ctx.log(f"start [{net}] run {i + 1}/{ctx.repeat}: OCI pull + unpack + run")
@@ -526,6 +546,34 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                     f"{nbytes / MB:.2f} MB in {reqs} requests"
                 )
                 _rmtree(base)
+                if opt is not None:
+                    ctx.log(f"start [{net}] run {i + 1}/{ctx.repeat}: Nydus optimized + prefetch")
+                    drop_caches()
+                    t0 = time.monotonic()
+                    mount = NydusMount(base / "nydus", host, opt, prefetch=START_PREFETCH)
+                    try:
+                        with overlay(mount.mnt, base / "ovl", img.has_python) as merged:
+                            run_workload(img, merged)
+                            secs = time.monotonic() - t0
+                        nbytes, reqs = mount.fetched()
+                        pm = mount.cache_metrics()
+                    finally:
+                        mount.close()
+                    optimized.add(
+                        secs,
+                        nbytes,
+                        reqs,
+                        mount_s=mount.ready_s,
+                        prefetch_requests=pm["prefetch_requests_count"],
+                        prefetch_bytes=pm["prefetch_data_amount"],
+                        demand_reads_from_prefetch=pm.get("prefetch_served_reads", 0),
+                    )
+                    ctx.log(
+                        f"  {secs:.2f} s (mounted after {mount.ready_s:.2f} s), fetched "
+                        f"{nbytes / MB:.2f} MB in {reqs} requests ({pm['prefetch_requests_count']}"
+                        f" prefetch requests, {pm['prefetch_data_amount'] / MB:.2f} MB)"
+                    )
+                    _rmtree(base)
             caches = "" if dropped else "; page cache NOT dropped (not root)"
             orow = make_row(
                 row_cls,
@@ -554,7 +602,46 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                 nydus_image_size=conv.size,
             )
             rows += [orow, nrow]
+            needed = max(1, accounting["compressed_bytes"] if accounting else 1)
+            if opt is None:
+                rows.append(
+                    failed_row(
+                        row_cls,
+                        "start",
+                        f"start Nydus optimized {net}",
+                        "Nydus optimized",
+                        "failed",
+                        opt_error,
+                    )
+                )
+                continue
+            oratio = round(optimized.median() / oci.median(), 3)
+            rows.append(
+                make_row(
+                    row_cls,
+                    "start",
+                    f"start Nydus optimized {net}",
+                    "Nydus optimized",
+                    optimized,
+                    f"Nydus optimized/OCI {oratio:.2f}; fetched/needed "
+                    f"{statistics.median(optimized.bytes) / needed:.2f}; nydusify optimize "
+                    f"{'--workload' if img.has_python else '--prefetch-files'}, fs_prefetch "
+                    f"threads_count {START_PREFETCH['threads_count']}",
+                    image=img.summary(),
+                    network=net,
+                    nydus_over_oci=oratio,
+                    needed=accounting,
+                    optimize_s=round(opt.seconds, 1),
+                    nydus_image_size=opt.size,
+                )
+            )
     return rows
+
+
+def optimize_workload() -> list[str]:
+    """The start workload as a command run inside the image (for ``nydusify optimize``)."""
+    env = ["PYTHONPATH=/app", "HOME=/root", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"]
+    return ["/usr/bin/env", *env, "/usr/bin/python3", "-c", PY_WORKLOAD]
 
 
 def case_read_all(ctx: Any, row_cls: type) -> list[Any]:

@@ -22,8 +22,10 @@ EXPECTED = {
     "start": [
         "start OCI loopback",
         "start Nydus loopback",
+        "start Nydus optimized loopback",
         "start OCI 100 Mbit/s",
         "start Nydus 100 Mbit/s",
+        "start Nydus optimized 100 Mbit/s",
     ],
     "read-all": ["read-all OCI pull+unpack", "read-all OCI +tar", "read-all Nydus"],
     "metadata": [
@@ -78,7 +80,9 @@ def test_benchmark_quick_user_cases(tmp_path):
             ex = row["extra"]
             assert 0 < ex["min_s"] <= row["seconds"] <= ex["max_s"], row
         tools = {rows[n]["tool"] for n in EXPECTED[case]}
-        if case != "image-build":
+        if case == "start":
+            assert tools == {"OCI", "Nydus", "Nydus optimized"}, (case, tools)
+        elif case != "image-build":
             assert tools == {"OCI", "Nydus"}, (case, tools)
     # bytes and requests fetched from the registry, both ways
     for name in (
@@ -95,6 +99,9 @@ def test_benchmark_quick_user_cases(tmp_path):
     assert oci["bytes_fetched"] > rows["start Nydus loopback"]["extra"]["image_compressed"]
     assert rows["start Nydus loopback"]["extra"]["nydus_over_oci"] > 0
     assert rows["start Nydus loopback"]["extra"]["needed"]["files"] == 33
+    # the optimized image: its prefetch table is the workload's files, fetched by prefetch
+    opt = rows["start Nydus optimized loopback"]["extra"]
+    assert opt["bytes_fetched"] > 0 and opt["prefetch_requests"] > 0, opt
     # read-all through the mount fetches at least every chunk of the image once
     assert (
         rows["read-all Nydus"]["extra"]["bytes_fetched"]
