@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from nydus.converter.bootstrap_layer import read_bootstrap_layer
-from nydus.converter.check import _parse, registry_backend
+from nydus.converter.check import fetch_image, registry_backend
 from nydus.daemon.process import NydusdCommand, StartError, find_nydusd, start_nydusd
 from nydus.errors import FormatError, NydusError
 from nydus.kernel.mounts import is_mounted
@@ -56,7 +56,7 @@ def fetch_bootstrap(o: MountOptions, out: Path) -> tuple[RegistryClient, Referen
     platform = Platform.parse(o.platform) if o.platform else host_platform()
     client = RegistryClient.for_reference(ref, skip_verify=o.target_insecure)
     try:
-        image = _parse(client, ref, platform, nydus=True, multi=False)
+        image = fetch_image(client, ref, platform, nydus=True, multi=False)
         layer = image.manifest.layers[-1]
         log.info("Pulling Nydus bootstrap %s", layer.digest)
         try:
