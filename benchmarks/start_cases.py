@@ -47,7 +47,6 @@ from benchmarks.nydusd_cases import drop_caches
 from benchmarks.throttle import ThrottleProxy
 from nydus.daemon.process import NydusdCommand, start_nydusd
 from nydus.errors import NydusError
-from nydus.kernel.mounts import unmount_all
 
 BIN = Path(sys.executable).parent
 MIB = 1 << 20
@@ -315,34 +314,16 @@ class NydusMount:
 @contextmanager
 def overlay(lower: Path, base: Path, with_sys: bool) -> Iterator[Path]:
     """An overlayfs over ``lower`` (upper/work under base), with /proc and /dev if ``with_sys``."""
-    upper, work, merged = base / "upper", base / "work", base / "merged"
-    for d in (upper, work, merged):
-        _rmtree(d)
-        d.mkdir(parents=True)
-    _sh(
-        "mount",
-        "-t",
-        "overlay",
-        "overlay",
-        "-o",
-        f"lowerdir={lower},upperdir={upper},workdir={work}",
-        str(merged),
-    )
-    mounted = [merged]
+    from nydus.converter.workload import chroot_overlay
+
+    for d in ("upper", "work", "merged"):
+        _rmtree(base / d)
     try:
-        if with_sys:
-            for sub in ("proc", "dev"):
-                (merged / sub).mkdir(exist_ok=True)
-            _sh("mount", "-t", "proc", "proc", str(merged / "proc"))
-            mounted.append(merged / "proc")
-            _sh("mount", "--bind", "/dev", str(merged / "dev"))
-            mounted.append(merged / "dev")
-        yield merged
+        with chroot_overlay(lower, base, with_sys) as merged:
+            yield merged
     finally:
-        for m in reversed(mounted):
-            unmount_all(m)
-        for d in (upper, work, merged):
-            _rmtree(d)
+        for d in ("upper", "work", "merged"):
+            _rmtree(base / d)
 
 
 def run_workload(img: Image, root: Path, strace_out: Path | None = None) -> str:

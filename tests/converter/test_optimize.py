@@ -158,7 +158,7 @@ def test_a_given_list_and_its_errors(source, registry, tmp_path):
     for extra, message in (
         (("--prefetch-files", str(listing), "--policy", "whole-image"), "unsupported --policy"),
         ((), "exactly one of --prefetch-files and --workload"),
-        (("--prefetch-files", str(tmp_path / "missing")), "cannot read --prefetch-files"),
+        (("--prefetch-files", str(tmp_path / "missing")), "cannot read prefetch files"),
         (("--workload", "/bin/true", "--workload-timeout", "0"), "--workload-timeout"),
     ):
         r = _optimize(source, "bad", tmp_path, *extra)

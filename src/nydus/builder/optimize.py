@@ -14,7 +14,6 @@ ranges keep only the chunks they touch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from nydus.format.constants import PLACEHOLDER_BLOB_ID, BlobFeatures, SuperFlags
 from nydus.format.rafs import RafsSuper
 from nydus.format.v6 import BlobInfo
 from nydus.utils.compress import Compressor, compress_if_smaller
+from nydus.utils.digest import sha256_file
 from nydus.utils.ranges import merge_adjacent
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "blob_dir_reader",
     "optimize",
     "parse_prefetch_list",
+    "read_prefetch_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,21 @@ def _parse_json(text: str, what: str) -> list[PrefetchEntry]:
         else:
             out.append(PrefetchEntry(path))
     return out
+
+
+def read_prefetch_list(path: str) -> tuple[str, list[PrefetchEntry]]:
+    """The text of a prefetch-files file and its entries; BuildError if unreadable or if it
+    lists no absolute path."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise BuildError(f"cannot read prefetch files {path}: {why}") from None
+    entries = parse_prefetch_list(text, path)
+    if not entries:
+        raise BuildError(f"prefetch files {path} lists no absolute path")
+    return text, entries
 
 
 def blob_dir_reader(blob_dir: str | None, blob_file: str | None = None) -> BlobReader:
@@ -286,7 +302,7 @@ def optimize(
         res = writer.finish(blob_toc=True, inline_bootstrap=None)
         assert res is not None and tmp.fh is not None and tmp.tmp is not None
         tmp.fh.flush()
-        blob_id, size = _file_sha256(tmp.tmp)
+        blob_id, size = sha256_file(tmp.tmp)
         blob_path = os.path.join(output_blob_dir, blob_id)
         tmp.commit(blob_path)
     except BaseException:
@@ -339,13 +355,3 @@ def _repoint(root: Node, moved: dict[tuple[int, int], Chunk]) -> None:
             continue
         seen.add(id(d))
         d.chunks = [moved.get((c.blob_index, c.ci_index), c) for c in d.chunks]
-
-
-def _file_sha256(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-            size += len(b)
-    return h.hexdigest(), size

@@ -325,17 +325,9 @@ def cmd_merge(a: argparse.Namespace) -> int:
 
 
 def cmd_optimize(a: argparse.Namespace) -> int:
-    from nydus.builder.optimize import blob_dir_reader, optimize, parse_prefetch_list
+    from nydus.builder.optimize import blob_dir_reader, optimize, read_prefetch_list
 
-    try:
-        with open(a.prefetch_files, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
-        raise BuildError(f"cannot read prefetch files {a.prefetch_files}: {why}") from exc
-    entries = parse_prefetch_list(text, a.prefetch_files)
-    if not entries:
-        raise BuildError(f"prefetch files {a.prefetch_files} lists no absolute path")
+    _text, entries = read_prefetch_list(a.prefetch_files)
     backend = None
     if a.backend_type:
         backend = _optimize_backend(a)

@@ -27,7 +27,7 @@ from nydus.oci.manifest import Descriptor, Index, Manifest, Platform, go_json, p
 from nydus.oci.reference import Reference
 from nydus.oci.registry import RegistryClient
 from nydus.utils.compress import Compressor
-from nydus.utils.digest import Digester
+from nydus.utils.digest import Digester, sha256_file
 
 log = logging.getLogger("nydus.converter")
 
@@ -351,16 +351,8 @@ def _have(path: str, digest: str) -> bool:
 
 
 def file_digest(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(1 << 20)
-            if not b:
-                break
-            h.update(b)
-            size += len(b)
-    return "sha256:" + h.hexdigest(), size
+    hexdigest, size = sha256_file(path)
+    return "sha256:" + hexdigest, size
 
 
 class _Progress:

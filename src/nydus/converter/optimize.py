@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nydus.builder.inline import blob_meta_cache
-from nydus.builder.optimize import OptimizeResult, optimize, parse_prefetch_list
+from nydus.builder.optimize import (
+    OptimizeResult,
+    optimize,
+    parse_prefetch_list,
+    read_prefetch_list,
+)
 from nydus.converter.bootstrap_layer import (
     make_bootstrap_layer,
     read_blob_metas,
@@ -86,13 +91,9 @@ def optimize_image(o: OptimizeOptions) -> OptimizedImage:
     listing = None
     if o.prefetch_files is not None:
         try:
-            with open(o.prefetch_files, encoding="utf-8") as f:
-                listing = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            raise OptimizeError(f"cannot read --prefetch-files {o.prefetch_files}: {why}") from None
-        if not parse_prefetch_list(listing, o.prefetch_files):
-            raise OptimizeError(f"--prefetch-files {o.prefetch_files} lists no absolute path")
+            listing, _entries = read_prefetch_list(o.prefetch_files)
+        except BuildError as exc:
+            raise OptimizeError(str(exc)) from None
     os.makedirs(o.work_dir, exist_ok=True)
     src = RegistryClient.for_reference(sref, skip_verify=o.source_insecure)
     dst = (

@@ -54,9 +54,9 @@ def _umount(path: Path) -> None:
 
 
 @contextmanager
-def chroot_overlay(lower: Path, base: Path) -> Iterator[Path]:
+def chroot_overlay(lower: Path, base: Path, with_sys: bool = True) -> Iterator[Path]:
     """A writable overlayfs over `lower` (upper and work dirs under `base`) with /proc and a
-    bind of /dev mounted in it; everything is unmounted on the way out."""
+    bind of /dev mounted in it (`with_sys`); everything is unmounted on the way out."""
     upper, work, merged = base / "upper", base / "work", base / "merged"
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
@@ -72,6 +72,8 @@ def chroot_overlay(lower: Path, base: Path) -> Iterator[Path]:
         )
         stack.callback(_umount, merged)
         for sub, args in (("proc", ("-t", "proc", "proc")), ("dev", ("--bind", "/dev"))):
+            if not with_sys:
+                break
             (merged / sub).mkdir(exist_ok=True)
             _run("mount", *args, str(merged / sub))
             stack.callback(_umount, merged / sub)

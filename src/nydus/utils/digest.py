@@ -48,3 +48,14 @@ def _sha256(data: bytes | memoryview) -> bytes:
 
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str) -> tuple[str, int]:
+    """sha256 (hex) and size of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+            size += len(b)
+    return h.hexdigest(), size
