@@ -422,7 +422,7 @@ def _bootstrap_rule(
     return boot_path, report
 
 
-def _external_blobs_rule(o: CheckOptions, target: _Image, report: CheckReport) -> None:
+def _external_blobs_rule(o: CheckOptions, target: FetchedImage, report: CheckReport) -> None:
     """Blobs kept in an external backend (no blob layers): each must be in that backend."""
     if len(target.manifest.layers) > 1 or not report.blobs:
         return
