@@ -9,6 +9,7 @@ server never exits by itself); one that fails is reported and its reads are used
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -22,8 +23,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nydus.daemon.process import NydusdCommand, StartError, start_nydusd
 from nydus.errors import NydusError
 from nydus.fs.pattern import format_prefetch_list
+from nydus.kernel.mounts import unmount_all
 from nydus.oci.reference import Reference
 from nydus.oci.registry import RegistryClient
 
@@ -48,9 +51,8 @@ def _run(*cmd: str) -> None:
 
 
 def _umount(path: Path) -> None:
-    r = subprocess.run(["umount", str(path)], capture_output=True, timeout=60, check=False)
-    if r.returncode != 0 and os.path.ismount(path):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, check=False)
+    if not unmount_all(path):
+        log.warning("could not unmount %s", path)
 
 
 @contextmanager
@@ -138,7 +140,7 @@ def _environment(config: dict[str, Any]) -> tuple[dict[str, str], str]:
 
 def record_workload(o: OptimizeOptions, sref: Reference, bootstrap: Path, work: Path) -> str:
     """Run `o.workload` over a lazy mount of the source image; the prefetch list it yields."""
-    from nydus.converter.check import CheckOptions, _Nydusd, fetch_image
+    from nydus.converter.check import fetch_image, registry_backend
     from nydus.oci.manifest import Platform, host_platform
 
     assert o.workload is not None
@@ -154,24 +156,34 @@ def record_workload(o: OptimizeOptions, sref: Reference, bootstrap: Path, work: 
     try:
         platform = Platform.parse(o.platform) if o.platform else host_platform()
         image = fetch_image(client, sref, platform, nydus=True, multi=False)
-        env, cwd = _environment(image.config)
-        fs_dir = work / "workload"
-        mnt = fs_dir / "mnt"
-        mnt.mkdir(parents=True)
-        check_opts = CheckOptions(
-            source=None,
-            target=o.source,
-            target_insecure=o.source_insecure,
-            nydusd=o.nydusd,
-            mount_timeout=o.mount_timeout,
-        )
-        daemon = _Nydusd(check_opts, client, sref, bootstrap, mnt, fs_dir)
-        daemon.cfg["access_pattern"] = True
-        daemon.cfg["digest_validate"] = False
-        # a unix socket path must stay short (108 bytes): keep it out of the work dir
-        sock_dir = Path(tempfile.mkdtemp(prefix="nydusify-"))
-        daemon.sock = sock_dir / "api.sock"
-        with _removed(sock_dir), daemon:
+        backend = registry_backend(client, sref, o.source_insecure)
+    finally:
+        client.close()
+    env, cwd = _environment(image.config)
+    fs_dir = work / "workload"
+    mnt = fs_dir / "mnt"
+    mnt.mkdir(parents=True)
+    config = fs_dir / "nydusd.json"
+    cfg = {
+        "device": {"backend": {"type": "registry", "config": backend}},
+        "mode": "direct",
+        "enable_xattr": True,
+        "access_pattern": True,
+    }
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold credentials
+    with open(fd, "w") as f:
+        json.dump(cfg, f)
+    # a unix socket path must stay short (108 bytes): keep it out of the work dir
+    sock_dir = Path(tempfile.mkdtemp(prefix="nydusify-"))
+    command = NydusdCommand(
+        mnt, bootstrap, sock_dir / "api.sock", config=config, log_level="warn", binary=o.nydusd
+    )
+    try:
+        try:
+            daemon = start_nydusd(command, fs_dir / "nydusd.log", timeout=o.mount_timeout)
+        except StartError as exc:
+            raise WorkloadError(f"cannot mount the source image: {exc}") from None
+        with daemon:
             log.info("Running workload %s (time limit %.0f s)", o.workload, o.workload_timeout)
             t0 = time.monotonic()
             with chroot_overlay(mnt, fs_dir / "overlay") as root:
@@ -182,38 +194,17 @@ def record_workload(o: OptimizeOptions, sref: Reference, bootstrap: Path, work: 
                     "workload stopped at its time limit of %.0f s; using what it read so far",
                     o.workload_timeout,
                 )
-            doc = _pattern_files(daemon.sock)
+            try:
+                doc = daemon.client.call("GET", "v1/metrics/pattern/files")
+            except NydusError as exc:
+                raise WorkloadError(f"cannot read the access pattern from nydusd: {exc}") from None
     finally:
-        client.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    if not isinstance(doc, dict):
+        raise WorkloadError("nydusd's access pattern is not a JSON object")
     listing = format_prefetch_list(doc)
     n = listing.count("\n")
     log.info("Workload read %d files in %.1f s", n, secs)
     if n == 0:
         raise WorkloadError(f"the workload {o.workload!r} read no file of the image")
     return listing
-
-
-@contextmanager
-def _removed(path: Path) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _pattern_files(sock: Path) -> dict[str, Any]:
-    import httpx
-
-    try:
-        with httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=30
-        ) as c:
-            r = c.get("/api/v1/metrics/pattern/files")
-    except httpx.HTTPError as exc:
-        raise WorkloadError(f"cannot read the access pattern from nydusd: {exc}") from exc
-    if r.status_code != 200:
-        raise WorkloadError(f"nydusd answered {r.status_code} for the access pattern: {r.text}")
-    doc = r.json()
-    if not isinstance(doc, dict):
-        raise WorkloadError("nydusd's access pattern is not a JSON object")
-    return doc
