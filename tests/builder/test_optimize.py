@@ -42,11 +42,9 @@ def image(tmp_path_factory: pytest.TempPathFactory, nydus_image: str) -> tuple[P
     src = _source(tmp)
     blobs = tmp / "blobs"
     blobs.mkdir()
-    r = run_nydus_image(
-        nydus_image,
-        ["create", src, "-B", tmp / "boot", "-D", blobs, "--compressor", "zstd"]
-        + ["--chunk-size", hex(CS), "--features", "blob-toc"],
-    )
+    args: list[str | os.PathLike[str]] = ["create", src, "-B", tmp / "boot", "-D", blobs]
+    args += ["--compressor", "zstd", "--chunk-size", hex(CS), "--features", "blob-toc"]
+    r = run_nydus_image(nydus_image, args)
     assert r.returncode == 0, r.stderr
     return src, tmp / "boot", blobs
 
@@ -54,12 +52,9 @@ def image(tmp_path_factory: pytest.TempPathFactory, nydus_image: str) -> tuple[P
 def _optimize(nydus_image: str, boot: Path, blobs: Path, out: Path, listing: str, *extra: str):
     out.mkdir(parents=True, exist_ok=True)
     (out / "list").write_text(listing)
-    return run_nydus_image(
-        nydus_image,
-        ["optimize", "-B", boot, "--prefetch-files", out / "list", "-D", blobs]
-        + ["-O", out / "boot", "--output-blob-dir", out / "blobs", "-J", out / "out.json"]
-        + list(extra),
-    )
+    args: list[str | os.PathLike[str]] = ["optimize", "-B", boot, "-p", out / "list", "-D", blobs]
+    args += ["-O", out / "boot", "--output-blob-dir", out / "blobs", "-J", out / "out.json"]
+    return run_nydus_image(nydus_image, [*args, *extra])
 
 
 def _ino(sb, path: str) -> int:
