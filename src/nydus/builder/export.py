@@ -35,6 +35,7 @@ from nydus.format.constants import (
 )
 from nydus.format.rafs import ChunkRef, walk
 from nydus.storage.blobmeta import ChunkDesc
+from nydus.storage.device import Key
 from nydus.utils.verity import build_hash_tree
 
 __all__ = ["ExportResult", "export_block"]
@@ -171,7 +172,7 @@ def export_block(
             data = dev.get_chunks(refs, kind="readahead")
             base = mapped[blob_index] * BLOCK_SIZE
             for ref in refs:
-                os.pwrite(fd, data[(blob_index, ref.ci_index)], base + ref.uncompressed_offset)
+                os.pwrite(fd, data[Key(blob_index, ref.ci_index)], base + ref.uncompressed_offset)
 
         jobs = [
             (b.blob_index, g) for b in sb.blobs for g in _groups(b.blob_index, descs[b.blob_index])

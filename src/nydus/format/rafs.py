@@ -6,6 +6,8 @@ Inode numbers are the ones a mount presents: the nid for v6, the v5 `i_ino`.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import stat
 import struct
 from collections.abc import Iterator
@@ -60,6 +62,33 @@ class DirEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class DirIndex:
+    """A directory's entries in name order, as the readers cache them: `names` and `inos`
+    are parallel (a lookup is one bisect), `children` is what readdir lists (no `.`, `..`)."""
+
+    names: tuple[bytes, ...]
+    inos: tuple[int, ...]
+    children: tuple[DirEntry, ...]
+
+    @classmethod
+    def of(cls, entries: list[tuple[bytes, int, int]]) -> DirIndex | None:
+        """The index of (name, ino, FT_* type) entries; None when they are not sorted."""
+        names = tuple(e[0] for e in entries)
+        if any(a > b for a, b in itertools.pairwise(names)):
+            return None
+        children = tuple(DirEntry(n, i, t) for n, i, t in entries if n not in (b".", b".."))
+        return cls(names, tuple(e[1] for e in entries), children)
+
+    def find(self, name: bytes) -> int | None:
+        """Inode number of the entry called `name`, or None."""
+        names = self.names
+        i = bisect.bisect_left(names, name)
+        if i < len(names) and names[i] == name:
+            return self.inos[i]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkRef:
     """One filesystem chunk of a regular file, in file order.
 
@@ -91,6 +120,10 @@ class RafsSuper(Protocol):
     def attr(self, ino: int) -> Attr: ...
     def readdir(self, ino: int) -> list[DirEntry]: ...
     def lookup(self, parent: int, name: bytes) -> int | None: ...
+    def parent(self, ino: int) -> int:
+        """Inode number of the directory holding directory `ino` (the root's is the root)."""
+        ...
+
     def readlink(self, ino: int) -> bytes: ...
     def xattrs(self, ino: int) -> dict[bytes, bytes]: ...
     def chunks(self, ino: int) -> list[ChunkRef]: ...

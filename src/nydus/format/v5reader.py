@@ -7,14 +7,12 @@ lives at inode-table entry *n - 1*.
 
 from __future__ import annotations
 
-import bisect
 import stat
 import struct
-from functools import lru_cache
 
 from nydus.errors import FormatError
 from nydus.format.constants import FT_UNKNOWN, MAX_NAME_LEN, SuperFlags, file_type_of
-from nydus.format.rafs import Attr, ChunkRef, DirEntry, flags_compressor, flags_digester
+from nydus.format.rafs import Attr, ChunkRef, DirEntry, DirIndex, flags_compressor, flags_digester
 from nydus.format.v5 import (
     V5_INODE_XATTR,
     V5BlobEntry,
@@ -25,6 +23,7 @@ from nydus.format.v5 import (
     unpack_v5_xattrs,
 )
 from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
+from nydus.utils.lru import Lru
 
 CHUNK_INFO_SIZE = 80
 
@@ -36,6 +35,12 @@ class RafsV5Super:
 
     def __init__(self, buf: bytes | memoryview) -> None:
         self.buf = buf
+        # per-reader caches (they hold records only, never the reader: dropping the reader
+        # frees them and its buffer)
+        self._records: Lru[int, V5Inode] = Lru(65536)
+        self._attrs: Lru[int, Attr] = Lru(65536)
+        self._dirs: Lru[int, DirIndex] = Lru(4096)
+        self._chunk_table: list[ChunkInfo] | None = None
         self.sb = sb = V5SuperBlock.unpack(buf)
         self.flags = sb.flags
         self.chunk_size = sb.block_size
@@ -104,8 +109,12 @@ class RafsV5Super:
             raise FormatError(f"RAFS v5: inode {index} at offset {off} lies outside the bootstrap")
         return off
 
-    @lru_cache(maxsize=65536)  # noqa: B019 - per-instance caches: issue 8.1
     def record(self, index: int) -> V5Inode:
+        """The validated inode record at 1-based inode-table index `index` (cached per
+        reader)."""
+        return self._records.get_or_load(index, self._load_record)
+
+    def _load_record(self, index: int) -> V5Inode:
         off = self.record_offset(index)
         ino = V5Inode.unpack(self.buf, off)
         where = f"RAFS v5 inode {index} at {off}"
@@ -135,6 +144,9 @@ class RafsV5Super:
 
     # ---- RafsSuper protocol --------------------------------------------------------
     def attr(self, ino: int) -> Attr:
+        return self._attrs.get_or_load(ino, self._load_attr)
+
+    def _load_attr(self, ino: int) -> Attr:
         rec = self.record(ino)
         rdev = 0
         if stat.S_ISCHR(rec.mode) or stat.S_ISBLK(rec.mode):
@@ -143,8 +155,11 @@ class RafsV5Super:
             ino, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec, rec.nlink, rdev
         )
 
-    @lru_cache(maxsize=4096)  # noqa: B019 - per-instance caches: issue 8.1
-    def _children(self, ino: int) -> tuple[tuple[bytes, int, int], ...]:
+    def directory(self, ino: int) -> DirIndex:
+        """The entries of directory `ino` (no `.` and `..` in v5; cached per reader)."""
+        return self._dirs.get_or_load(ino, self._load_directory)
+
+    def _load_directory(self, ino: int) -> DirIndex:
         rec = self.record(ino)
         if not stat.S_ISDIR(rec.mode):
             raise FormatError(f"RAFS v5 inode {ino} is not a directory")
@@ -152,20 +167,16 @@ class RafsV5Super:
         for idx in range(rec.child_index, rec.child_index + rec.child_count):
             child = self.record(idx)
             out.append((self._name(idx), child.ino, file_type_of(child.mode)))
-        names = [e[0] for e in out]
-        if names != sorted(names):
+        index = DirIndex.of(out)
+        if index is None:
             raise FormatError(f"RAFS v5 directory {ino}: children are not sorted")
-        return tuple(out)
+        return index
 
     def readdir(self, ino: int) -> list[DirEntry]:
-        return [DirEntry(n, i, t) for n, i, t in self._children(ino)]
+        return list(self.directory(ino).children)
 
     def lookup(self, parent: int, name: bytes) -> int | None:
-        ents = self._children(parent)
-        i = bisect.bisect_left(ents, name, key=lambda e: e[0])
-        if i < len(ents) and ents[i][0] == name:
-            return ents[i][1]
-        return None
+        return self._dirs.get_or_load(parent, self._load_directory).find(name)
 
     def parent(self, ino: int) -> int:
         """Inode number of the directory holding `ino` (the root for the root)."""
@@ -222,9 +233,14 @@ class RafsV5Super:
             for c in self.chunk_infos(ino)
         ]
 
-    @lru_cache(maxsize=1)  # noqa: B019 - per-instance caches: issue 8.1
     def chunk_table(self) -> list[ChunkInfo]:
-        """Every distinct chunk (by blob index and chunk index) referenced by a file."""
+        """Every distinct chunk (by blob index and chunk index) referenced by a file
+        (collected once per reader)."""
+        if self._chunk_table is None:
+            self._chunk_table = self._collect_chunks()
+        return self._chunk_table
+
+    def _collect_chunks(self) -> list[ChunkInfo]:
         seen: dict[tuple[int, int], ChunkInfo] = {}
         for idx in range(1, len(self._table) + 1):
             rec = self.record(idx)

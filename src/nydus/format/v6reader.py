@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import bisect
 import stat
 import struct
-from functools import lru_cache
 
 from nydus.errors import FormatError
 from nydus.format.constants import (
@@ -19,7 +17,14 @@ from nydus.format.constants import (
     SUPER_FLAGS_KNOWN,
     SuperFlags,
 )
-from nydus.format.rafs import Attr, ChunkRef, DirEntry, flags_compressor, flags_digester
+from nydus.format.rafs import (
+    Attr,
+    ChunkRef,
+    DirEntry,
+    DirIndex,
+    flags_compressor,
+    flags_digester,
+)
 from nydus.format.v6 import (
     BlobInfo,
     ChunkAddr,
@@ -32,6 +37,7 @@ from nydus.format.v6 import (
     unpack_dir_block,
     unpack_xattrs,
 )
+from nydus.utils.lru import Lru
 
 
 class RafsV6Super:
@@ -39,6 +45,13 @@ class RafsV6Super:
 
     def __init__(self, buf: bytes | memoryview) -> None:
         self.buf = buf
+        # per-reader caches (they hold records only, never the reader: dropping the reader
+        # frees them and its buffer)
+        self._inodes: Lru[int, Inode] = Lru(65536)
+        self._attrs: Lru[int, Attr] = Lru(65536)
+        self._dirs: Lru[int, DirIndex] = Lru(4096)
+        self._chunk_table: list[ChunkInfo] | None = None
+        self._chunk_by_key: dict[tuple[int, int], ChunkInfo] | None = None
         size = len(buf)
         if size < BLOCK_SIZE or size % BLOCK_SIZE:
             raise FormatError(
@@ -121,8 +134,11 @@ class RafsV6Super:
     def inode_offset(self, nid: int) -> int:
         return self.meta_base + nid * 32
 
-    @lru_cache(maxsize=65536)  # noqa: B019 - per-instance caches: issue 8.1
     def inode(self, nid: int) -> Inode:
+        """The inode record at `nid` (cached per reader)."""
+        return self._inodes.get_or_load(nid, self._load_inode)
+
+    def _load_inode(self, nid: int) -> Inode:
         off = self.inode_offset(nid)
         if off + 32 > len(self.buf):
             raise FormatError(f"nid {nid} points outside the bootstrap")
@@ -152,6 +168,9 @@ class RafsV6Super:
 
     # ---- RafsSuper protocol --------------------------------------------------------
     def attr(self, nid: int) -> Attr:
+        return self._attrs.get_or_load(nid, self._load_attr)
+
+    def _load_attr(self, nid: int) -> Attr:
         ino = self.inode(nid)
         rdev = 0
         if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
@@ -160,9 +179,11 @@ class RafsV6Super:
             nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.nlink, rdev
         )
 
-    @lru_cache(maxsize=4096)  # noqa: B019 - per-instance caches: issue 8.1
-    def dirents(self, nid: int) -> tuple[tuple[bytes, int, int], ...]:
-        """All entries (including `.` and `..`) as (name, nid, type), in on-disk order."""
+    def directory(self, nid: int) -> DirIndex:
+        """All entries of directory `nid`, `.` and `..` included (cached per reader)."""
+        return self._dirs.get_or_load(nid, self._load_directory)
+
+    def _load_directory(self, nid: int) -> DirIndex:
         ino = self.inode(nid)
         if not stat.S_ISDIR(ino.mode):
             raise FormatError(f"nid {nid} is not a directory")
@@ -172,20 +193,21 @@ class RafsV6Super:
             used = min(BLOCK_SIZE, len(data) - off)
             for d in unpack_dir_block(data[off : off + used], used):
                 out.append((d.name, d.nid, d.file_type))
-        names = [e[0] for e in out]
-        if names != sorted(names):
+        index = DirIndex.of(out)
+        if index is None:
             raise FormatError(f"directory nid {nid}: entries are not sorted")
-        return tuple(out)
+        return index
 
     def readdir(self, nid: int) -> list[DirEntry]:
-        return [DirEntry(n, i, t) for n, i, t in self.dirents(nid) if n not in (b".", b"..")]
+        return list(self.directory(nid).children)
 
     def lookup(self, parent: int, name: bytes) -> int | None:
-        ents = self.dirents(parent)
-        i = bisect.bisect_left(ents, name, key=lambda e: e[0])
-        if i < len(ents) and ents[i][0] == name:
-            return ents[i][1]
-        return None
+        return self._dirs.get_or_load(parent, self._load_directory).find(name)
+
+    def parent(self, nid: int) -> int:
+        """Nid of the directory holding directory `nid`: its `..` entry (the root's is the
+        root)."""
+        return self.lookup(nid, b"..") or self.root_ino
 
     def readlink(self, nid: int) -> bytes:
         ino = self.inode(nid)
@@ -243,14 +265,22 @@ class RafsV6Super:
                 )
         return out
 
-    @lru_cache(maxsize=1)  # noqa: B019 - per-instance caches: issue 8.1
     def chunk_table(self) -> list[ChunkInfo]:
-        off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
-        return [ChunkInfo.unpack(self.buf, off + i) for i in range(0, size, 80)]
+        """The bootstrap's chunk table (parsed once per reader)."""
+        table = self._chunk_table
+        if table is None:
+            off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
+            table = [ChunkInfo.unpack(self.buf, off + i) for i in range(0, size, 80)]
+            self._chunk_table = table
+        return table
 
-    @lru_cache(maxsize=1)  # noqa: B019 - per-instance caches: issue 8.1
     def _chunk_map(self) -> dict[tuple[int, int], ChunkInfo]:
-        return {(c.blob_index, c.index): c for c in self.chunk_table()}
+        """The chunk table by (blob index, chunk index) (built once per reader)."""
+        m = self._chunk_by_key
+        if m is None:
+            m = {(c.blob_index, c.index): c for c in self.chunk_table()}
+            self._chunk_by_key = m
+        return m
 
     def prefetch_inos(self) -> list[int]:
         off, size = self.ext.prefetch_table_offset, self.ext.prefetch_table_size

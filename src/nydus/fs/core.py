@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from nydus.errors import FormatError, NotFound, NydusError, StorageError
 from nydus.format.constants import MAX_NAME_LEN, SuperFlags
 from nydus.format.rafs import Attr, ChunkRef, RafsSuper
 from nydus.fs.metrics import FsMetrics
 from nydus.fs.pattern import AccessPattern
+from nydus.utils.lru import Lru
 
-__all__ = ["DirItem", "FsError", "FsOptions", "RafsFs", "StatFs"]
+__all__ = ["ChunkReader", "DirItem", "FsError", "FsOptions", "RafsFs", "StatFs"]
 
 
 class FsError(NydusError):
@@ -62,26 +62,23 @@ class DirItem:
     next_offset: int
 
 
-class _InoCache:
-    """A small LRU keyed by inode number (chunk lists, directory listings)."""
+class ChunkReader(Protocol):
+    """What `RafsFs` needs of the thing that serves file data (`storage.ChunkDevice`).
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._d: OrderedDict[int, list] = OrderedDict()  # type: ignore[type-arg]
-        self._lock = threading.Lock()
+    `chunks` are a regular file's chunks in file order (`RafsSuper.chunks`), `file_size`
+    its size; both calls return at most `size` bytes from `offset` (fewer at EOF).
+    """
 
-    def get(self, ino: int) -> list | None:  # type: ignore[type-arg]
-        with self._lock:
-            v = self._d.get(ino)
-            if v is not None:
-                self._d.move_to_end(ino)
-            return v
+    def read(self, chunks: Sequence[ChunkRef], file_size: int, offset: int, size: int) -> bytes:
+        """The bytes, fetched and verified as needed (blocks on I/O)."""
+        ...
 
-    def put(self, ino: int, refs: list) -> None:  # type: ignore[type-arg]
-        with self._lock:
-            self._d[ino] = refs
-            if len(self._d) > self.capacity:
-                self._d.popitem(last=False)
+    def read_memory(
+        self, chunks: Sequence[ChunkRef], file_size: int, offset: int, size: int
+    ) -> bytes | None:
+        """The bytes if every chunk they need is already in memory, else None; never
+        blocks on I/O (callers may use it on an event loop)."""
+        ...
 
 
 class RafsFs:
@@ -90,7 +87,7 @@ class RafsFs:
     def __init__(
         self,
         sb: RafsSuper,
-        device: object | None = None,
+        device: ChunkReader | None = None,
         options: FsOptions | None = None,
         *,
         uid: int | None = None,
@@ -111,8 +108,8 @@ class RafsFs:
         )
         #: first accesses of files and chunks (`access_pattern`), None when off
         self.pattern = AccessPattern(sb) if self.options.access_pattern else None
-        self._chunks = _InoCache(1024)
-        self._dirs = _InoCache(256)
+        self._chunks: Lru[int, list[ChunkRef]] = Lru(1024)
+        self._dirs: Lru[int, list[tuple[bytes, int]]] = Lru(256)
 
     # ---- helpers -------------------------------------------------------------------
     def _attr(self, ino: int) -> Attr:
@@ -134,10 +131,7 @@ class RafsFs:
         if ino == self.root_ino:
             return ino
         try:
-            p = self.sb.lookup(ino, b"..")
-            if p is None:
-                parent_of = getattr(self.sb, "parent", None)
-                p = parent_of(ino) if parent_of is not None else None
+            p = self.sb.parent(ino)
         except FormatError as exc:
             raise FsError(errno.EIO, f"inode {ino}: {exc}") from exc
         return p or self.root_ino
@@ -243,9 +237,7 @@ class RafsFs:
                 if self.device is None:
                     raise StorageError(f"inode {ino}: the filesystem has no data device")
                 try:
-                    data = self.device.read(  # type: ignore[attr-defined]
-                        self.chunks(ino), a.size, offset, size
-                    )
+                    data = self.device.read(self.chunks(ino), a.size, offset, size)
                 except FormatError as exc:
                     raise FsError(errno.EIO, f"inode {ino}: {exc}") from exc
                 if self.pattern is not None:
@@ -256,15 +248,14 @@ class RafsFs:
     def read_cached(self, ino: int, offset: int, size: int) -> bytes | None:
         """`read` served from chunks already decompressed in memory, without blocking on
         I/O; None when the data is not all there (then call `read`)."""
-        read_memory = getattr(self.device, "read_memory", None)
-        if read_memory is None or size <= 0:
+        if self.device is None or size <= 0:
             return None
         t0 = time.monotonic()
         try:
             a = self.sb.attr(ino)
             if not a.is_reg or offset < 0 or offset >= a.size:
                 return None
-            data: bytes | None = read_memory(self.chunks(ino), a.size, offset, size)
+            data = self.device.read_memory(self.chunks(ino), a.size, offset, size)
         except NydusError:
             return None  # let `read` report it
         if data is not None:

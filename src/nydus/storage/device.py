@@ -12,52 +12,46 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from nydus.errors import DigestMismatch, FormatError, NydusError, StorageError
 from nydus.format.rafs import ChunkRef, RafsSuper
 from nydus.storage.backend import BlobBackend
 from nydus.storage.blobmeta import BlobMeta, ChunkDesc, load_blob_meta
 from nydus.storage.cache import BlobCache, CacheMetrics
+from nydus.utils.lru import Lru
 
-__all__ = ["ChunkDevice"]
+__all__ = ["ChunkDevice", "Key", "PendingFetch"]
 
 log = logging.getLogger(__name__)
 
-Key = tuple[int, int]  # (blob index, chunk index)
 MIB = 1 << 20
 
 
-class _Lru:
-    """A small byte-bounded LRU of decompressed chunks."""
+class Key(NamedTuple):
+    """A chunk of the filesystem: its blob's index in the blob table and its index in that
+    blob's chunk-info array."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self._d: OrderedDict[Key, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+    blob_index: int
+    chunk_index: int
 
-    def get(self, key: Key) -> bytes | None:
-        with self._lock:
-            data = self._d.get(key)
-            if data is not None:
-                self._d.move_to_end(key)
-            return data
 
-    def put(self, key: Key, data: bytes) -> None:
-        if self.capacity <= 0 or len(data) > self.capacity:
-            return
-        with self._lock:
-            old = self._d.pop(key, None)
-            if old is not None:
-                self.used -= len(old)
-            self._d[key] = data
-            self.used += len(data)
-            while self.used > self.capacity:
-                _, ev = self._d.popitem(last=False)
-                self.used -= len(ev)
+@dataclass(frozen=True, slots=True)
+class PendingFetch:
+    """A chunk the calling thread has taken on to fetch: every other reader of `key` waits
+    on `future`, which this thread completes (data or error) whatever happens."""
+
+    key: Key
+    meta: BlobMeta
+    desc: ChunkDesc
+    future: Future[bytes]
+
+
+def _key(ref: ChunkRef) -> Key:
+    return Key(ref.blob_index, ref.ci_index)
 
 
 class ChunkDevice:
@@ -88,7 +82,7 @@ class ChunkDevice:
         self._meta_lock = threading.Lock()
         self._inflight: dict[Key, Future[bytes]] = {}
         self._inflight_lock = threading.Lock()
-        self._lru = _Lru(memory_cache)
+        self._lru: Lru[Key, bytes] = Lru(memory_cache, size=len)
         self.fetches = 0  # number of backend data reads (for tests and metrics)
         #: chunks fetched ahead, in the background, when a file is read sequentially
         self.readahead_chunks = readahead_chunks
@@ -165,7 +159,7 @@ class ChunkDevice:
         pieces = []
         for ref, lo, hi, piece in spans:
             if piece is None:
-                data = datas[(ref.blob_index, ref.ci_index)]
+                data = datas[_key(ref)]
                 if hi > len(data):
                     raise StorageError(
                         f"blob {self.sb.blobs[ref.blob_index].blob_id} chunk "
@@ -190,7 +184,7 @@ class ChunkDevice:
         pieces = []
         for i in range(first, last + 1):
             ref = chunks[i]
-            data = self._lru.get((ref.blob_index, ref.ci_index))
+            data = self._lru.get(_key(ref))
             base = i * cs
             lo, hi = max(offset, base) - base, min(end, base + cs) - base
             if data is None or hi > len(data):
@@ -211,7 +205,7 @@ class ChunkDevice:
 
     def _available(self, ref: ChunkRef) -> bool:
         """Whether a chunk is in memory, in the cache file or being fetched."""
-        key = (ref.blob_index, ref.ci_index)
+        key = _key(ref)
         if key in self._inflight or self._lru.get(key) is not None:
             return True
         cache = self.caches.get(ref.blob_index)
@@ -222,7 +216,7 @@ class ChunkDevice:
         are in the cache file already, ask the kernel to start reading them)."""
         todo = []
         for r in refs:
-            key = (r.blob_index, r.ci_index)
+            key = _key(r)
             if key in self._inflight or self._lru.get(key) is not None:
                 continue
             cache = self.caches.get(r.blob_index)
@@ -257,7 +251,7 @@ class ChunkDevice:
         With `cache_validate` whole chunks must be checked, so the cache file is read
         through `get_chunks` instead.
         """
-        key = (ref.blob_index, ref.ci_index)
+        key = _key(ref)
         data = self._lru.get(key)
         if data is not None:
             return data[lo:hi] if hi <= len(data) else None
@@ -276,11 +270,11 @@ class ChunkDevice:
         """
         prefetch = kind == "prefetch"
         results: dict[Key, bytes] = {}
-        owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]] = []
+        owned: list[PendingFetch] = []
         waits: list[tuple[Key, Future[bytes]]] = []
         descs: dict[Key, tuple[BlobMeta, ChunkDesc]] = {}
         for ref in refs:
-            key = (ref.blob_index, ref.ci_index)
+            key = _key(ref)
             if key not in descs:
                 meta = self.meta(ref.blob_index)
                 descs[key] = (meta, meta.chunk(ref))
@@ -299,7 +293,7 @@ class ChunkDevice:
                     if self._lru.get(key) is None and not self._cache_ready(key, desc):
                         fut = Future()
                         self._inflight[key] = fut
-                        owned.append((key, meta, desc, fut))
+                        owned.append(PendingFetch(key, meta, desc, fut))
                         continue
                 data = self._lru.get(key)
                 if data is None:
@@ -313,30 +307,28 @@ class ChunkDevice:
             # amplified chunks only go to the caches: a failure among them does not fail
             # this read (it fails whoever reads that chunk later)
             self._fetch_owned(self._amplify(owned) if kind == "read" else owned, prefetch)
-        for key, _m, _d, fut in owned:
-            results[key] = fut.result()
+        for p in owned:
+            results[p.key] = p.future.result()
         for key, fut in waits:
             results[key] = fut.result()
         return results
 
-    def _amplify(
-        self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]
-    ) -> list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]:
+    def _amplify(self, owned: list[PendingFetch]) -> list[PendingFetch]:
         """Read amplification (`amplify_io` / `rafs.batch_size`): after each chunk a read
         fetches, also take the chunks that follow it in the blob while the whole range stays
         within `batch_size`, stopping at the first one already at hand. They are stored in
         the caches, so reading the next small files costs no extra backend request."""
         out = list(owned)
-        taken = {item[0] for item in owned}
-        for key, meta, desc, _fut in owned:
-            chunks = meta.chunks
+        taken = {p.key for p in owned}
+        for p in owned:
+            chunks = p.meta.chunks
             if chunks is None:
                 continue
-            for nxt in chunks[desc.index + 1 :]:
-                nkey = (key[0], nxt.index)
+            for nxt in chunks[p.desc.index + 1 :]:
+                nkey = Key(p.key.blob_index, nxt.index)
                 if nkey in taken:
                     continue
-                if nxt.compressed_end - desc.compressed_offset > self.batch_size or (
+                if nxt.compressed_end - p.desc.compressed_offset > self.batch_size or (
                     self.validate and nxt.digest is None
                 ):
                     break
@@ -349,12 +341,12 @@ class ChunkDevice:
                         break
                     fut: Future[bytes] = Future()
                     self._inflight[nkey] = fut
-                out.append((nkey, meta, nxt, fut))
+                out.append(PendingFetch(nkey, p.meta, nxt, fut))
                 taken.add(nkey)
         return out
 
     def _from_cache(self, key: Key, meta: BlobMeta, desc: ChunkDesc) -> bytes | None:
-        cache = self.caches.get(key[0])
+        cache = self.caches.get(key.blob_index)
         if cache is None or not cache.is_ready(desc):
             return None
         data = cache.read(desc)
@@ -374,7 +366,7 @@ class ChunkDevice:
         return data
 
     def _cache_ready(self, key: Key, desc: ChunkDesc) -> bool:
-        cache = self.caches.get(key[0])
+        cache = self.caches.get(key.blob_index)
         return cache is not None and cache.is_ready(desc)
 
     def _fetch_single(self, key: Key, meta: BlobMeta, desc: ChunkDesc) -> bytes:
@@ -388,77 +380,74 @@ class ChunkDevice:
                 self._inflight[key] = fut
                 other = None
         if other is None:
-            self._fetch_owned([(key, meta, desc, fut)], False)
+            self._fetch_owned([PendingFetch(key, meta, desc, fut)], False)
         return fut.result()
 
-    def _fetch_owned(
-        self, owned: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]], prefetch: bool
-    ) -> None:
-        by_blob: dict[int, list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]]] = {}
-        for item in owned:
-            by_blob.setdefault(item[0][0], []).append(item)
+    def _fetch_owned(self, owned: list[PendingFetch], prefetch: bool) -> None:
+        by_blob: dict[int, list[PendingFetch]] = {}
+        for p in owned:
+            by_blob.setdefault(p.key.blob_index, []).append(p)
         try:
             for items in by_blob.values():
-                items.sort(key=lambda it: it[2].compressed_offset)
+                items.sort(key=lambda p: p.desc.compressed_offset)
                 group = [items[0]]
-                for it in items[1:]:
-                    start = group[0][2].compressed_offset
-                    prev_end = max(g[2].compressed_end for g in group)
-                    if it[2].compressed_offset <= prev_end and it[2].compressed_end - start <= max(
-                        self.batch_size, it[2].compressed_size
+                for p in items[1:]:
+                    start = group[0].desc.compressed_offset
+                    prev_end = max(g.desc.compressed_end for g in group)
+                    if (
+                        p.desc.compressed_offset <= prev_end
+                        and p.desc.compressed_end - start
+                        <= max(self.batch_size, p.desc.compressed_size)
                     ):
-                        group.append(it)
+                        group.append(p)
                     else:
                         self._fetch_group(group, prefetch)
-                        group = [it]
+                        group = [p]
                 self._fetch_group(group, prefetch)
         finally:
             # never leave a waiter hanging, whatever went wrong above
-            for key, _m, _d, fut in owned:
-                if not fut.done():
+            for p in owned:
+                if not p.future.done():
                     self._finish(
-                        key,
-                        fut,
-                        exc=StorageError(f"chunk {key[1]} of blob index {key[0]} was not fetched"),
+                        p,
+                        exc=StorageError(
+                            f"chunk {p.key.chunk_index} of blob index {p.key.blob_index} "
+                            "was not fetched"
+                        ),
                     )
 
     def _finish(
-        self,
-        key: Key,
-        fut: Future[bytes],
-        data: bytes | None = None,
-        exc: BaseException | None = None,
+        self, p: PendingFetch, data: bytes | None = None, exc: BaseException | None = None
     ) -> None:
         with self._inflight_lock:
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
+            if self._inflight.get(p.key) is p.future:
+                del self._inflight[p.key]
         if exc is not None:
-            fut.set_exception(exc)
+            p.future.set_exception(exc)
         else:
-            fut.set_result(data if data is not None else b"")
+            p.future.set_result(data if data is not None else b"")
 
-    def _fetch_group(
-        self, group: list[tuple[Key, BlobMeta, ChunkDesc, Future[bytes]]], prefetch: bool
-    ) -> None:
-        meta = group[0][1]
-        start = group[0][2].compressed_offset
-        end = max(it[2].compressed_end for it in group)
+    def _fetch_group(self, group: list[PendingFetch], prefetch: bool) -> None:
+        meta = group[0].meta
+        start = group[0].desc.compressed_offset
+        end = max(p.desc.compressed_end for p in group)
         try:
             raw = self.backend.read(meta.blob_id, start, end - start)
         except NydusError as exc:
-            for key, _m, _d, fut in group:
-                self._finish(key, fut, exc=exc)
+            for p in group:
+                self._finish(p, exc=exc)
             return
         except Exception as exc:  # noqa: BLE001 - translate anything else to EIO
             err = StorageError(f"blob {meta.blob_id}: backend read failed: {exc}")
-            for key, _m, _d, fut in group:
-                self._finish(key, fut, exc=err)
+            for p in group:
+                self._finish(p, exc=err)
             return
         self.fetches += 1
         if prefetch:
             self.cache_metrics.record_prefetch(len(raw), 1, len(group))
         log.debug("blob %s: fetched [%d, %d) for %d chunk(s)", meta.blob_id, start, end, len(group))
-        for key, _m, desc, fut in group:
+        for p in group:
+            desc = p.desc
             try:
                 data = self._decode(
                     meta, desc, raw[desc.compressed_offset - start : desc.compressed_end - start]
@@ -467,13 +456,13 @@ class ChunkDevice:
                 try:
                     data = self._refetch(meta, desc, exc)
                 except NydusError as final:
-                    self._finish(key, fut, exc=final)
+                    self._finish(p, exc=final)
                     continue
-            cache = self.caches.get(key[0])
+            cache = self.caches.get(p.key.blob_index)
             if cache is not None:
                 cache.store(desc, data)
-            self._lru.put(key, data)
-            self._finish(key, fut, data=data)
+            self._lru.put(p.key, data)
+            self._finish(p, data=data)
 
     def _refetch(self, meta: BlobMeta, desc: ChunkDesc, exc: NydusError) -> bytes:
         """A chunk whose fetched data fails (digest, decompression) is read again on its
@@ -524,7 +513,7 @@ class ChunkDevice:
         todo: list[ChunkRef] = []
         seen: set[Key] = set()
         for ref in refs:
-            key = (ref.blob_index, ref.ci_index)
+            key = _key(ref)
             if key in seen:
                 continue
             seen.add(key)
