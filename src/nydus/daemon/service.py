@@ -17,7 +17,7 @@ import stat
 import struct
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,10 +34,11 @@ from nydus.errors import (
     Unsupported,
 )
 from nydus.format.constants import super_flags_names
-from nydus.format.rafs import RafsSuper, open_bootstrap
+from nydus.format.rafs import ChunkRef, RafsSuper, open_bootstrap, walk
 from nydus.fs import FsOptions, RafsFs
 from nydus.storage import ChunkDevice, create_backend
 from nydus.storage.backend import BlobBackend
+from nydus.storage.prefetch import PrefetchScheduler
 from nydus.utils.loglevel import LEVELS
 
 __all__ = [
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: prefetch defaults where the config leaves them 0 (upstream's: 8 threads, 1 MiB ranges)
+DEFAULT_PREFETCH_THREADS = 8
+DEFAULT_MERGING_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,51 +239,58 @@ class NydusDaemon:
             m.close()
 
     # ---- prefetch ----------------------------------------------------------------------
-    def start_prefetch(self, m: RafsMount, files: tuple[str, ...]) -> threading.Thread | None:
-        pf = m.config.rafs.prefetch
+    def start_prefetch(self, m: RafsMount, files: tuple[str, ...]) -> PrefetchScheduler | None:
+        """Start the background prefetch of a mount: `--prefetch-files` (which override the
+        bootstrap's prefetch table), else the table when prefetch is enabled; a table that
+        is the root, or `prefetch_all`, then takes every other chunk too. Returns at once."""
+        rp, cp = m.config.rafs.prefetch, m.config.cache.prefetch
+        pf = rp if rp.enable else cp
         inos: list[int] = []
         for path in files:
             try:
                 inos.append(m.fs.resolve(path))
             except NydusError as exc:
                 log.warning("prefetch: %s: %s", path, exc)
-        if pf.enable:
-            inos.extend(m.sb.prefetch_inos())
-            if not inos and pf.prefetch_all:
-                inos.append(m.sb.root_ino)
-        if not inos:
+        if not files and pf.enable:
+            inos = m.sb.prefetch_inos()
+        whole = pf.enable and pf.prefetch_all
+        if inos == [m.sb.root_ino]:  # the whole image, in blob order
+            inos, whole = [], True
+        if whole and m.sb.version == 5:  # no chunk-info arrays: file by file
+            inos, whole = [*inos, m.sb.root_ino], False
+        if not inos and not whole:
             return None
-        if not m.device.caches:
+        if m.device.cache_dir is None:
             log.info("prefetch skipped: it needs a blob cache")
             return None
-        t = threading.Thread(
-            target=self._prefetch, args=(m, inos), name="nydusd-prefetch", daemon=True
-        )
-        t.start()
-        return t
 
-    def _prefetch(self, m: RafsMount, inos: list[int]) -> None:
-        metrics = m.device.cache_metrics
-        metrics.prefetch_started(1)
-        total = 0
-        seen: set[int] = set()
-        stack = list(inos)
-        try:
-            while stack:
-                ino = stack.pop()
-                if ino in seen:
-                    continue
-                seen.add(ino)
-                a = m.sb.attr(ino)
-                if a.is_dir:
-                    stack.extend(e.ino for e in m.sb.readdir(ino))
-                elif a.is_reg and a.size:
-                    total += m.device.prefetch(m.fs.chunks(ino))
-        except NydusError as exc:
-            log.warning("prefetch stopped: %s", exc)
-        finally:
-            metrics.prefetch_finished()
-        log.info("prefetch finished: %d bytes", total)
+        def refs() -> Iterator[ChunkRef]:
+            seen: set[int] = set()
+            for top in inos:
+                below = walk(m.sb, top) if m.sb.attr(top).is_dir else [(b"", top)]
+                for _path, ino in below:
+                    if ino in seen:
+                        continue
+                    seen.add(ino)
+                    a = m.sb.attr(ino)
+                    if a.is_reg and a.size:
+                        yield from m.fs.chunks(ino)
+
+        log.info(
+            "prefetch: %d entries%s, %d threads, merging %d bytes, bandwidth %s",
+            len(inos),
+            " then every other chunk" if whole else "",
+            pf.threads or DEFAULT_PREFETCH_THREADS,
+            pf.batch_size or DEFAULT_MERGING_SIZE,
+            f"{pf.bandwidth_limit} B/s" if pf.bandwidth_limit else "unlimited",
+        )
+        return m.device.start_prefetch(
+            refs,
+            threads=pf.threads or DEFAULT_PREFETCH_THREADS,
+            merging_size=pf.batch_size or DEFAULT_MERGING_SIZE,
+            bandwidth_limit=pf.bandwidth_limit,
+            prefetch_all=whole,
+        )
 
     # ---- API views -----------------------------------------------------------------------
     def version(self) -> dict[str, str]:

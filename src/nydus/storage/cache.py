@@ -229,6 +229,9 @@ class CacheMetrics:
         self.prefetch_begin_time = 0.0
         self.prefetch_end_time = 0.0
         self.buffered_backend_size = 0
+        #: demand reads (and their chunks) answered with data prefetch brought in
+        self.prefetch_served_reads = 0
+        self.prefetch_served_chunks = 0
 
     def record_request(self, chunks: int, hits: int) -> None:
         with self._lock:
@@ -243,6 +246,11 @@ class CacheMetrics:
             self.prefetch_data_amount += nbytes
             self.prefetch_requests_count += requests
             self.prefetch_unmerged_chunks += chunks
+
+    def record_served(self, chunks: int) -> None:
+        with self._lock:
+            self.prefetch_served_reads += 1
+            self.prefetch_served_chunks += chunks
 
     def prefetch_started(self, workers: int) -> None:
         with self._lock:
@@ -279,4 +287,6 @@ class CacheMetrics:
                 "prefetch_end_time_millis": int((e % 1) * 1000),
                 "buffered_backend_size": self.buffered_backend_size,
                 "data_all_ready": data_all_ready,
+                "prefetch_served_reads": self.prefetch_served_reads,
+                "prefetch_served_chunks": self.prefetch_served_chunks,
             }

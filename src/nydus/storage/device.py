@@ -6,16 +6,19 @@
   one backend read (merged up to the configured batch size).
 * With `validate`, a chunk whose digest does not match raises DigestMismatch naming the
   blob and chunk; such data is never returned and never cached.
+* Prefetch (`storage/prefetch.py`) claims chunks through the same in-flight map (`claim`,
+  `fetch_claimed`), so demand reads, read amplification and prefetch never fetch a chunk
+  twice: whoever comes second waits for (or skips) the fetch under way.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from nydus.errors import DigestMismatch, FormatError, NydusError, StorageError
 from nydus.format.rafs import ChunkRef, RafsSuper
@@ -23,6 +26,9 @@ from nydus.storage.backend import BlobBackend
 from nydus.storage.blobmeta import BlobMeta, ChunkDesc, load_blob_meta
 from nydus.storage.cache import BlobCache, CacheMetrics
 from nydus.utils.lru import Lru
+
+if TYPE_CHECKING:
+    from nydus.storage.prefetch import PrefetchScheduler
 
 __all__ = ["ChunkDevice", "Key", "PendingFetch"]
 
@@ -88,6 +94,11 @@ class ChunkDevice:
         self.readahead_chunks = readahead_chunks
         self._ra_pool: ThreadPoolExecutor | None = None
         self._ra_lock = threading.Lock()
+        #: chunks prefetch brought in (to count the demand reads it served)
+        self._prefetched: set[Key] = set()
+        self._demand = 0  # demand fetches under way (prefetch holds back while > 0)
+        self._demand_lock = threading.Lock()
+        self._prefetcher: PrefetchScheduler | None = None
 
     # ---- set-up ------------------------------------------------------------------
     def load(self) -> None:
@@ -125,6 +136,8 @@ class ChunkDevice:
             return m
 
     def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
         with self._ra_lock:
             pool, self._ra_pool = self._ra_pool, None
         if pool is not None:
@@ -156,6 +169,7 @@ class ChunkDevice:
         self.cache_metrics.record_request(len(spans), len(spans) - len(missing))
         self._maybe_read_ahead(chunks, first, last)
         datas = self.get_chunks(missing) if missing else {}
+        self._count_served(chunks[first : last + 1])
         pieces = []
         for ref, lo, hi, piece in spans:
             if piece is None:
@@ -192,7 +206,14 @@ class ChunkDevice:
             pieces.append(data[lo:hi])
         self.cache_metrics.record_request(len(pieces), len(pieces))
         self._maybe_read_ahead(chunks, first, last)
+        self._count_served(chunks[first : last + 1])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _count_served(self, refs: Sequence[ChunkRef]) -> None:
+        if self._prefetched:
+            n = sum(1 for r in refs if _key(r) in self._prefetched)
+            if n:
+                self.cache_metrics.record_served(n)
 
     def _maybe_read_ahead(self, chunks: Sequence[ChunkRef], first: int, last: int) -> None:
         """Keep the next chunks of a file being read sequentially on their way."""
@@ -306,7 +327,16 @@ class ChunkDevice:
         if owned:
             # amplified chunks only go to the caches: a failure among them does not fail
             # this read (it fails whoever reads that chunk later)
-            self._fetch_owned(self._amplify(owned) if kind == "read" else owned, prefetch)
+            demand = kind == "read"
+            if demand:
+                with self._demand_lock:
+                    self._demand += 1
+            try:
+                self._fetch_owned(self._amplify(owned) if demand else owned, prefetch)
+            finally:
+                if demand:
+                    with self._demand_lock:
+                        self._demand -= 1
         for p in owned:
             results[p.key] = p.future.result()
         for key, fut in waits:
@@ -427,7 +457,7 @@ class ChunkDevice:
         else:
             p.future.set_result(data if data is not None else b"")
 
-    def _fetch_group(self, group: list[PendingFetch], prefetch: bool) -> None:
+    def _fetch_group(self, group: list[PendingFetch], prefetch: bool, memory: bool = True) -> None:
         meta = group[0].meta
         start = group[0].desc.compressed_offset
         end = max(p.desc.compressed_end for p in group)
@@ -461,7 +491,10 @@ class ChunkDevice:
             cache = self.caches.get(p.key.blob_index)
             if cache is not None:
                 cache.store(desc, data)
-            self._lru.put(p.key, data)
+            if memory:
+                self._lru.put(p.key, data)
+            if prefetch:
+                self._prefetched.add(p.key)
             self._finish(p, data=data)
 
     def _refetch(self, meta: BlobMeta, desc: ChunkDesc, exc: NydusError) -> bytes:
@@ -508,29 +541,79 @@ class ChunkDevice:
         return data
 
     # ---- prefetch and state ------------------------------------------------------------
+    @property
+    def demand_fetches(self) -> int:
+        """Backend fetches for demand reads under way right now."""
+        return self._demand
+
+    def describe(self, ref: ChunkRef) -> tuple[Key, BlobMeta, ChunkDesc]:
+        meta = self.meta(ref.blob_index)
+        return _key(ref), meta, meta.chunk(ref)
+
+    def blob_items(self, blob_index: int) -> list[tuple[Key, BlobMeta, ChunkDesc]]:
+        """Every chunk of a blob (none for a blob without a chunk table: RAFS v5)."""
+        meta = self.meta(blob_index)
+        return [(Key(blob_index, d.index), meta, d) for d in meta.chunks or []]
+
+    def has_chunk(self, key: Key, desc: ChunkDesc) -> bool:
+        """In memory, in the cache file or being fetched."""
+        return key in self._inflight or key in self._lru or self._cache_ready(key, desc)
+
+    def claim(self, items: Iterable[tuple[Key, BlobMeta, ChunkDesc]]) -> list[PendingFetch]:
+        """Take on fetching each chunk nobody holds or has in flight; the caller must then
+        `fetch_claimed` (or `abandon`) every one returned."""
+        out = []
+        with self._inflight_lock:
+            for key, meta, desc in items:
+                if key in self._inflight or key in self._lru or self._cache_ready(key, desc):
+                    continue
+                fut: Future[bytes] = Future()
+                self._inflight[key] = fut
+                out.append(PendingFetch(key, meta, desc, fut))
+        return out
+
+    def fetch_claimed(self, group: list[PendingFetch], kind: str = "prefetch") -> None:
+        """Fetch claimed chunks of one blob that are adjacent (one backend request), into
+        the caches. `kind` "prefetch-all" keeps them out of the memory cache (a whole
+        image would only flush it)."""
+        try:
+            self._fetch_group(group, True, memory=kind != "prefetch-all" or not self.caches)
+        finally:
+            for p in group:
+                if not p.future.done():
+                    self._finish(p, exc=StorageError(f"chunk {p.key.chunk_index} not fetched"))
+
+    def abandon(self, pending: list[PendingFetch]) -> None:
+        """Give claimed chunks up unfetched (prefetch stopping): their waiters fail."""
+        for p in pending:
+            if not p.future.done():
+                self._finish(p, exc=StorageError("prefetch stopped before fetching the chunk"))
+
+    def start_prefetch(
+        self,
+        refs: Callable[[], Iterable[ChunkRef]],
+        *,
+        threads: int,
+        merging_size: int,
+        bandwidth_limit: int = 0,
+        prefetch_all: bool = False,
+    ) -> PrefetchScheduler:
+        """Prefetch `refs()` (and with `prefetch_all` every other chunk) in the background."""
+        from nydus.storage.prefetch import PrefetchScheduler
+
+        sched = PrefetchScheduler(
+            self, threads=threads, merging_size=merging_size, bandwidth_limit=bandwidth_limit
+        )
+        self._prefetcher = sched
+        sched.start(refs, prefetch_all)
+        return sched
+
     def prefetch(self, refs: Iterable[ChunkRef]) -> int:
-        """Fetch into the cache every chunk of `refs` not there yet; return the bytes fetched."""
-        todo: list[ChunkRef] = []
-        seen: set[Key] = set()
-        for ref in refs:
-            key = _key(ref)
-            if key in seen:
-                continue
-            seen.add(key)
-            if not self._cache_ready(key, self.meta(ref.blob_index).chunk(ref)):
-                todo.append(ref)
-        total = 0
-        batch: list[ChunkRef] = []
-        batch_bytes = 0
-        for ref in todo:
-            batch.append(ref)
-            batch_bytes += ref.uncompressed_size or self.chunk_size
-            if batch_bytes >= self.batch_size:
-                total += sum(len(d) for d in self.get_chunks(batch, kind="prefetch").values())
-                batch, batch_bytes = [], 0
-        if batch:
-            total += sum(len(d) for d in self.get_chunks(batch, kind="prefetch").values())
-        return total
+        """Fetch into the caches every chunk of `refs` not there yet, in merged ranges of up
+        to `batch_size`, on this thread; the uncompressed bytes made ready."""
+        from nydus.storage.prefetch import PrefetchScheduler
+
+        return PrefetchScheduler(self, threads=1, merging_size=self.batch_size).run(refs)
 
     def cache_snapshot(self) -> dict[str, object]:
         ready = all(c.all_ready for c in self.caches.values()) if self.caches else False
