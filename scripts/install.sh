@@ -8,7 +8,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   python3 python3-venv python3-dev gcc libfuse3-dev fuse3 pkg-config \
   erofs-utils docker-registry skopeo umoci apache2-utils attr acl zstd util-linux \
-  mmdebstrap cryptsetup-bin >/dev/null
+  mmdebstrap cryptsetup-bin containerd runc stargz-snapshotter busybox-static >/dev/null
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

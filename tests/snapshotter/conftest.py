@@ -1,0 +1,23 @@
+"""Fixtures of the snapshotter tests: a `containerd-nydus-grpc` process on a private root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.snapshotter.client import SnapshotsClient, SnapshotterProcess, start_snapshotter
+
+
+@pytest.fixture
+def snapshotter_proc(tmp_path: Path) -> Iterator[SnapshotterProcess]:
+    sp = start_snapshotter(tmp_path / "sn")
+    yield sp
+    sp.stop()
+
+
+@pytest.fixture
+def client(snapshotter_proc: SnapshotterProcess) -> SnapshotsClient:
+    assert snapshotter_proc.client is not None
+    return snapshotter_proc.client
