@@ -204,13 +204,15 @@ def start_token_server(
     return server
 
 
-def _config(root: Path, port: int, htpasswd: Path | None, token: TokenServer | None) -> str:
+def _config(
+    root: Path, port: int, htpasswd: Path | None, token: TokenServer | None, accesslog: bool
+) -> str:
     lines = [
         "version: 0.1",
         "log:",
         "  level: warn",
         "  accesslog:",
-        "    disabled: true",
+        f"    disabled: {'false' if accesslog else 'true'}",
         "storage:",
         "  filesystem:",
         f"    rootdirectory: {root}",
@@ -240,8 +242,10 @@ def start_registry(
     htpasswd: dict[str, str] | None = None,
     token: TokenServer | None = None,
     timeout: float = 15.0,
+    accesslog: bool = False,
 ) -> RunningRegistry:
-    """Start `docker-registry serve` under `workdir`; return when `/v2/` answers."""
+    """Start `docker-registry serve` under `workdir`; return when `/v2/` answers.
+    `accesslog`: one Apache-style line per request in the log (method, path, status, bytes)."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "storage"
     passwd_path = None
@@ -259,7 +263,7 @@ def start_registry(
     for _ in range(3):  # a free port can be taken between probing and binding
         port = free_port()
         config = workdir / "config.yml"
-        config.write_text(_config(root, port, passwd_path, token))
+        config.write_text(_config(root, port, passwd_path, token, accesslog))
         proc, stop = serve(config, log_path, append=False)
         if _wait_ready(f"http://127.0.0.1:{port}/v2/", proc, timeout):
             return RunningRegistry(f"127.0.0.1:{port}", root, log_path, stop)

@@ -134,4 +134,3 @@ def start_snapshotter(workdir: Path, *args: str) -> SnapshotterProcess:
     )
     sp.start()
     return sp
-

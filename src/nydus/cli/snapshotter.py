@@ -66,7 +66,8 @@ def _run(argv: Sequence[str] | None) -> int:
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     setup_logging(cfg.log_level, sys.stdout if cfg.log_to_stdout else None)
-    logging.getLogger("grpc").setLevel(logging.WARNING)
+    for noisy in ("grpc", "httpx", "httpcore"):  # per-request lines of the nydusd API client
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return serve(cfg.validated())
 
 

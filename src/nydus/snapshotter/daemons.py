@@ -47,14 +47,6 @@ __all__ = ["DaemonManager", "blob_ids_of", "find_bootstrap"]
 log = logging.getLogger(__name__)
 
 SHARED_ID = "shared_daemon"
-CACHE_SUFFIXES = (
-    ".blob.data.chunk_map",
-    ".blob.data",
-    ".chunk_map",
-    ".blob.meta",
-    ".image.disk",
-    ".layer.disk",
-)
 DEFAULT_TEMPLATE: dict[str, Any] = {
     "device": {
         "backend": {"type": "registry", "config": {"timeout": 30, "retry_limit": 2}},
@@ -472,11 +464,7 @@ class DaemonManager:
         if not self.cache_dir.is_dir():
             return removed
         for name in os.listdir(self.cache_dir):
-            blob = name
-            for suffix in CACHE_SUFFIXES:
-                if name.endswith(suffix):
-                    blob = name[: -len(suffix)]
-                    break
+            blob = name.split(".", 1)[0]  # <id>, <id>.blob.data, <id>.blob.meta, ...
             if blob in wanted:
                 continue
             p = self.cache_dir / name
