@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.snapshotter.client import SnapshotsClient, SnapshotterProcess, start_snapshotter
+from tests.snapshotter.env import stop_daemons
 
 
 @pytest.fixture
@@ -15,6 +16,7 @@ def snapshotter_proc(tmp_path: Path) -> Iterator[SnapshotterProcess]:
     sp = start_snapshotter(tmp_path / "sn")
     yield sp
     sp.stop()
+    stop_daemons(sp.root)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from nydus.snapshotter.mounts import mountpoints_under, unmount
 from tests.registry_fixture import RunningRegistry, start_registry
 from tests.snapshotter.client import SnapshotterProcess, start_snapshotter
 from tests.snapshotter.containerd import Containerd, push_busybox
@@ -106,6 +108,18 @@ def nydusd_pids(root: Path) -> list[int]:
     return sorted(pids)
 
 
+def stop_daemons(root: Path) -> None:
+    """Test teardown: the nydusd processes a snapshotter under `root` left running (they
+    outlive the snapshotter on purpose) and their mounts."""
+    for pid in nydusd_pids(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for mp in sorted(mountpoints_under(root), key=len, reverse=True):
+        unmount(mp)
+
+
 @dataclass
 class Env:
     workdir: Path
@@ -150,7 +164,10 @@ class Env:
             try:
                 self.snapshotter.stop()
             finally:
-                self.registry.stop()
+                try:
+                    stop_daemons(self.root)
+                finally:
+                    self.registry.stop()
 
 
 def start_env(workdir: Path, *snapshotter_args: str, repo: str = "busybox") -> Env:
