@@ -264,6 +264,11 @@ from benchmarks import objstore_cases as _objstore_cases  # noqa: E402
 
 _objstore_cases.register(CASES, Row)  # backend-cold (blobs in S3 vs in the registry)
 
+from benchmarks import ctr_cases as _ctr_cases  # noqa: E402
+
+_ctr_cases.register(CASES, Row)  # ctr-run: containerd + our snapshotter vs containerd's own
+USER_CASES = (*_start_cases.CASE_NAMES, _ctr_cases.CASE)
+
 
 # -- output ----------------------------------------------------------------------------------------
 
@@ -287,8 +292,8 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
         f"Linux {h['kernel']}, load {h['loadavg']}",
         file=out,
     )
-    user = [r for r in rows if r.case in _start_cases.CASE_NAMES]
-    rows = [r for r in rows if r.case not in _start_cases.CASE_NAMES]
+    user = [r for r in rows if r.case in USER_CASES]
+    rows = [r for r in rows if r.case not in USER_CASES]
     _start_cases.print_table(user, out)
     if not rows:
         return

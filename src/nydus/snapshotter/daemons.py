@@ -362,6 +362,8 @@ class DaemonManager:
             ref = Reference.parse(text)
         except NydusError as exc:
             raise SnapshotInvalid(f"bad image reference {text!r}: {exc}") from exc
+        log.info("mounting image %s (bootstrap snapshot %d, %s mode)", text, sid,
+                 self.cfg.daemon_mode)  # fmt: skip
         doc = self._config(sid, ref, labels)
         self._probe(doc, blob_ids_of(boot))
         config_text = json.dumps(doc, indent=2)
