@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
@@ -27,6 +27,12 @@ class SnapshotsClient:
 
     def close(self) -> None:
         self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _call(self, method: str, req: Any, resp: Any, timeout: float = 60) -> Any:
         fn = self.channel.unary_unary(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.snapshotter.client import SnapshotsClient
 from tests.snapshotter.containerd import OS_RELEASE, busybox_layers, missing_tools
 from tests.snapshotter.env import Env, blob_requests, nydus_layers, nydusd_pids, start_env
 
@@ -75,6 +76,23 @@ def test_nydus_image_runs_lazily(env: Env) -> None:
     full = {d for d, st in gets if st == 200}
     assert ranged and ranged <= set(data_blobs), gets
     assert boot in full and not (full & set(data_blobs)), f"blobs downloaded in full: {gets}"
+
+    # a layer committed above the bootstrap layer (a committed container) stays visible above
+    # the nydusd mount in the next container's lowerdir
+    meta = rows[-1][0]  # the bootstrap layer's chain id, containerd's key without namespace
+    with SnapshotsClient(env.snapshotter.sock) as c:
+        meta_key = next(i.name for i in c.list() if i.name.endswith(meta))
+        [m] = c.prepare("t/upper", meta_key)
+        upper = dict(o.split("=", 1) for o in m.options if "=" in o)
+        Path(upper["upperdir"], "added").write_text("committed\n")
+        c.commit("t/committed", "t/upper")
+        [m] = c.prepare("t/top", "t/committed")
+        lowers = dict(o.split("=", 1) for o in m.options if "=" in o)["lowerdir"].split(":")
+        assert lowers == [upper["upperdir"], upper["lowerdir"]]
+        assert Path(lowers[0], "added").read_text() == "committed\n"
+        assert Path(lowers[1], "etc", "os-release").read_bytes() == OS_RELEASE
+        for key in ("t/top", "t/committed"):
+            c.remove(key)
 
     _remove_image(env, env.nydus_ref)
     assert _leftovers(env) == ([], [], [])

@@ -178,16 +178,16 @@ class Snapshotter:
         return None
 
     def _mounts(self, snap: Snapshot, key: str, *, image_layer: bool) -> list[Mount]:
+        parents = [str(self.fs_of(p)) for p in snap.parent_ids]
         meta = None if image_layer else self._meta_layer(snap)
         if meta is not None:
+            # the image's nydusd mount is the whole flattened rootfs below the layers that
+            # were committed on top of the bootstrap layer (e.g. a committed container)
             assert self.images is not None
             info = self.store.info_by_id(meta)
             lower = self.images.attach(meta, self.fs_of(meta), info.labels)
-            if snap.kind == Kind.VIEW:
-                return [Mount("bind", lower, ("ro", "rbind"))]
-            return [self._overlay(snap, [lower], self.store.info(key).labels)]
-        parents = [str(self.fs_of(p)) for p in snap.parent_ids]
-        if not parents:
+            parents = [*parents[: snap.parent_ids.index(meta)], lower]
+        elif not parents:
             ro = "ro" if snap.kind == Kind.VIEW else "rw"
             return [Mount("bind", str(self.fs_of(snap.id)), (ro, "rbind"))]
         if snap.kind == Kind.VIEW:
