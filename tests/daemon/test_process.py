@@ -54,6 +54,10 @@ def test_command_line():
         "0",
     ]
     assert NydusdCommand("/m", "/b", "/s", localfs_dir="/d", binary="x").argv()[1:3] == ["-D", "/d"]
+    # an API-mounts daemon (no bootstrap), with upstream's `fuse` subcommand
+    assert NydusdCommand("/m", None, "/s", binary="x", subcommand="fuse").argv() == [
+        "x", "fuse", "--mountpoint", "/m", "--apisock", "/s", "--log-level", "info",
+    ]  # fmt: skip
 
 
 @pytest.fixture

@@ -87,3 +87,22 @@ def test_stacked_busy_mounts_at_an_escaped_path(tmp_path, require_root):
         assert not is_mounted(mnt)
     finally:
         unmount_all(mnt)
+
+
+def test_mountpoints_under_deepest_first(tmp_path, require_root):
+    from nydus.kernel.mounts import mountpoints_under
+
+    outer, beside = tmp_path / "t", tmp_path / "tx"  # a sibling sharing the name's prefix
+    beside.mkdir()
+    outer.mkdir()
+    try:
+        _tmpfs(outer)
+        (outer / "in").mkdir()
+        _tmpfs(outer / "in")
+        _tmpfs(beside)
+        assert mountpoints_under(outer) == [str(outer / "in"), str(outer)]
+        assert mountpoints_under(outer / "in") == [str(outer / "in")]
+        assert mountpoints_under(tmp_path / "none") == []
+    finally:
+        for mp in (outer / "in", outer, beside):
+            unmount_all(mp)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from nydus.snapshotter.mounts import mountpoints_under, unmount
+from nydus.kernel.mounts import mountpoints_under, unmount_all
 from tests.registry_fixture import RunningRegistry, start_registry
 from tests.snapshotter.client import SnapshotterProcess, start_snapshotter
 from tests.snapshotter.containerd import Containerd, push_busybox
@@ -116,8 +116,8 @@ def stop_daemons(root: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for mp in sorted(mountpoints_under(root), key=len, reverse=True):
-        unmount(mp)
+    for mp in mountpoints_under(root):
+        unmount_all(mp)
 
 
 @dataclass

@@ -68,10 +68,11 @@ def find_nydusd(explicit: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NydusdCommand:
-    """What to run: `nydusd [--config C | -D DIR] --mountpoint M --bootstrap B [--apisock S] ...`."""
+    """What to run: `nydusd [fuse] [--config C | -D DIR] --mountpoint M [--bootstrap B]
+    [--apisock S] ...` (no bootstrap: a daemon whose images come through API mounts)."""
 
     mountpoint: StrPath
-    bootstrap: StrPath
+    bootstrap: StrPath | None
     apisock: StrPath | None = None
     config: StrPath | None = None  # a config file (v1/v2 JSON, TOML)
     localfs_dir: StrPath | None = None  # or -D: localfs backend and blob cache in this dir
@@ -83,19 +84,19 @@ class NydusdCommand:
     prefetch_files: StrPath | None = None
     extra: tuple[str, ...] = ()  # further flags, last
     binary: str | None = None  # default: find_nydusd()
+    subcommand: str | None = None  # "fuse", as upstream's snapshotter writes it
 
     def argv(self) -> list[str]:
         args = [find_nydusd(self.binary)]
+        if self.subcommand is not None:
+            args.append(self.subcommand)
         if self.config is not None:
             args += ["--config", os.fspath(self.config)]
         if self.localfs_dir is not None:
             args += ["-D", os.fspath(self.localfs_dir)]
-        args += [
-            "--mountpoint",
-            os.fspath(self.mountpoint),
-            "--bootstrap",
-            os.fspath(self.bootstrap),
-        ]
+        args += ["--mountpoint", os.fspath(self.mountpoint)]
+        if self.bootstrap is not None:
+            args += ["--bootstrap", os.fspath(self.bootstrap)]
         if self.apisock is not None:
             args += ["--apisock", os.fspath(self.apisock)]
         args += ["--log-level", self.log_level]
@@ -247,10 +248,12 @@ def start_nydusd(
     timeout: float = START_TIMEOUT,
     poll_interval: float = POLL_INTERVAL,
     env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> NydusdProcess:
     """Spawn nydusd with stdout and stderr to the file `output` (truncated; None: this
     process's own); with `wait`, return once it is RUNNING, else stop it (clearing its
-    mount) and raise StartError."""
+    mount) and raise StartError. `new_session`: in its own session, so that signals to this
+    process group (a snapshotter being stopped) do not reach it."""
     argv = command.argv()
     out = Path(output) if output is not None else None
     fd: int | None = None
@@ -269,6 +272,7 @@ def start_nydusd(
             stdout=fd,
             stderr=subprocess.STDOUT if fd is not None else None,
             env=env,
+            start_new_session=new_session,
         )
     except OSError as exc:
         raise StartError(f"cannot start nydusd {argv[0]}: {exc.strerror}") from exc

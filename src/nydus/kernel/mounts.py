@@ -25,6 +25,7 @@ __all__ = [
     "find_mount",
     "is_mounted",
     "mount_device",
+    "mountpoints_under",
     "mounts",
     "parse_mountinfo",
     "unescape",
@@ -126,6 +127,14 @@ def find_mount(path: StrPath) -> Mount | None:
 def is_mounted(path: StrPath) -> bool:
     """True when something is mounted at `path` (a dead FUSE mount included)."""
     return find_mount(path) is not None
+
+
+def mountpoints_under(path: StrPath) -> list[str]:
+    """Mount points at or below `path` (each once), deepest first: the order to unmount in."""
+    top = os.path.abspath(path)
+    inside = {m.mountpoint for m in mounts()}
+    found = [p for p in inside if p == top or p.startswith(top.rstrip("/") + "/")]
+    return sorted(found, key=len, reverse=True)
 
 
 def mount_device(path: StrPath) -> str | None:

@@ -23,23 +23,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nydus.daemon.client import ApiClient
+from nydus.daemon.process import NydusdCommand, NydusdProcess, find_nydusd, start_nydusd
 from nydus.errors import NydusError
 from nydus.format.rafs import open_bootstrap
+from nydus.kernel.mounts import unmount_all
 from nydus.oci.auth import load_credentials
 from nydus.oci.reference import Reference
 from nydus.snapshotter import labels as L
 from nydus.snapshotter.config import SnapshotterConfig
 from nydus.snapshotter.errors import DaemonFailure, SnapshotInvalid
-from nydus.snapshotter.mounts import is_mounted, unmount
-from nydus.snapshotter.nydusd import (
-    NydusdApi,
-    find_nydusd,
-    nydusd_args,
-    pid_alive,
-    start_nydusd,
-    stop_pid,
-    watch,
-)
+from nydus.snapshotter.nydusd import pid_alive, stop_pid, watch
 from nydus.snapshotter.store import MetaStore
 
 __all__ = ["DaemonManager", "blob_ids_of", "find_bootstrap"]
@@ -67,8 +61,27 @@ class DaemonRecord:
     mountpoint: str
     apisock: str
     log_file: str
-    args: list[str]
+    binary: str
+    config: str = ""  # dedicated: the image's nydusd config
+    bootstrap: str = ""  # dedicated: the image's bootstrap
+    threads: int = 4
+    log_level: str = "info"
     pid: int = 0
+
+    def command(self) -> NydusdCommand:
+        """Upstream's command line (§7.4.3): `nydusd fuse --config --bootstrap --mountpoint
+        --apisock --log-level --thread-num --failover-policy`."""
+        return NydusdCommand(
+            self.mountpoint,
+            self.bootstrap or None,
+            apisock=self.apisock,
+            config=self.config or None,
+            log_level=self.log_level,
+            threads=self.threads,
+            extra=("--failover-policy", "resend"),
+            binary=self.binary,
+            subcommand="fuse",
+        )
 
 
 @dataclass
@@ -85,6 +98,15 @@ class ImageRecord:
 class _Live:
     record: DaemonRecord
     stop: threading.Event = field(default_factory=threading.Event)
+    proc: NydusdProcess | None = None  # None: started by an earlier snapshotter process
+
+
+def _api(sock: str, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+    try:
+        with ApiClient(sock, timeout) as c:
+            return c.call(method, path, body)
+    except NydusError as exc:
+        raise DaemonFailure(f"nydusd API {sock}: {method} /api/{path}: {exc}") from exc
 
 
 def find_bootstrap(fs_dir: Path) -> Path:
@@ -180,13 +202,8 @@ class DaemonManager:
     def _alive(self, rec: DaemonRecord) -> bool:
         if not pid_alive(rec.pid) or not os.path.exists(rec.apisock):
             return False
-        api = NydusdApi(rec.apisock, timeout=3.0)
-        try:
-            return api.state() == "RUNNING"
-        except DaemonFailure:
-            return False
-        finally:
-            api.close()
+        with ApiClient(rec.apisock, 3.0) as c:
+            return c.state() == "RUNNING"
 
     def _watch(self, live: _Live) -> None:
         live.stop = threading.Event()
@@ -207,19 +224,26 @@ class DaemonManager:
 
     def _start(self, live: _Live) -> None:
         rec = live.record
-        if is_mounted(rec.mountpoint):  # a dead daemon's FUSE mount: not connected
-            unmount(rec.mountpoint)
+        unmount_all(rec.mountpoint)  # a dead daemon's FUSE mount: not connected
         Path(rec.mountpoint).mkdir(parents=True, exist_ok=True)
         Path(rec.apisock).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(rec.log_file).parent.mkdir(parents=True, exist_ok=True)
-        rec.pid = start_nydusd(rec.args, rec.apisock, rec.log_file, self.cfg.daemon_ready_timeout)
+        logf = Path(rec.log_file)
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        if logf.exists():  # keep the last run's log (a crash) beside the new one
+            os.replace(logf, logf.with_name(logf.name + ".1"))
+        try:
+            live.proc = start_nydusd(
+                rec.command(), logf, timeout=self.cfg.daemon_ready_timeout, new_session=True
+            )
+        except NydusError as exc:
+            raise DaemonFailure(str(exc)) from exc
+        rec.pid = live.proc.pid
         log.info("nydusd %s (pid %d) RUNNING at %s", rec.id, rec.pid, rec.mountpoint)
         self._save_daemon(rec)
         self._watch(live)
 
     def _restart(self, live: _Live) -> None:
-        live.stop.set()
-        stop_pid(live.record.pid)
+        self._stop(live)
         self._start(live)
         if live.record.mode == "shared":
             for img in self._images.values():
@@ -229,9 +253,12 @@ class DaemonManager:
 
     def _stop(self, live: _Live) -> None:
         live.stop.set()
-        stop_pid(live.record.pid)
-        if is_mounted(live.record.mountpoint):
-            unmount(live.record.mountpoint)
+        if live.proc is not None:
+            live.proc.stop()  # ours: SIGTERM, wait (reaps it), clear its mount
+            live.proc = None
+        else:
+            stop_pid(live.record.pid)
+            unmount_all(live.record.mountpoint)
 
     def _paths(self, did: str) -> tuple[str, str]:
         return (
@@ -246,28 +273,24 @@ class DaemonManager:
                 self._restart(live)
             return live
         sock, logf = self._paths(SHARED_ID)
-        mnt = str(self.root / "mnt")
-        args = nydusd_args(
-            find_nydusd(self.cfg.nydusd_path),
-            config="",
-            mountpoint=mnt,
-            apisock=sock,
-            threads=self.cfg.threads_number,
-            log_level=self.cfg.log_level,
-            log_file=logf,
-        )
-        live = _Live(DaemonRecord(SHARED_ID, "shared", mnt, sock, logf, args))
+        rec = DaemonRecord(
+            SHARED_ID, "shared", str(self.root / "mnt"), sock, logf,
+            find_nydusd(self.cfg.nydusd_path or None),
+            threads=self.cfg.threads_number, log_level=self.cfg.log_level,
+        )  # fmt: skip
+        live = _Live(rec)
         self._start(live)
         self._daemons[SHARED_ID] = live
         return live
 
     def _api_mount(self, rec: DaemonRecord, img: ImageRecord) -> None:
-        api = NydusdApi(rec.apisock, timeout=self.cfg.daemon_ready_timeout)
-        try:
-            config = Path(img.config_path).read_text()
-            api.mount(f"/{img.sid}", img.bootstrap, config)
-        finally:
-            api.close()
+        body = {
+            "source": img.bootstrap,
+            "fs_type": "rafs",
+            "config": Path(img.config_path).read_text(),
+        }
+        _api(rec.apisock, "POST", f"v1/mount?mountpoint=/{img.sid}", body,
+             self.cfg.daemon_ready_timeout)  # fmt: skip
 
     # -- images --------------------------------------------------------------------------
 
@@ -385,17 +408,12 @@ class DaemonManager:
             _write_private(cfg_path, config_text)
             sock, logf = self._paths(did)
             mnt = str(fs_dir.parent / "mnt")
-            args = nydusd_args(
-                find_nydusd(self.cfg.nydusd_path),
-                config=str(cfg_path),
-                bootstrap=str(boot),
-                mountpoint=mnt,
-                apisock=sock,
-                threads=self.cfg.threads_number,
+            rec = DaemonRecord(
+                did, "dedicated", mnt, sock, logf, find_nydusd(self.cfg.nydusd_path or None),
+                config=str(cfg_path), bootstrap=str(boot), threads=self.cfg.threads_number,
                 log_level=self.cfg.log_level,
-                log_file=logf,
-            )
-            live = _Live(DaemonRecord(did, "dedicated", mnt, sock, logf, args))
+            )  # fmt: skip
+            live = _Live(rec)
             try:
                 self._start(live)
             except BaseException:
@@ -425,11 +443,7 @@ class DaemonManager:
                 return
             if live.record.mode == "shared":
                 try:
-                    api = NydusdApi(live.record.apisock)
-                    try:
-                        api.umount(f"/{meta_id}")
-                    finally:
-                        api.close()
+                    _api(live.record.apisock, "DELETE", f"v1/mount?mountpoint=/{meta_id}")
                 except DaemonFailure as exc:
                     log.warning("detach of image %d from the shared nydusd: %s", meta_id, exc)
                 shutil.rmtree(Path(img.config_path).parent, ignore_errors=True)

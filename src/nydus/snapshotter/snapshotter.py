@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from nydus.kernel.mounts import mountpoints_under, unmount_all
 from nydus.snapshotter import labels as L
 from nydus.snapshotter.errors import SnapshotError, SnapshotExists, SnapshotInvalid
 from nydus.snapshotter.filters import compile_filters
-from nydus.snapshotter.mounts import mountpoints_under, unmount
 from nydus.snapshotter.store import Info, Kind, MetaStore, Snapshot, Usage
 
 __all__ = ["ImageMounts", "Mount", "Snapshotter"]
@@ -278,9 +278,9 @@ class Snapshotter:
     def _remove_path(self, path: Path) -> None:
         """Remove a tree that may hold mountpoints (a stale nydusd mount): unmount them first
         and never descend into a filesystem that is still mounted."""
-        for mp in sorted(mountpoints_under(path), key=len, reverse=True):
-            unmount(mp)
-        if any(True for _ in mountpoints_under(path)):
+        for mp in mountpoints_under(path):  # deepest first
+            unmount_all(mp)
+        if mountpoints_under(path):
             log.warning("%s still holds mounts; left in place for the next Cleanup", path)
             return
         onexc: Callable[..., object] = _log_rm_error
