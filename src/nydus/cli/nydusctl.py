@@ -3,6 +3,7 @@
 nydusctl --sock SOCK [--raw] info | set log-level LEVEL
                             | metrics backend | metrics cache | metrics fsstats
                             | metrics pattern [--output FILE [--format list|json]]
+                            | mount -s BOOTSTRAP -c CONFIG -m /ID [-t rafs] | umount -m /ID
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from nydus.cli.common import run_main, setup_logging
 from nydus.daemon.client import ApiClient
@@ -72,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         help="prefetch list format: one path per line (list) or upstream's JSON with ranges",
     )
     m.add_argument("-I", "--interval", type=float, help="(not supported; prints once)")
+    mo = sub.add_parser("mount", help="attach an image to a daemon at /<id> (API mounts)")
+    mo.add_argument("-s", "--source", required=True, help="bootstrap file")
+    mo.add_argument("-c", "--config", required=True, help="nydusd config file for this image")
+    mo.add_argument("-m", "--mountpoint", required=True, help="/<id> inside the daemon's mount")
+    mo.add_argument("-t", "--type", default="rafs", choices=("rafs", "passthrough_fs"))
+    um = sub.add_parser("umount", help="detach the image at /<id>")
+    um.add_argument("-m", "--mountpoint", required=True, help="/<id> inside the daemon's mount")
     return p
 
 
@@ -152,6 +161,18 @@ def _run(argv: Sequence[str] | None) -> int:
             printer = _print_info
         elif args.cmd == "set":
             client.call("PUT", "v1/daemon", {"log_level": args.value})
+            return 0
+        elif args.cmd == "mount":
+            try:
+                with open(args.config, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read config {args.config}: {exc}") from exc
+            body = {"source": os.path.abspath(args.source), "fs_type": args.type, "config": text}
+            client.call("POST", f"v1/mount?mountpoint={quote(args.mountpoint)}", body)
+            return 0
+        elif args.cmd == "umount":
+            client.call("DELETE", f"v1/mount?mountpoint={quote(args.mountpoint)}")
             return 0
         elif args.pattern or args.kind == "pattern":
             if args.output:

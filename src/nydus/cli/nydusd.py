@@ -3,6 +3,7 @@
 nydusd [fuse] --config FILE --mountpoint DIR --bootstrap FILE [--apisock SOCK]
        [--log-level info] [--thread-num N] [--id ID --supervisor SOCK]
        [--prefetch-files FILE] [--virtual-mountpoint /] [-D DIR]
+nydusd [fuse] --mountpoint DIR --apisock SOCK   (no image: API mounts at /<id>)
 """
 
 from __future__ import annotations
@@ -185,13 +186,16 @@ def _run(argv: Sequence[str] | None) -> int:
         raise ConfigError("--id and --supervisor must be given together")
     if not args.mountpoint:
         raise ConfigError("--mountpoint is required")
-    if not args.bootstrap:
-        raise ConfigError("--bootstrap is required (mounting through the API is not supported)")
     if args.prefetch_files and not args.bootstrap:
         raise ConfigError("--prefetch-files requires --bootstrap")
-    if not os.path.exists(args.bootstrap):
+    if args.bootstrap and not os.path.exists(args.bootstrap):
         raise ConfigError(f"bootstrap {args.bootstrap} does not exist")
-    cfg, text = _config(args)
+    if not args.bootstrap and not args.apisock:
+        raise ConfigError("--bootstrap is required (or --apisock, to mount images through the API)")
+    cfg: NydusdConfig | None = None
+    text = ""
+    if args.bootstrap or args.config or args.localfs_dir:
+        cfg, text = _config(args)  # (an API-mounts daemon: each mount brings its own config)
     limit = 1_000_000 if args.rlimit_nofile is None else args.rlimit_nofile
     if limit:
         try:
@@ -203,7 +207,7 @@ def _run(argv: Sequence[str] | None) -> int:
             pass
     opts = DaemonOptions(
         mountpoint=args.mountpoint,
-        bootstrap=args.bootstrap,
+        bootstrap=args.bootstrap or None,
         config=cfg,
         apisock=args.apisock,
         threads=args.threads or 4,

@@ -135,9 +135,9 @@ class ApiServer:
             "/api/v1/daemon/fuse/sendfd": {"PUT": self._unsupported},
             "/api/v1/daemon/fuse/takeover": {"PUT": self._unsupported},
             "/api/v1/mount": {
-                "POST": self._unsupported,
-                "PUT": self._unsupported,
-                "DELETE": self._unsupported,
+                "POST": lambda q, b: self._mount(q, b, replace=False),
+                "PUT": lambda q, b: self._mount(q, b, replace=True),
+                "DELETE": lambda q, b: self._umount(q),
             },
             "/api/v1/metrics": {"GET": lambda q, b: d.fs_metrics(q.get("id"))},
             "/api/v1/metrics/files": {
@@ -196,6 +196,14 @@ class ApiServer:
 
     def _unsupported(self, query: Query, body: Any) -> _Response:
         raise Unsupported("not supported by this nydusd")
+
+    def _mount(self, query: Query, body: Any, replace: bool) -> _Response:
+        self.daemon.api_mount(self._need(query, "mountpoint"), body, replace=replace)
+        return NO_CONTENT
+
+    def _umount(self, query: Query) -> _Response:
+        self.daemon.api_umount(self._need(query, "mountpoint"))
+        return NO_CONTENT
 
     def _set_log_level(self, body: Any) -> _Response:
         if not isinstance(body, dict) or not isinstance(body.get("log_level"), str):

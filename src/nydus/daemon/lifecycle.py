@@ -18,6 +18,7 @@ from nydus.daemon.api import ApiServer
 from nydus.daemon.service import DaemonOptions, NydusDaemon
 from nydus.daemon.state import DaemonState
 from nydus.errors import ConfigError
+from nydus.fs.multi import MultiFs
 from nydus.kernel.mounts import is_mounted
 
 __all__ = ["run_daemon"]
@@ -48,8 +49,17 @@ def run_daemon(options: DaemonOptions) -> int:
         log.warning("%s is already a mountpoint; mounting on top of it", mountpoint)
     prefetch_files = tuple(options.prefetch_files)
     daemon = NydusDaemon(options, on_exit=_exit_soon)
-    m = daemon.mount_rafs(options.virtual_mountpoint, options.bootstrap, options.config)
-    session = FuseSession(m.fs, mountpoint, threads=options.threads)
+    m = None
+    if options.bootstrap is None:  # images come through API mounts, at /<id>
+        if not options.apisock:
+            raise ConfigError("a nydusd without --bootstrap needs --apisock (API mounts)")
+        daemon.multi = MultiFs(os.geteuid(), os.getegid())
+        session = FuseSession(daemon.multi, mountpoint, threads=options.threads)
+    else:
+        if options.config is None:
+            raise ConfigError("--bootstrap needs --config or --localfs-dir")
+        m = daemon.mount_rafs(options.virtual_mountpoint, options.bootstrap, options.config)
+        session = FuseSession(m.fs, mountpoint, threads=options.threads)
     api: ApiServer | None = None
     try:
         if options.apisock:
@@ -66,7 +76,8 @@ def run_daemon(options: DaemonOptions) -> int:
     def started() -> None:
         daemon.state.to(DaemonState.RUNNING)
         log.info("starting fuse daemon")
-        daemon.start_prefetch(m, prefetch_files)
+        if m is not None:
+            daemon.start_prefetch(m, prefetch_files)
 
     try:
         session.serve(started)

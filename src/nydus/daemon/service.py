@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import nydus
-from nydus.config import NydusdConfig
+from nydus.config import NydusdConfig, parse_config
 from nydus.daemon.state import DaemonState, StateMachine
 from nydus.errors import (
     ConfigError,
@@ -36,6 +36,7 @@ from nydus.errors import (
 from nydus.format.constants import super_flags_names
 from nydus.format.rafs import ChunkRef, RafsSuper, open_bootstrap, walk
 from nydus.fs import FsOptions, RafsFs
+from nydus.fs.multi import MultiFs
 from nydus.storage import ChunkDevice, create_backend
 from nydus.storage.backend import BlobBackend
 from nydus.storage.prefetch import PrefetchScheduler
@@ -58,8 +59,8 @@ DEFAULT_MERGING_SIZE = 1 << 20
 @dataclass(frozen=True, slots=True)
 class DaemonOptions:
     mountpoint: str
-    bootstrap: str
-    config: NydusdConfig
+    bootstrap: str | None  # None: no image at start; images come through API mounts
+    config: NydusdConfig | None  # the config of `bootstrap` (None with it)
     apisock: str | None = None
     threads: int = 4
     id: str | None = None
@@ -154,6 +155,8 @@ class NydusDaemon:
         self.supervisor = options.supervisor
         self.state = StateMachine()
         self.mounts: dict[str, RafsMount] = {}
+        #: the pseudo root of a daemon started without a bootstrap (API mounts at /<id>)
+        self.multi: MultiFs | None = None
         self._on_exit = on_exit
         self.runtime: dict[str, dict[str, str]] = {}
         self._version: dict[str, str] | None = None
@@ -231,6 +234,64 @@ class NydusDaemon:
             self.mounts[mountpoint] = m
         log.info("vfs mounted")
         return m
+
+    # ---- API mounts (POST/PUT/DELETE /api/v1/mount) ---------------------------------------
+    def api_mount(self, mountpoint: str, body: Any, replace: bool = False) -> None:
+        """Attach the RAFS instance `body` describes at `mountpoint` (`/<id>`) of the pseudo
+        root; with `replace`, in place of the instance mounted there."""
+        if self.multi is None:
+            raise Unsupported(
+                "this nydusd serves one image at / (started with --bootstrap); "
+                "API mounts need a daemon started without one"
+            )
+        if not isinstance(body, dict):
+            raise InvalidArgument('expected {"source": ..., "fs_type": "rafs", "config": ...}')
+        source, fs_type, text = body.get("source"), body.get("fs_type", "rafs"), body.get("config")
+        if fs_type != "rafs":
+            raise Unsupported(f"fs_type {fs_type!r} is not supported (rafs)")
+        if not isinstance(source, str) or not source:
+            raise InvalidArgument("`source` (the bootstrap path) is required")
+        if not isinstance(text, str):
+            raise InvalidArgument("`config` (the config file's content as a string) is required")
+        name = mountpoint.strip("/")
+        if not mountpoint.startswith("/") or not name or "/" in name:
+            raise InvalidArgument(f"mountpoint {mountpoint!r} must be /<name>")
+        mountpoint = "/" + name
+        with self._lock:
+            if mountpoint in self.mounts and not replace:
+                raise InvalidArgument(f"{mountpoint} is already mounted")
+            if mountpoint not in self.mounts and replace:
+                raise NotFound(f"{mountpoint} is not mounted")
+        try:
+            config = parse_config(text)
+            config.validate()
+        except ConfigError as exc:
+            raise InvalidArgument(f"config for {mountpoint}: {exc}") from None
+        if not os.path.exists(source):
+            raise InvalidArgument(f"bootstrap {source} does not exist")
+        if replace:
+            self.api_umount(mountpoint)
+        m = self.mount_rafs(mountpoint, source, config)
+        try:
+            self.multi.add(mountpoint, m.fs)
+        except BaseException:
+            with self._lock:
+                self.mounts.pop(mountpoint, None)
+            m.close()
+            raise
+        log.info("api mount %s: %s", mountpoint, source)
+
+    def api_umount(self, mountpoint: str) -> None:
+        if self.multi is None:
+            raise Unsupported("this nydusd serves one image at / (started with --bootstrap)")
+        mountpoint = "/" + mountpoint.strip("/")
+        with self._lock:
+            m = self.mounts.pop(mountpoint, None)
+        if m is None:
+            raise NotFound(f"{mountpoint} is not mounted")
+        self.multi.remove(mountpoint)
+        m.close()
+        log.info("api umount %s", mountpoint)
 
     def close_mounts(self) -> None:
         with self._lock:

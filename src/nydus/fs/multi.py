@@ -93,6 +93,11 @@ class MultiFs:
             n = len(self._slots)
         return Attr(ROOT_INO, stat.S_IFDIR | 0o755, 0, self._uid, self._gid, self._mtime, 0, 2 + n)
 
+    def volatile(self, ino: int) -> bool:
+        """Whether the entries of directory `ino` come and go (the pseudo root): the FUSE layer
+        must not let the kernel cache them, present or absent."""
+        return ino == ROOT_INO
+
     # -- operations ----------------------------------------------------------------------
 
     def getattr(self, ino: int) -> Attr:

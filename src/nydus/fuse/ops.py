@@ -19,6 +19,7 @@ import trio
 from nydus.errors import NydusError
 from nydus.format.rafs import Attr
 from nydus.fs import RafsFs
+from nydus.fs.multi import MultiFs
 
 __all__ = ["DEFAULT_TIMEOUT", "RafsOperations"]
 
@@ -43,7 +44,7 @@ class RafsOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        fs: RafsFs,
+        fs: RafsFs | MultiFs,
         limiter: trio.CapacityLimiter | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
@@ -52,6 +53,11 @@ class RafsOperations(pyfuse3.Operations):
         self.limiter = limiter or trio.CapacityLimiter(4)
         self.timeout = timeout
         self.root = fs.root_ino
+        # MultiFs: entries of its pseudo root come and go with API mounts (never cached)
+        self._volatile = getattr(fs, "volatile", None)
+
+    def _timeout(self, parent: int) -> float:
+        return 0.0 if self._volatile is not None and self._volatile(parent) else self.timeout
 
     # ---- inode mapping ---------------------------------------------------------------
     def _ino(self, fuse_ino: int) -> int:
@@ -60,12 +66,14 @@ class RafsOperations(pyfuse3.Operations):
     def _node(self, ino: int) -> int:
         return pyfuse3.ROOT_INODE if ino == self.root else ino
 
-    def _entry(self, a: Attr, node: int | None = None) -> pyfuse3.EntryAttributes:
+    def _entry(
+        self, a: Attr, node: int | None = None, timeout: float | None = None
+    ) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = self._node(a.ino) if node is None else node
         e.generation = 0
-        e.entry_timeout = self.timeout
-        e.attr_timeout = self.timeout
+        e.entry_timeout = self.timeout if timeout is None else timeout
+        e.attr_timeout = e.entry_timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -100,22 +108,25 @@ class RafsOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
+        parent = self._ino(parent_inode)
+        timeout = self._timeout(parent)
         try:
-            a = self._call(self.fs.lookup, self._ino(parent_inode), name)
+            a = self._call(self.fs.lookup, parent, name)
         except pyfuse3.FUSEError as exc:
             if exc.errno != errno.ENOENT:
                 raise
             # the image never changes: let the kernel cache the name's absence (st_ino 0)
             neg = pyfuse3.EntryAttributes()
             neg.st_ino = 0
-            neg.entry_timeout = self.timeout
+            neg.entry_timeout = timeout
             return neg
-        return self._entry(a)
+        return self._entry(a, timeout=timeout)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        a = self._call(self.fs.getattr, self._ino(inode))
+        ino = self._ino(inode)
+        a = self._call(self.fs.getattr, ino)
         # the reply to getattr carries no node id: report the RAFS inode number (the nid)
-        return self._entry(a, node=a.ino)
+        return self._entry(a, node=a.ino, timeout=self._timeout(ino))
 
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         return self._call(self.fs.readlink, self._ino(inode))
@@ -127,11 +138,13 @@ class RafsOperations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         def fill() -> None:
+            timeout = self._timeout(fh)
             with self.fs.metrics.op("readdirplus", fh):
                 for item in self.fs.iter_dir(fh, start_id):
                     dot = item.name in (b".", b"..")
                     # dot entries are never linked by the kernel: show the real inode number
-                    entry = self._entry(item.attr, node=item.attr.ino if dot else None)
+                    node = item.attr.ino if dot else None
+                    entry = self._entry(item.attr, node=node, timeout=timeout)
                     if not pyfuse3.readdir_reply(token, item.name, entry, item.next_offset):
                         break
 

@@ -13,6 +13,7 @@ import trio
 
 from nydus.errors import NydusError
 from nydus.fs import RafsFs
+from nydus.fs.multi import MultiFs
 from nydus.fuse.ops import DEFAULT_TIMEOUT, RafsOperations
 from nydus.kernel.mounts import mount_device
 
@@ -85,7 +86,7 @@ class FuseSession:
 
     def __init__(
         self,
-        fs: RafsFs,
+        fs: RafsFs | MultiFs,
         mountpoint: str,
         threads: int = 4,
         timeout: float = DEFAULT_TIMEOUT,
