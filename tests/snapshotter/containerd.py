@@ -23,6 +23,7 @@ TOOLS = ("containerd", "ctr", "ctr-remote", "runc")
 BUSYBOX = "/bin/busybox"
 NAMESPACE = "nydus-test"
 OS_RELEASE = b'PRETTY_NAME="nydus-py test image"\nNAME="nydus-test"\nID=nydustest\n'
+BIG_DATA = bytes(range(256)) * 4096 * 8  # /data/big, 8 MiB
 
 
 def missing_tools() -> list[str]:
@@ -154,7 +155,7 @@ def busybox_layers(extra: list[Member] | None = None) -> list[list[Member]]:
         D("etc"),
         F("etc/os-release", OS_RELEASE),
         D("data"),
-        F("data/big", bytes(range(256)) * 4096 * 8, mode=0o644),  # 8 MiB
+        F("data/big", BIG_DATA, mode=0o644),
         *(extra or []),
     ]
     return [base, top]

@@ -19,7 +19,7 @@ import httpx
 from nydus.kernel.mounts import mountpoints_under, unmount_all
 from tests.registry_fixture import RunningRegistry, start_registry
 from tests.snapshotter.client import SnapshotterProcess, start_snapshotter
-from tests.snapshotter.containerd import Containerd, push_busybox
+from tests.snapshotter.containerd import Containerd, missing_tools, push_busybox
 
 NYDUSIFY = str(Path(sys.executable).parent / "nydusify")
 
@@ -168,6 +168,17 @@ class Env:
                     stop_daemons(self.root)
                 finally:
                     self.registry.stop()
+
+
+def require_containerd() -> None:
+    """The containerd tests fail (not skip) without their tools: CI installs them."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.fail("the containerd tests need root")
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"the containerd tests need {', '.join(missing)} (scripts/install.sh)")
 
 
 def start_env(workdir: Path, *snapshotter_args: str, repo: str = "busybox") -> Env:

@@ -15,19 +15,20 @@ from pathlib import Path
 import pytest
 
 from tests.snapshotter.client import SnapshotsClient
-from tests.snapshotter.containerd import OS_RELEASE, busybox_layers, missing_tools
-from tests.snapshotter.env import Env, blob_requests, nydus_layers, nydusd_pids, start_env
-
-BIG = next(m.data for m in busybox_layers()[1] if m.name == "data/big")
+from tests.snapshotter.containerd import BIG_DATA, OS_RELEASE
+from tests.snapshotter.env import (
+    Env,
+    blob_requests,
+    nydus_layers,
+    nydusd_pids,
+    require_containerd,
+    start_env,
+)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.fail("the containerd tests need root")
-    missing = missing_tools()
-    if missing:
-        pytest.fail(f"the containerd tests need {', '.join(missing)} (scripts/install.sh)")
+    require_containerd()
     e = start_env(tmp_path_factory.mktemp("ctd"))
     yield e
     e.stop()
@@ -66,7 +67,7 @@ def test_nydus_image_runs_lazily(env: Env) -> None:
 
     assert env.run(env.nydus_ref, "c1", "cat", "/etc/os-release") == OS_RELEASE.decode()
     out = env.run(env.nydus_ref, "c2", "sha256sum", "/data/big")
-    assert out.split()[0] == hashlib.sha256(BIG).hexdigest()
+    assert out.split()[0] == hashlib.sha256(BIG_DATA).hexdigest()
     assert len(nydusd_pids(env.root)) == 1  # dedicated: one per image, reused
 
     # the data blobs were only ever read by range (206), never downloaded whole (200)
@@ -110,7 +111,7 @@ def test_snapshotter_restart_and_nydusd_recovery(env: Env) -> None:
     env.rpull(env.nydus_ref)
     env.ctr("run", "-d", "--snapshotter", "nydus", env.nydus_ref, "long", "sleep", "600")
     try:
-        want = hashlib.sha256(BIG).hexdigest()
+        want = hashlib.sha256(BIG_DATA).hexdigest()
 
         def read_in_long(n: int) -> str:
             return env.ctr("tasks", "exec", "--exec-id", f"e{n}", "long", "sha256sum",

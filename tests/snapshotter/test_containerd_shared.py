@@ -12,19 +12,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.snapshotter.containerd import OS_RELEASE, busybox_layers, missing_tools
-from tests.snapshotter.env import Env, nydusd_pids, start_env
-
-BIG = next(m.data for m in busybox_layers()[1] if m.name == "data/big")
+from tests.snapshotter.containerd import BIG_DATA, OS_RELEASE
+from tests.snapshotter.env import Env, nydusd_pids, require_containerd, start_env
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.fail("the containerd tests need root")
-    missing = missing_tools()
-    if missing:
-        pytest.fail(f"the containerd tests need {', '.join(missing)} (scripts/install.sh)")
+    require_containerd()
     e = start_env(tmp_path_factory.mktemp("shared"), "--daemon-mode", "shared")
     yield e
     e.stop()
@@ -54,7 +48,7 @@ def test_three_containers_one_daemon(env: Env) -> None:
             assert got == f"{n}\n"  # its own upper dir
             out = env.ctr("tasks", "exec", "--exec-id", f"y{i}", n, "sha256sum",
                           "/data/big").stdout  # fmt: skip
-            assert out.split()[0] == hashlib.sha256(BIG).hexdigest()
+            assert out.split()[0] == hashlib.sha256(BIG_DATA).hexdigest()
         info = _daemon_info(env)
         [mp] = info["backend_collection"]
         assert mp.startswith("/") and (env.root / "mnt" / mp[1:] / "etc" / "os-release").exists()

@@ -12,6 +12,7 @@ Same operation set as `RafsFs`, so the FUSE layer serves either.
 from __future__ import annotations
 
 import errno
+import itertools
 import stat
 import threading
 import time
@@ -129,12 +130,7 @@ class MultiFs:
     def readdir(
         self, ino: int, offset: int = 0, plus: bool = False, limit: int | None = None
     ) -> list[DirItem]:
-        out: list[DirItem] = []
-        for item in self.iter_dir(ino, offset):
-            if limit is not None and len(out) >= limit:
-                break
-            out.append(item)
-        return out
+        return list(itertools.islice(self.iter_dir(ino, offset), limit))
 
     def iter_dir(self, ino: int, offset: int = 0) -> Iterator[DirItem]:
         slot, fs, local = self._split(ino)
