@@ -15,20 +15,21 @@ are throttled too; fetched MB = bytes the proxy sent).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from images import MB, PY_WORKLOAD, NotAvailable  # noqa: E402
-from nydusd_cases import drop_caches  # noqa: E402
-from start_cases import THROTTLE_MBIT, Stats, failed_row, make_row, session  # noqa: E402
-from throttle import ThrottleProxy  # noqa: E402
+from benchmarks.images import MB, PY_WORKLOAD, NotAvailable
+from benchmarks.nydusd_cases import drop_caches
+from benchmarks.start_cases import (
+    THROTTLE_MBIT,
+    Stats,
+    _guarded,
+    failed_row,
+    make_row,
+    session,
+)
+from benchmarks.throttle import ThrottleProxy
 
 CASE = "ctr-run"
 
@@ -130,6 +131,4 @@ def case_ctr_run(ctx: Any, row_cls: type) -> list[Any]:
 
 
 def register(cases: dict[str, Any], row_cls: type) -> None:
-    from start_cases import _guarded
-
     cases[CASE] = _guarded(CASE, case_ctr_run, row_cls)
