@@ -59,6 +59,7 @@ def case_ctr_run(ctx: Any, row_cls: type) -> list[Any]:
     except NotAvailable as exc:
         return skipped(str(exc))
     work = ctx.workdir / "ctr-run"
+    work.mkdir(parents=True, exist_ok=True)
     if ctx.quick:
         oci_ref = push_busybox(work / "image", sess.host, "busybox-ctr")
         nydus_ref = oci_ref + "-nydus"
