@@ -36,7 +36,7 @@ from nydus.snapshotter.errors import DaemonFailure, SnapshotInvalid
 from nydus.snapshotter.nydusd import pid_alive, stop_pid, watch
 from nydus.snapshotter.store import MetaStore
 
-__all__ = ["DaemonManager", "blob_ids_of", "find_bootstrap"]
+__all__ = ["DaemonManager", "blob_ids_of", "find_bootstrap", "nydusd_config"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,46 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def nydusd_config(
+    template: str, cache_dir: str, sid: int, ref: Reference, labels: dict[str, str]
+) -> dict[str, Any]:
+    """The v1 JSON config of image `ref` (bootstrap snapshot `sid`) from the `--nydusd-config`
+    template (a built-in default when the file is absent): registry host and repo from the
+    reference, credentials from the pull labels, else the Docker config (a password without a
+    user is a registry token), `device.id = /<sid>`, the blob cache in `cache_dir`."""
+    tpl_path = Path(template)
+    if tpl_path.is_file():
+        try:
+            doc = json.loads(tpl_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DaemonFailure(f"nydusd config template {tpl_path}: {exc}") from exc
+    else:
+        doc = json.loads(json.dumps(DEFAULT_TEMPLATE))
+    if not isinstance(doc, dict) or not isinstance(doc.get("device"), dict):
+        raise DaemonFailure(f"nydusd config template {tpl_path}: no `device` object (v1 JSON)")
+    device = doc["device"]
+    backend = device.setdefault("backend", {"type": "registry", "config": {}})
+    bcfg = backend.setdefault("config", {})
+    if backend.get("type", "registry") == "registry":
+        backend["type"] = "registry"
+        bcfg["host"] = ref.api_host
+        bcfg["repo"] = ref.repo
+        user, secret = labels.get(L.PULL_USERNAME, ""), labels.get(L.PULL_SECRET, "")
+        if not (user or secret):
+            creds = load_credentials(ref.host)
+            if creds is not None:
+                user, secret = creds.username, creds.password or creds.registry_token or ""
+        if user:
+            bcfg["auth"] = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        elif secret:
+            bcfg["registry_token"] = secret
+    device["id"] = f"/{sid}"
+    cache = device.setdefault("cache", {"type": "blobcache", "config": {}})
+    if cache.get("type"):
+        cache.setdefault("config", {})["work_dir"] = cache_dir
+    return doc
 
 
 class DaemonManager:
@@ -294,39 +334,6 @@ class DaemonManager:
 
     # -- images --------------------------------------------------------------------------
 
-    def _config(self, sid: int, ref: Reference, labels: dict[str, str]) -> dict[str, Any]:
-        tpl_path = Path(self.cfg.nydusd_config)
-        if tpl_path.is_file():
-            try:
-                doc = json.loads(tpl_path.read_text())
-            except (OSError, ValueError) as exc:
-                raise DaemonFailure(f"nydusd config template {tpl_path}: {exc}") from exc
-        else:
-            doc = json.loads(json.dumps(DEFAULT_TEMPLATE))
-        if not isinstance(doc, dict) or not isinstance(doc.get("device"), dict):
-            raise DaemonFailure(f"nydusd config template {tpl_path}: no `device` object (v1 JSON)")
-        device = doc["device"]
-        backend = device.setdefault("backend", {"type": "registry", "config": {}})
-        bcfg = backend.setdefault("config", {})
-        if backend.get("type", "registry") == "registry":
-            backend["type"] = "registry"
-            bcfg["host"] = ref.api_host
-            bcfg["repo"] = ref.repo
-            user, secret = labels.get(L.PULL_USERNAME, ""), labels.get(L.PULL_SECRET, "")
-            if not (user or secret):
-                creds = load_credentials(ref.host)
-                if creds is not None:
-                    user, secret = creds.username, creds.password or creds.registry_token or ""
-            if user:
-                bcfg["auth"] = base64.b64encode(f"{user}:{secret}".encode()).decode()
-            elif secret:
-                bcfg["registry_token"] = secret
-        device["id"] = f"/{sid}"
-        cache = device.setdefault("cache", {"type": "blobcache", "config": {}})
-        if cache.get("type"):
-            cache.setdefault("config", {})["work_dir"] = str(self.cache_dir)
-        return doc
-
     def _probe(self, doc: dict[str, Any], blob_ids: list[str]) -> None:
         """Fail the Prepare now, before any daemon runs, when the registry cannot serve the
         image's first blob (unreachable host, wrong repo, bad credentials)."""
@@ -387,7 +394,7 @@ class DaemonManager:
             raise SnapshotInvalid(f"bad image reference {text!r}: {exc}") from exc
         log.info("mounting image %s (bootstrap snapshot %d, %s mode)", text, sid,
                  self.cfg.daemon_mode)  # fmt: skip
-        doc = self._config(sid, ref, labels)
+        doc = nydusd_config(self.cfg.nydusd_config, str(self.cache_dir), sid, ref, labels)
         self._probe(doc, blob_ids_of(boot))
         config_text = json.dumps(doc, indent=2)
         if self.cfg.daemon_mode == "shared":
