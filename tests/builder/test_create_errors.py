@@ -20,7 +20,7 @@ import pytest
 
 from tests.builder.conftest import run_nydus_image
 from tests.helpers.env import require_tools
-from tests.helpers.layers import D, F, H, layer_bytes
+from tests.helpers.layers import D, F, H, Member, layer_bytes
 from tests.helpers.trees import make_large_tree
 
 # "ERROR: ...", "error: ...", "<timestamp> - ERROR - ..." (upstream log style) or
@@ -119,6 +119,62 @@ def case_tar_hardlink_missing_target(base: Path) -> Case:
 def case_tar_name_too_long(base: Path) -> Case:
     t = _tar(base, "longname.tar", layer_bytes([D("d"), F("d/" + "n" * 256, b"x")]))
     return Case([str(t), "--type", "tar-rafs"], ("too long", "255", "name length", "nnnnnnnn"))
+
+
+def case_tar_bad_whiteout_dotdot(base: Path) -> Case:
+    t = _tar(base, "whdotdot.tar", layer_bytes([D("a"), F("a/.wh..")]))
+    return Case([str(t), "--type", "tar-rafs"], ("invalid whiteout", ".wh.."))
+
+
+def case_tar_bad_whiteout_empty(base: Path) -> Case:
+    t = _tar(base, "whempty.tar", layer_bytes([F(".wh.")]))
+    return Case([str(t), "--type", "tar-rafs"], ("invalid whiteout", ".wh."))
+
+
+def _range_case(base: Path, name: str, member, needle: str, fmt: str = "pax") -> Case:
+    t = _tar(base, f"{name}.tar", layer_bytes([D("d"), member], fmt))
+    return Case([str(t), "--type", "tar-rafs"], (needle,))
+
+
+def case_tar_mtime_negative(base: Path) -> Case:
+    return _range_case(base, "mtneg", F("d/f", b"x", mtime=-5), "mtime -5 is out of range", "gnu")
+
+
+def case_tar_mtime_2_64(base: Path) -> Case:
+    return _range_case(base, "mt64", F("d/f", b"x", mtime=2**64), "mtime 18446744073709551616")
+
+
+def case_tar_mtime_2_63(base: Path) -> Case:
+    """Storable in RAFS's u64, but the kernel takes seconds as signed."""
+    return _range_case(base, "mt63", F("d/f", b"x", mtime=2**63), "mtime 9223372036854775808")
+
+
+def case_tar_pax_mtime_not_a_number(base: Path) -> Case:
+    member = F("d/f", b"x", pax={"mtime": "1e400"})
+    return _range_case(base, "mtinf", member, "pax mtime '1e400' is not a time")
+
+
+def case_tar_uid_2_32(base: Path) -> Case:
+    return _range_case(base, "uid32", F("d/f", b"x", uid=2**32), "uid 4294967296 is out of range")
+
+
+def case_tar_gid_negative(base: Path) -> Case:
+    return _range_case(base, "gidneg", F("d/f", b"x", gid=-1), "gid -1 is out of range", "gnu")
+
+
+def case_tar_device_major_too_big(base: Path) -> Case:
+    member = Member("d/dev", "chr", devmajor=2**40)
+    return _range_case(base, "devbig", member, "device 1099511627776:0 is out of range", "gnu")
+
+
+def case_tar_size_negative(base: Path) -> Case:
+    """A GNU base-256 size of -1 (the header checksum made right)."""
+    raw = bytearray(layer_bytes([F("f", b"hello")], "gnu"))
+    raw[124:136] = b"\xff" * 12
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    t = _tar(base, "sizeneg.tar", bytes(raw))
+    return Case([str(t), "--type", "tar-rafs"], ("size -1 is out of range",))
 
 
 def case_parent_not_rafs(base: Path) -> Case:

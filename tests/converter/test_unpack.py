@@ -103,6 +103,20 @@ def test_dotdot_is_refused(tmp_path):
 
 
 @pytest.mark.root("unpacked layers keep their owners")
+@pytest.mark.parametrize("entry", [".wh..", "sub/.wh..", ".wh.", "sub/.wh.", "sub/.wh.."])
+def test_whiteout_of_dot_dot_or_nothing_is_refused(tmp_path, entry):
+    """`.wh..` once became rmtree(<root>/..) and `.wh.` rmtree of its own directory."""
+    keep = tmp_path / "beside-root"
+    keep.write_bytes(b"keep me")
+    root = tmp_path / "root"
+    lower = layer_bytes([D("sub"), F("sub/file", b"lower")])
+    with pytest.raises(UnpackError, match=r"layer 1: tar entry .*invalid whiteout entry"):
+        _unpack([lower, layer_bytes([F(entry)])], root)
+    assert keep.read_bytes() == b"keep me"
+    assert (root / "sub/file").read_bytes() == b"lower"
+
+
+@pytest.mark.root("unpacked layers keep their owners")
 def test_hard_link_to_a_lower_layer_and_type_replacements(tmp_path):
     lower = layer_bytes(
         [

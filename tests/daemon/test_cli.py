@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 
@@ -135,6 +136,9 @@ def _bad_cases(tmp_path):
     noblob.write_text(json.dumps(localfs_config(emptydir)))
     afile = tmp_path / "afile"
     afile.write_text("x")
+    open_dir = tmp_path / "open-dir"  # writable by everyone, not sticky
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
     base = ["--mountpoint", str(mnt), "--bootstrap", v6]
     return mnt, {
         "missing-bootstrap": (
@@ -178,6 +182,19 @@ def _bad_cases(tmp_path):
         "no-config": (base, "--config"),
         "id-without-supervisor": (["--config", str(good), "--id", "x", *base], "--supervisor"),
         "config-and-D": (["--config", str(good), "-D", blobs, *base], "conflicts"),
+        "apisock-in-open-dir": (
+            ["--config", str(good), "--apisock", str(open_dir / "api.sock"), *base],
+            "writable by every user and not sticky",
+        ),
+        "apisock-is-a-file": (
+            ["--config", str(good), "--apisock", str(afile), *base],
+            "exists and is not a socket",
+        ),
+        "apisock-dir-is-a-file": (
+            ["--config", str(good), "--apisock", str(afile / "api.sock"), *base],
+            "is a regular file, not a directory",
+        ),
+        "blob-dir-D-is-a-file": (["-D", str(afile), *base], "is a regular file, not a directory"),
     }
 
 
@@ -193,6 +210,23 @@ def test_bad_inputs_one_error_line(tmp_path):
         assert "Traceback" not in r.stderr, (name, r.stderr)
         assert findmnt(mnt) == "", name
         assert not is_mounted(mnt), name
+    assert (tmp_path / "afile").read_text() == "x"  # a file at --apisock is never removed
+
+
+def test_api_socket_is_owner_only_whatever_the_umask(nydusd, tmp_path):
+    """Under umask 000 the socket would be 0777 (any local user could PUT .../daemon/exit)."""
+    (tmp_path / "u").mkdir(mode=0o755)  # the socket's directory, made before the umask
+    old = os.umask(0)
+    try:
+        d = nydusd(
+            golden_path("upstream", "v6", "bootstrap"),
+            localfs_config(golden_path("upstream", "v6", "blobs")),
+            name="u",
+        )
+    finally:
+        os.umask(old)
+    st = os.lstat(d.apisock)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
 
 
 def test_sigterm_unmounts(nydusd):

@@ -26,6 +26,7 @@ from nydus.format.rafs import RafsSuper, open_bootstrap
 from nydus.format.v6 import BlobInfo
 from nydus.utils.compress import Compressor
 from nydus.utils.digest import Digester
+from nydus.utils.paths import not_a_directory
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,14 @@ def _check_options(o: CreateOptions) -> str:
         raise BuildError("--bootstrap is required (or --blob-dir / --blob-inline-meta)")
     if o.blob_inline_meta and not (o.blob or o.blob_dir):
         raise BuildError("--blob-inline-meta needs --blob or --blob-dir")
-    if o.blob_dir and not os.path.isdir(o.blob_dir):
-        raise BuildError(f"blob directory {o.blob_dir} does not exist")
+    why = not_a_directory(o.blob_dir) if o.blob_dir else None
+    if why is not None:
+        raise BuildError(f"blob directory {o.blob_dir} {why}")
     for what, out in (("bootstrap", o.bootstrap), ("blob", o.blob)):
         parent = os.path.dirname(os.path.abspath(out)) if out else None
-        if parent and not os.path.isdir(parent):
-            raise BuildError(f"cannot write {what} {out}: directory {parent} does not exist")
+        why = not_a_directory(parent) if parent else None
+        if why is not None:
+            raise BuildError(f"cannot write {what} {out}: directory {parent} {why}")
     if not os.path.exists(o.source):
         raise BuildError(f"source {o.source} does not exist")
     if not os.access(o.source, os.R_OK):

@@ -15,6 +15,25 @@ OVERLAY_OPAQUE_XATTR = b"trusted.overlay.opaque"
 SPECS = ("oci", "overlayfs", "none")
 
 
+class BadWhiteout(BuildError):
+    """An OCI whiteout entry whose target names no sibling (empty, `.`, `..`, with `/`)."""
+
+
+def oci_whiteout_target(name: bytes) -> bytes | None:
+    """The sibling an OCI whiteout entry `.wh.NAME` removes; None for a plain name or the
+    opaque marker. A target that is empty, `.`, `..` or holds a `/` would reach outside
+    the directory: `BadWhiteout`."""
+    if name == OCI_OPAQUE or not name.startswith(OCI_WHITEOUT_PREFIX):
+        return None
+    target = name[len(OCI_WHITEOUT_PREFIX) :]
+    if target in (b"", b".", b"..") or b"/" in target or b"\0" in target:
+        raise BadWhiteout(
+            f"invalid whiteout entry {name.decode('utf-8', 'backslashreplace')!r}: "
+            "its target is not a name in the directory"
+        )
+    return target
+
+
 def _is_overlay_whiteout(node: Node) -> bool:
     d = node.inode
     return stat.S_ISCHR(d.mode) and d.rdev == 0
@@ -23,9 +42,8 @@ def _is_overlay_whiteout(node: Node) -> bool:
 def _whiteout_target(name: bytes, node: Node, spec: str) -> bytes | None:
     """The lower name removed by this entry, or None if it is no removal whiteout."""
     if spec == "oci":
-        if name != OCI_OPAQUE and name.startswith(OCI_WHITEOUT_PREFIX):
-            return name[len(OCI_WHITEOUT_PREFIX) :]
-    elif spec == "overlayfs" and _is_overlay_whiteout(node):
+        return oci_whiteout_target(name)
+    if spec == "overlayfs" and _is_overlay_whiteout(node):
         return name
     return None
 

@@ -11,6 +11,7 @@ from nydus.builder.blob import BlobWriter
 from nydus.builder.tree import InodeData, Node
 from nydus.errors import BuildError
 from nydus.format.constants import MAX_NAME_LEN
+from nydus.format.rafs import inode_range_error
 from nydus.format.v6 import split_xattr_name
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,11 @@ def read_xattrs(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def inode_from_stat(st: os.stat_result, xattrs: dict[bytes, bytes]) -> InodeData:
+def inode_from_stat(st: os.stat_result, xattrs: dict[bytes, bytes], path: bytes) -> InodeData:
+    mtime = st.st_mtime_ns // 1_000_000_000
+    why = inode_range_error(st.st_uid, st.st_gid, mtime, 0, st.st_size)
+    if why is not None:
+        raise BuildError(f"{os.fsdecode(path)}: {why}")
     return InodeData(
         mode=st.st_mode,
         uid=st.st_uid,
@@ -63,7 +68,7 @@ def read_dir_tree(source: str | bytes, writer: BlobWriter | None) -> Node:
         raise BuildError(f"source {os.fsdecode(top)}: {exc.strerror}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise BuildError(f"source {os.fsdecode(top)} is not a directory")
-    root = Node.directory(b"", inode_from_stat(st, _xattrs(top)))
+    root = Node.directory(b"", inode_from_stat(st, _xattrs(top), top))
     links: dict[tuple[int, int], InodeData] = {}
     stack = [(top, root)]
     while stack:
@@ -86,7 +91,7 @@ def read_dir_tree(source: str | bytes, writer: BlobWriter | None) -> Node:
                 raise BuildError(f"cannot stat {os.fsdecode(p)}: {exc.strerror}") from exc
             assert node.children is not None
             if stat.S_ISDIR(st.st_mode):
-                child = Node.directory(name, inode_from_stat(st, _xattrs(p)))
+                child = Node.directory(name, inode_from_stat(st, _xattrs(p), p))
                 node.children[name] = child
                 stack.append((p, child))
                 continue
@@ -95,7 +100,7 @@ def read_dir_tree(source: str | bytes, writer: BlobWriter | None) -> Node:
                 if shared is not None:
                     node.children[name] = Node(name, shared)
                     continue
-            data = inode_from_stat(st, _xattrs(p))
+            data = inode_from_stat(st, _xattrs(p), p)
             if stat.S_ISLNK(st.st_mode):
                 data.symlink = os.readlink(p)
             elif stat.S_ISREG(st.st_mode):

@@ -10,7 +10,8 @@ from typing import BinaryIO
 from nydus.builder.blob import BlobWriter
 from nydus.builder.tree import InodeData, Node
 from nydus.errors import BuildError
-from nydus.format.constants import MAX_NAME_LEN
+from nydus.format.constants import MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_LEN
+from nydus.format.rafs import inode_range_error
 from nydus.format.v6 import split_xattr_name
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def _split(name: str, what: str) -> list[bytes]:
     if b".." in parts:
         raise BuildError(f"tar entry {what} {name!r} escapes the root with '..'")
     for p in parts:
+        if b"\0" in p:
+            raise BuildError(f"tar entry {what} {name!r} holds a NUL byte")
         if len(p) > MAX_NAME_LEN:
             raise BuildError(f"tar entry {name!r}: a name is longer than {MAX_NAME_LEN} bytes")
     return parts
@@ -49,11 +52,29 @@ def _mtime(info: tarfile.TarInfo) -> tuple[int, int]:
     raw = info.pax_headers.get("mtime")
     if raw:
         sec, _, frac = raw.partition(".")
-        try:
+        if sec.lstrip("-").isdigit() and (not frac or frac.isdigit()):
+            if sec.startswith("-") and (sec + frac).strip("-0"):
+                return -1, 0  # before 1970, however little: out of range
             return int(sec), int((frac + "000000000")[:9]) if frac else 0
-        except ValueError:
-            pass
+        raise BuildError(f"tar entry {info.name!r}: PAX mtime {raw[:40]!r} is not a time")
     return int(info.mtime), 0
+
+
+def _check_ranges(info: tarfile.TarInfo, mtime: int, nsec: int) -> None:
+    """One clear error for header values an image cannot hold (negative, too large)."""
+    size = info.size if info.isreg() else 0
+    why = inode_range_error(info.uid, info.gid, mtime, nsec, size)
+    if (
+        why is None
+        and (info.ischr() or info.isblk())
+        and not (0 <= info.devmajor <= MAX_DEV_MAJOR and 0 <= info.devminor <= MAX_DEV_MINOR)
+    ):
+        why = (
+            f"device {info.devmajor}:{info.devminor} is out of range "
+            f"(major 0 to {MAX_DEV_MAJOR}, minor 0 to {MAX_DEV_MINOR})"
+        )
+    if why is not None:
+        raise BuildError(f"tar entry {info.name!r}: {why}")
 
 
 def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
@@ -123,6 +144,7 @@ def _add_member(
 ) -> None:
     parts = _split(info.name, "path")
     mtime, nsec = _mtime(info)
+    _check_ranges(info, mtime, nsec)
     mode_bits = info.mode & 0o7777
     attrs = {
         "uid": info.uid,

@@ -28,6 +28,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import IO
 
+from nydus.builder.overlay import (
+    OCI_OPAQUE,
+    OCI_WHITEOUT_PREFIX,
+    BadWhiteout,
+    oci_whiteout_target,
+)
 from nydus.errors import NydusError
 
 __all__ = ["IterReader", "UnpackError", "UnpackStats", "Unpacker", "open_layer_stream"]
@@ -36,8 +42,6 @@ log = logging.getLogger("nydus.converter")
 
 _ENC = "utf-8"
 _XATTR_PREFIX = "SCHILY.xattr."
-_OPAQUE = b".wh..wh..opq"
-_WH = b".wh."
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -213,16 +217,23 @@ class Unpacker:
                 self._dirs[rel] = _DirMeta(stat.S_IMODE(ti.mode), _mtime_ns(ti))
             return
         parent, _, base = rel.rpartition(b"/")
-        if base == _OPAQUE:
+        if base == OCI_OPAQUE:
             self.stats.whiteouts += 1
             self._ensure_dir_path(parent)
             self._clear_lower(parent)
             return
-        if base.startswith(_WH):
+        if base.startswith(OCI_WHITEOUT_PREFIX):
             self.stats.whiteouts += 1
-            if base.startswith(_WH + _WH):  # other AUFS metadata (.wh..wh.plnk, ...)
+            if base.startswith(
+                OCI_WHITEOUT_PREFIX + OCI_WHITEOUT_PREFIX
+            ):  # other AUFS metadata (.wh..wh.plnk, ...)
                 return
-            target = (parent + b"/" if parent else b"") + base[len(_WH) :]
+            try:
+                name = oci_whiteout_target(base)
+            except BadWhiteout as exc:
+                raise UnpackError(f"{what}: tar entry {ti.name!r}: {exc}") from None
+            assert name is not None
+            target = (parent + b"/" if parent else b"") + name
             if not self._is_dir_path(parent):
                 return
             if target not in self._layer:

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import socketserver
+import stat
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from nydus.errors import InvalidArgument, NotFound, NotReady, NydusError, Unsupported
+from nydus.utils.paths import not_a_directory
 
 if TYPE_CHECKING:
     from nydus.daemon.service import NydusDaemon
@@ -61,10 +63,30 @@ class _Response:
 NO_CONTENT = _Response(HTTPStatus.NO_CONTENT)
 
 
+def _check_socket_dir(parent: str) -> None:
+    """The socket's directory must exist and must not let other users swap the socket: not
+    writable by others unless sticky (like /tmp)."""
+    why = not_a_directory(parent)
+    if why is not None:
+        raise NydusError(f"API socket directory {parent} {why}")
+    mode = os.stat(parent).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise NydusError(
+            f"API socket directory {parent} is writable by every user and not sticky "
+            f"(mode {stat.S_IMODE(mode):04o}): another user could replace the socket"
+        )
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
     api: ApiServer
+
+    def server_bind(self) -> None:
+        """Bind, then make the socket owner-only before `listen` (whatever the umask; no
+        client can connect in between, as nothing listens yet)."""
+        super().server_bind()
+        os.chmod(self.socket.getsockname(), 0o600)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -232,15 +254,15 @@ class ApiServer:
     # ---- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         """Bind the socket (replacing a stale one) and serve in a background thread."""
+        _check_socket_dir(os.path.dirname(os.path.abspath(self.path)))
         try:
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise NydusError(f"API socket path {self.path} exists and is not a socket")
             os.unlink(self.path)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise NydusError(f"cannot remove old API socket {self.path}: {exc.strerror}") from exc
-        parent = os.path.dirname(self.path)
-        if parent and not os.path.isdir(parent):
-            raise NydusError(f"API socket directory {parent} does not exist")
         try:
             server = _Server(self.path, _RequestHandler)
         except OSError as exc:

@@ -25,6 +25,14 @@ MIN_CHUNK_SIZE = 0x1000
 MAX_CHUNK_SIZE = 0x1000000
 MAX_BLOBS = 255
 MAX_NAME_LEN = 255
+# the ranges an inode's fields must keep: what RAFS stores (u32 ids, u64 times and sizes)
+# and the kernel can show (EROFS and FUSE take seconds and sizes as signed 64-bit)
+MAX_ID = 0xFFFF_FFFF
+MAX_MTIME = (1 << 63) - 1
+MAX_NSEC = 999_999_999
+MAX_FILE_SIZE = (1 << 63) - 1
+MAX_DEV_MAJOR = 0xFFF  # the EROFS 32-bit device encoding: 12-bit major, 20-bit minor
+MAX_DEV_MINOR = 0xF_FFFF
 BLOB_ID_LEN = 64
 PLACEHOLDER_BLOB_ID = "x" * 64
 MAPPED_BLKADDR_ALIGN = 512 * 1024

@@ -18,6 +18,10 @@ from nydus.errors import FormatError
 from nydus.format.constants import (
     EROFS_MAGIC,
     EROFS_SUPER_OFFSET,
+    MAX_FILE_SIZE,
+    MAX_ID,
+    MAX_MTIME,
+    MAX_NSEC,
     RAFS_V5_MAGIC,
     RAFS_V5_VERSION,
     SuperFlags,
@@ -129,6 +133,21 @@ class RafsSuper(Protocol):
     def chunks(self, ino: int) -> list[ChunkRef]: ...
     def chunk_table(self) -> list[ChunkInfo]: ...
     def prefetch_inos(self) -> list[int]: ...
+
+
+def inode_range_error(uid: int, gid: int, mtime: int, mtime_nsec: int, size: int) -> str | None:
+    """Which of these inode fields RAFS cannot store or the kernel cannot show (the
+    `MAX_*` ranges of `constants`), as a phrase; None when all are in range."""
+    for name, value, top in (
+        ("uid", uid, MAX_ID),
+        ("gid", gid, MAX_ID),
+        ("mtime", mtime, MAX_MTIME),
+        ("mtime nanoseconds", mtime_nsec, MAX_NSEC),
+        ("size", size, MAX_FILE_SIZE),
+    ):
+        if not 0 <= value <= top:
+            return f"{name} {value} is out of range (0 to {top})"
+    return None
 
 
 def flags_compressor(flags: int) -> Compressor:

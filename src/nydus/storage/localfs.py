@@ -9,6 +9,7 @@ import threading
 from nydus.config import BackendConfig, LocalFsConfig
 from nydus.errors import ConfigError, StorageError
 from nydus.storage.backend import BackendBase
+from nydus.utils.paths import not_a_directory
 
 __all__ = ["LocalFsBackend"]
 
@@ -27,10 +28,9 @@ class LocalFsBackend(BackendBase):
                 raise ConfigError(f"localfs backend: blob file {blob_file} does not exist")
             blob_file = os.path.realpath(blob_file)
         if dir:
-            if not os.path.isdir(dir):
-                raise ConfigError(
-                    f"localfs backend: blob directory {dir} does not exist or is not a directory"
-                )
+            why = not_a_directory(dir)
+            if why is not None:
+                raise ConfigError(f"localfs backend: blob directory {dir} {why}")
             dir = os.path.realpath(dir)
         self.dir = dir
         self.blob_file = blob_file
