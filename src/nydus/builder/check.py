@@ -85,8 +85,12 @@ def check_bootstrap(sb: RafsSuper) -> CheckReport:
             names = [e.name for e in sb.readdir(ino)]
             if len(set(names)) != len(names):
                 raise FormatError(f"{where}: duplicate directory entries")
+            if ino != sb.root_ino and not sb.attr(sb.parent(ino) or sb.root_ino).is_dir:
+                raise FormatError(f"{where}: its parent ('..') is not a directory")
+    for ino in sb.prefetch_inos():
+        sb.attr(ino)  # a prefetch table entry names an inode of the image
+    table = sb.chunk_table()
     if sb.version == 6:
-        table = sb.chunk_table()
         keys = [(c.digest, c.blob_index) for c in table]
         if keys != sorted(keys):
             raise FormatError("chunk table is not sorted by digest")

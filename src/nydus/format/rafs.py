@@ -76,9 +76,10 @@ class DirIndex:
 
     @classmethod
     def of(cls, entries: list[tuple[bytes, int, int]]) -> DirIndex | None:
-        """The index of (name, ino, FT_* type) entries; None when they are not sorted."""
+        """The index of (name, ino, FT_* type) entries; None unless they are strictly sorted
+        (out of order, or a name twice)."""
         names = tuple(e[0] for e in entries)
-        if any(a > b for a, b in itertools.pairwise(names)):
+        if any(a >= b for a, b in itertools.pairwise(names)):
             return None
         children = tuple(DirEntry(n, i, t) for n, i, t in entries if n not in (b".", b".."))
         return cls(names, tuple(e[1] for e in entries), children)
@@ -191,17 +192,27 @@ def open_bootstrap(buf: bytes | memoryview) -> RafsSuper:
 def walk(
     sb: RafsSuper, ino: int | None = None, prefix: bytes = b"/"
 ) -> Iterator[tuple[bytes, int]]:
-    """Yield (path, ino) for every entry, parents before children, children sorted."""
+    """Yield (path, ino) for every entry, parents before children, children sorted.
+
+    A directory met twice (a cycle, or a directory linked in two places) is a FormatError:
+    a tree holds every directory once."""
     ino = sb.root_ino if ino is None else ino
     yield prefix, ino
     stack = [(prefix, ino)]
+    dirs = {ino}
     while stack:
         path, dino = stack.pop()
         children = sb.readdir(dino)
         subdirs = []
         for ent in children:
             child = path.rstrip(b"/") + b"/" + ent.name
-            yield child, ent.ino
             if sb.attr(ent.ino).is_dir:
+                if ent.ino in dirs:
+                    raise FormatError(
+                        f"{child.decode('utf-8', 'backslashreplace')}: directory inode "
+                        f"{ent.ino} is met twice (a directory cycle or a linked directory)"
+                    )
+                dirs.add(ent.ino)
                 subdirs.append((child, ent.ino))
+            yield child, ent.ino
         stack.extend(reversed(subdirs))

@@ -12,7 +12,15 @@ import struct
 
 from nydus.errors import FormatError
 from nydus.format.constants import FT_UNKNOWN, MAX_NAME_LEN, SuperFlags, file_type_of
-from nydus.format.rafs import Attr, ChunkRef, DirEntry, DirIndex, flags_compressor, flags_digester
+from nydus.format.rafs import (
+    Attr,
+    ChunkRef,
+    DirEntry,
+    DirIndex,
+    flags_compressor,
+    flags_digester,
+    inode_range_error,
+)
 from nydus.format.v5 import (
     V5_INODE_XATTR,
     V5BlobEntry,
@@ -124,6 +132,9 @@ class RafsV5Super:
             raise FormatError(f"{where}: invalid name size {ino.name_size}")
         if ino.ino == 0:
             raise FormatError(f"{where}: inode number 0")
+        why = inode_range_error(ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.size)
+        if why is not None:
+            raise FormatError(f"{where}: {why}")
         if (
             stat.S_ISDIR(ino.mode)
             and ino.child_count
@@ -166,10 +177,14 @@ class RafsV5Super:
         out = []
         for idx in range(rec.child_index, rec.child_index + rec.child_count):
             child = self.record(idx)
-            out.append((self._name(idx), child.ino, file_type_of(child.mode)))
+            name = self._name(idx)
+            if name in (b".", b"..") or b"/" in name or b"\0" in name:
+                shown = name[:64].decode("utf-8", "backslashreplace")
+                raise FormatError(f"RAFS v5 directory {ino}: invalid entry name {shown!r}")
+            out.append((name, child.ino, file_type_of(child.mode)))
         index = DirIndex.of(out)
         if index is None:
-            raise FormatError(f"RAFS v5 directory {ino}: children are not sorted")
+            raise FormatError(f"RAFS v5 directory {ino}: children are not sorted or repeat a name")
         return index
 
     def readdir(self, ino: int) -> list[DirEntry]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from nydus.errors import FormatError
 from nydus.format.constants import (
@@ -17,6 +17,7 @@ from nydus.format.constants import (
     EROFS_MAGIC,
     FEATURE_COMPAT_RAFS_V6,
     FEATURE_INCOMPAT_RAFS_V6,
+    MAX_NAME_LEN,
     XATTR_PREFIXES,
 )
 
@@ -26,6 +27,17 @@ def _id_bytes(blob_id: str) -> bytes:
     if len(raw) > 64:
         raise FormatError(f"blob id {blob_id!r} longer than 64 bytes")
     return raw.ljust(64, b"\0")
+
+
+def unpack_record(
+    st: struct.Struct, buf: bytes | memoryview, off: int, what: str
+) -> tuple[Any, ...]:
+    """`st` unpacked at `off`, or a FormatError naming `what` when it does not fit in `buf`."""
+    if off < 0 or off + st.size > len(buf):
+        raise FormatError(
+            f"{what} at offset {off} ({st.size} bytes) lies outside the {len(buf)}-byte bootstrap"
+        )
+    return st.unpack_from(buf, off)
 
 
 def _id_str(raw: bytes) -> str:
@@ -179,7 +191,7 @@ class ExtSuperBlock:
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> ExtSuperBlock:
         (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size, _pad, _res) = (
-            cls.STRUCT.unpack_from(buf)
+            unpack_record(cls.STRUCT, buf, 0, "RAFS v6 extended superblock")
         )
         return cls(flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size)
 
@@ -200,7 +212,7 @@ class DeviceSlot:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int = 0) -> DeviceSlot:
-        tag, blocks, mapped, _ = cls.STRUCT.unpack_from(buf, off)
+        tag, blocks, mapped, _ = unpack_record(cls.STRUCT, buf, off, "device table slot")
         return cls(_id_str(tag), blocks, mapped)
 
 
@@ -255,7 +267,7 @@ class BlobInfo:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int = 0) -> BlobInfo:
-        v = cls.STRUCT.unpack_from(buf, off)
+        v = unpack_record(cls.STRUCT, buf, off, "blob table entry")
         return cls(_id_str(v[0]), *v[1:19])
 
     def validate(self, index: int, chunk_size: int) -> None:
@@ -437,7 +449,7 @@ def unpack_dir_block(block: bytes | memoryview, used: int) -> list[Dirent]:
     out = []
     for i, (nid, nameoff, ftype, _r) in enumerate(heads):
         end = heads[i + 1][1] if i + 1 < n else used
-        if not nameoff <= end <= used:
+        if not first_nameoff <= nameoff <= end <= used:
             raise FormatError(f"directory block: bad name offset {nameoff}")
         name = bytes(block[nameoff:end])
         if i + 1 == n:
@@ -446,6 +458,9 @@ def unpack_dir_block(block: bytes | memoryview, used: int) -> list[Dirent]:
                 name = name[:nul]
         if not name:
             raise FormatError("directory block: empty name")
+        if b"/" in name or b"\0" in name or len(name) > MAX_NAME_LEN:
+            shown = name[:64].decode("utf-8", "backslashreplace")
+            raise FormatError(f"directory block: invalid name {shown!r} (a '/', a NUL or too long)")
         out.append(Dirent(nid, ftype, name))
     return out
 
@@ -490,9 +505,13 @@ def unpack_xattrs(buf: bytes | memoryview, off: int, size: int) -> dict[bytes, b
         return out
     if size < 12:
         raise FormatError("xattr area too small")
+    end = off + size
+    if end > len(buf):
+        raise FormatError(f"xattr area at {off} ({size} bytes) lies outside the bootstrap")
     shared = buf[off + 4]
     pos = off + 12 + 4 * shared
-    end = off + size
+    if pos > end:
+        raise FormatError(f"xattr area at {off}: {shared} shared xattr ids overrun it")
     while pos + 4 <= end:
         name_len, index, vsize = struct.unpack_from("<BBH", buf, pos)
         if index not in XATTR_PREFIXES:
@@ -564,4 +583,4 @@ class ChunkInfo:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int = 0) -> ChunkInfo:
-        return cls(*cls.STRUCT.unpack_from(buf, off))
+        return cls(*unpack_record(cls.STRUCT, buf, off, "chunk info record"))

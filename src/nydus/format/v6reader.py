@@ -11,11 +11,14 @@ from nydus.format.constants import (
     DEVICE_TABLE_OFFSET,
     EROFS_SUPER_OFFSET,
     EXT_SUPER_OFFSET,
+    FT_UNKNOWN,
     LAYOUT_CHUNK_BASED,
     LAYOUT_FLAT_INLINE,
     LAYOUT_FLAT_PLAIN,
     SUPER_FLAGS_KNOWN,
     SuperFlags,
+    file_type_of,
+    valid_chunk_size,
 )
 from nydus.format.rafs import (
     Attr,
@@ -24,6 +27,7 @@ from nydus.format.rafs import (
     DirIndex,
     flags_compressor,
     flags_digester,
+    inode_range_error,
 )
 from nydus.format.v6 import (
     BlobInfo,
@@ -79,12 +83,21 @@ class RafsV6Super:
         self.compressor = flags_compressor(ext.flags)
         self.digester = flags_digester(ext.flags)
         self.chunk_size = ext.chunk_size
+        if not valid_chunk_size(ext.chunk_size):
+            raise FormatError(
+                f"RAFS v6 superblock: chunk size 0x{ext.chunk_size:x} is not a power of two "
+                "between 0x1000 and 0x1000000"
+            )
         if self.sb.meta_blkaddr * BLOCK_SIZE > size:
             raise FormatError("RAFS v6 superblock: meta_blkaddr beyond the end of the file")
         self.meta_base = self.sb.meta_blkaddr * BLOCK_SIZE
         self.root_ino = self.sb.root_nid
         self.inode_count = self.sb.inos
         nblobs = self.sb.extra_devices
+        if DEVICE_TABLE_OFFSET + 128 * nblobs > size:
+            raise FormatError(
+                f"RAFS v6 superblock: {nblobs} device slots do not fit in the bootstrap"
+            )
         self.devices = [
             DeviceSlot.unpack(buf, DEVICE_TABLE_OFFSET + 128 * i) for i in range(nblobs)
         ]
@@ -140,9 +153,15 @@ class RafsV6Super:
 
     def _load_inode(self, nid: int) -> Inode:
         off = self.inode_offset(nid)
-        if off + 32 > len(self.buf):
+        if nid < 0 or off + 32 > len(self.buf):
             raise FormatError(f"nid {nid} points outside the bootstrap")
-        return Inode.unpack(self.buf, off)
+        ino = Inode.unpack(self.buf, off)
+        if file_type_of(ino.mode) == FT_UNKNOWN:
+            raise FormatError(f"nid {nid}: invalid file mode 0o{ino.mode:o}")
+        why = inode_range_error(ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.size)
+        if why is not None:
+            raise FormatError(f"nid {nid}: {why}")
+        return ino
 
     def _data(self, nid: int) -> bytes:
         """Content of a flat (directory or symlink) inode."""
@@ -157,6 +176,8 @@ class RafsV6Super:
             tail = size % BLOCK_SIZE
             nfull = size // BLOCK_SIZE
             start = ino.i_u * BLOCK_SIZE
+            if nfull and start + nfull * BLOCK_SIZE > len(self.buf):
+                raise FormatError(f"nid {nid}: data blocks beyond the end of the bootstrap")
             head = bytes(self.buf[start : start + nfull * BLOCK_SIZE]) if nfull else b""
             toff = self.inode_offset(nid) + ino.inode_size + ino.xattr_size
             if toff + tail > len(self.buf) or (
@@ -195,7 +216,7 @@ class RafsV6Super:
                 out.append((d.name, d.nid, d.file_type))
         index = DirIndex.of(out)
         if index is None:
-            raise FormatError(f"directory nid {nid}: entries are not sorted")
+            raise FormatError(f"directory nid {nid}: entries are not sorted or repeat a name")
         return index
 
     def readdir(self, nid: int) -> list[DirEntry]:
