@@ -87,19 +87,22 @@ def test_v5_partial_cache_then_rest(nydusd, tmp_path):
     assert (cache / f"{V5_BLOB}.blob.data").read_bytes() == (blobs / V5_BLOB).read_bytes()
 
 
-def test_corrupted_cache_file_is_refetched_with_cache_validate(nydusd, tmp_path):
+@pytest.mark.parametrize("mode", ["cache_validate", "digest_validate"])
+def test_corrupted_cache_file_is_refetched(nydusd, tmp_path, mode):
+    """A byte flipped in the cache file is never served: with the blob cache's `validate`,
+    and with `digest_validate` alone even when the cache was filled without validation."""
     blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
     cache = tmp_path / "cache"
-    cfg = localfs_config(blobs, validate=True, cache_dir=cache)
     boot = golden_path("upstream", "v6", "bootstrap")
-    d1 = nydusd(boot, cfg, name="first")
+    d1 = nydusd(boot, localfs_config(blobs, validate=mode != "digest_validate", cache_dir=cache))
     good = (d1.mountpoint / "lib.rs").read_bytes()
     d1.stop()
     data = cache / f"{V6_BLOB_ID}.blob.data"
     view = bytearray(data.read_bytes())
     view[10] ^= 0xFF
     data.write_bytes(bytes(view))
-    cfg["device"]["cache"]["validate"] = True
+    cfg = localfs_config(blobs, validate=True, cache_dir=cache)
+    cfg["device"]["cache"]["validate"] = mode == "cache_validate"
     d2 = nydusd(boot, cfg, name="second")
     assert (d2.mountpoint / "lib.rs").read_bytes() == good
     assert d2.get("/api/v1/metrics/backend").json()["read_amount_total"] == 4828

@@ -249,6 +249,68 @@ def test_digest_mismatch_raises_and_is_not_cached(raw, tmp_path):
     assert dev.inflight_count() == 0
 
 
+def _fill_cache_then_flip(img: Img, cache_dir: Path, path: bytes) -> tuple[list, int, int]:
+    """Read `path` once without validation (the cache file fills), then flip a byte of its
+    first chunk in the cache file; returns (chunks, size, flipped offset in the file)."""
+    ino = img.ino(path)
+    chunks, size = img.sb.chunks(ino), img.sb.attr(ino).size
+    dev = ChunkDevice(img.sb, SlowBackend(img.blobs), readahead_chunks=0, cache_dir=str(cache_dir))
+    dev.load()
+    assert dev.read(chunks, size, 0, size) == img.content(path)
+    desc = dev.meta(0).chunk(chunks[0])
+    dev.close()
+    data = cache_dir / f"{img.blob_id}.blob.data"
+    with open(data, "r+b") as f:
+        f.seek(desc.uncompressed_offset + 3)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return chunks, size, 3
+
+
+def test_digest_validate_covers_the_cache_file_once_per_chunk(raw, tmp_path, monkeypatch, caplog):
+    """A cache filled while validation was off, then a byte flipped in it: with `validate`
+    (digest_validate) the chunk fails its digest, is dropped from the cache map and fetched
+    again; each cached chunk is hashed once per device, not on every read."""
+    chunks, size, _ = _fill_cache_then_flip(raw, tmp_path, raw.first)
+    from nydus.utils.digest import Digester
+
+    hashed: list[int] = []
+    real = Digester.digest
+    monkeypatch.setattr(Digester, "digest", lambda self, d: hashed.append(len(d)) or real(self, d))
+    be = SlowBackend(raw.blobs)
+    dev = ChunkDevice(
+        raw.sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path), memory_cache=0
+    )
+    dev.load()
+    del be.calls[:]
+    hashed.clear()
+    assert dev.read(chunks, size, 0, size) == raw.content(raw.first)
+    assert "cached data fails its digest; refetching" in caplog.text
+    assert [c[1] for c in be.calls] == [chunks[0].compressed_offset]  # only the bad chunk
+    assert dev.caches[0].map.is_ready(chunks[0].ci_index)
+    first = len(hashed)
+    assert first == len({c.ci_index for c in chunks}) + 1  # each chunk, the bad one twice
+    for _ in range(3):  # from the cache file again (no memory cache): no hashing, no fetch
+        assert dev.read(chunks, size, 0, size) == raw.content(raw.first)
+        assert dev.read(chunks, size, 1, 10) == raw.content(raw.first)[1:11]
+    assert len(hashed) == first and len(be.calls) == 1
+    dev.close()
+
+
+def test_digest_validate_bad_cache_and_bad_backend_is_eio(raw, tmp_path):
+    chunks, size, _ = _fill_cache_then_flip(raw, tmp_path, raw.first)
+    be = SlowBackend(raw.blobs)
+    be.flip = chunks[0].compressed_offset + 5
+    dev = ChunkDevice(raw.sb, be, readahead_chunks=0, validate=True, cache_dir=str(tmp_path))
+    dev.load()
+    with pytest.raises(DigestMismatch) as exc:
+        dev.read(chunks, size, 0, size)
+    assert exc.value.errno == 5
+    assert not dev.caches[0].map.is_ready(chunks[0].ci_index)
+    dev.close()
+
+
 def test_without_validation_corruption_passes_through(raw):
     be = SlowBackend(raw.blobs)
     ino = raw.ino(raw.first)

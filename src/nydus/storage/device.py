@@ -5,7 +5,9 @@
 * The chunks one read needs that are adjacent in a blob's compressed view are fetched with
   one backend read (merged up to the configured batch size).
 * With `validate`, a chunk whose digest does not match raises DigestMismatch naming the
-  blob and chunk; such data is never returned and never cached.
+  blob and chunk; such data is never returned and never cached. Chunks found in the cache
+  file are verified too, once per chunk per device (a bitmap in memory): one that fails is
+  dropped from the cache and fetched again (`cache_validate` verifies every cache read).
 * Prefetch (`storage/prefetch.py`) claims chunks through the same in-flight map (`claim`,
   `fetch_claimed`), so demand reads, read amplification and prefetch never fetch a chunk
   twice: whoever comes second waits for (or skips) the fetch under way.
@@ -60,6 +62,25 @@ def _key(ref: ChunkRef) -> Key:
     return Key(ref.blob_index, ref.ci_index)
 
 
+class _ChunkBits:
+    """The chunks known good (verified since this device started), one bit per chunk."""
+
+    def __init__(self) -> None:
+        self._bits: dict[int, bytearray] = {}
+
+    def __contains__(self, key: Key) -> bool:
+        bits = self._bits.get(key.blob_index)
+        i = key.chunk_index
+        return bits is not None and i >> 3 < len(bits) and bool(bits[i >> 3] & (1 << (i & 7)))
+
+    def add(self, key: Key) -> None:
+        bits = self._bits.setdefault(key.blob_index, bytearray())
+        i = key.chunk_index
+        if i >> 3 >= len(bits):
+            bits.extend(bytes((i >> 3) + 1 - len(bits)))
+        bits[i >> 3] |= 1 << (i & 7)
+
+
 class ChunkDevice:
     """Serves file data of a RAFS filesystem from its blobs."""
 
@@ -89,6 +110,7 @@ class ChunkDevice:
         self._inflight: dict[Key, Future[bytes]] = {}
         self._inflight_lock = threading.Lock()
         self._lru: Lru[Key, bytes] = Lru(memory_cache, size=len)
+        self._verified = _ChunkBits()  # with `validate`: cache file chunks checked once
         self.fetches = 0  # number of backend data reads (for tests and metrics)
         #: chunks fetched ahead, in the background, when a file is read sequentially
         self.readahead_chunks = readahead_chunks
@@ -270,7 +292,8 @@ class ChunkDevice:
         """Bytes [lo, hi) of a chunk straight from memory or the cache file, if it is there.
 
         With `cache_validate` whole chunks must be checked, so the cache file is read
-        through `get_chunks` instead.
+        through `get_chunks` instead; with `validate` a chunk not verified yet is read whole
+        and verified here.
         """
         key = _key(ref)
         data = self._lru.get(key)
@@ -279,9 +302,13 @@ class ChunkDevice:
         cache = self.caches.get(ref.blob_index)
         if cache is None or self.cache_validate:
             return None
-        desc = self.meta(ref.blob_index).chunk(ref)
+        meta = self.meta(ref.blob_index)
+        desc = meta.chunk(ref)
         if hi > desc.uncompressed_size or not cache.is_ready(desc):
             return None
+        if self.validate and key not in self._verified:  # the whole chunk, checked once
+            data = self._from_cache(key, meta, desc)
+            return None if data is None else data[lo:hi]
         return cache.read_range(desc, lo, hi - lo)
 
     def get_chunks(self, refs: Iterable[ChunkRef], kind: str = "read") -> dict[Key, bytes]:
@@ -380,18 +407,17 @@ class ChunkDevice:
         if cache is None or not cache.is_ready(desc):
             return None
         data = cache.read(desc)
-        if (
-            self.cache_validate
-            and desc.digest is not None
-            and meta.digester.digest(data) != desc.digest
-        ):
-            log.warning(
-                "blob %s chunk %d: cached data fails its digest; refetching",
-                meta.blob_id,
-                desc.index,
-            )
-            cache.invalidate(desc)
-            return None
+        check = self.cache_validate or (self.validate and key not in self._verified)
+        if check and desc.digest is not None:
+            if meta.digester.digest(data) != desc.digest:
+                log.warning(
+                    "blob %s chunk %d: cached data fails its digest; refetching",
+                    meta.blob_id,
+                    desc.index,
+                )
+                cache.invalidate(desc)
+                return None
+            self._verified.add(key)
         self._lru.put(key, data)
         return data
 
@@ -491,6 +517,8 @@ class ChunkDevice:
             cache = self.caches.get(p.key.blob_index)
             if cache is not None:
                 cache.store(desc, data)
+            if self.validate and desc.digest is not None:
+                self._verified.add(p.key)  # `_decode` checked it
             if memory:
                 self._lru.put(p.key, data)
             if prefetch:
