@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import struct
 import threading
 from pathlib import Path
 
@@ -147,3 +148,34 @@ def test_concurrent_readers_get_source_bytes(nydusd, tmp_path):
     # every chunk these files use came from the backend exactly once
     assert back["read_amount_total"] == sum(distinct.values())
     assert back["read_errors"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "offset", "fmt"),
+    [("mtime", 32, "<Q"), ("size", 8, "<Q")],
+    ids=["mtime-2^63", "size-2^63"],
+)
+def test_inode_the_kernel_cannot_show_is_eio_and_the_mount_lives(
+    nydusd, tmp_path, field, offset, fmt
+):
+    """An inode with mtime or size >= 2^63 once killed nydusd at its stat (OverflowError
+    in the FUSE adapter, the mount gone): now that stat is EIO and the rest is served."""
+    from nydus.format.rafs import walk
+    from nydus.format.v6reader import RafsV6Super
+    from tests.helpers.layers import F
+    from tests.image_factory import build_image
+
+    img = build_image(tmp_path / "img", [F("good", b"good bytes\n"), F("bad", b"bad\n")])
+    boot = bytearray(img.bootstrap.read_bytes())
+    sb = RafsV6Super(bytes(boot))
+    struct.pack_into(fmt, boot, sb.inode_offset(dict(walk(sb))[b"/bad"]) + offset, 1 << 63)
+    img.bootstrap.write_bytes(bytes(boot))
+    d = nydusd(img.bootstrap, localfs_config(img.blob_dir, validate=True), log_level="debug")
+    mnt = d.mountpoint
+    for _ in range(2):
+        with pytest.raises(OSError) as exc:
+            os.stat(mnt / "bad")
+        assert exc.value.errno == errno.EIO
+        assert (mnt / "good").read_bytes() == b"good bytes\n"
+    assert d.proc.poll() is None
+    assert f"{field} 9223372036854775808 is out of range" in d.log()
