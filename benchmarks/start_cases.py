@@ -8,7 +8,10 @@ Registered into ``run.py``'s CASES by :func:`register`:
   layer, start ``nydusd`` with the registry backend and an empty blob cache, run.  Run =
   ``chroot ROOT python3 -c 'import boto3, sympy, django, jinja2, yaml, rich'`` (PYTHONPATH=/app)
   over an overlayfs whose lower dir is the image root, with /proc and /dev mounted.  Once on
-  plain loopback and once through a 100 Mbit/s throttling proxy (``throttle.py``).
+  plain loopback and once through a 100 Mbit/s throttling proxy (``throttle.py``).  "Nydus
+  optimized" = the conversion after ``nydusify optimize --workload`` with that command (once,
+  not timed), mounted with ``fs_prefetch`` on (``START_PREFETCH``): its prefetch table is the
+  workload's files, in a prefetch blob in first-access order.
 * ``read-all``: ``tar -cf - ROOT | cat > /dev/null`` (a pipe, because GNU tar skips reading file
   data when its archive *is* /dev/null) through a fresh mount vs. OCI pull + unpack + the same tar.
 * ``metadata``: ``find ROOT -printf '%i %s %m %T@'`` (an lstat of every entry) on the small-files

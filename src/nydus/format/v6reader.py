@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import struct
+from typing import Any
 
 from nydus.errors import FormatError
 from nydus.format.constants import (
@@ -55,7 +56,8 @@ class RafsV6Super:
         self._attrs: Lru[int, Attr] = Lru(65536)
         self._dirs: Lru[int, DirIndex] = Lru(4096)
         self._chunk_table: list[ChunkInfo] | None = None
-        self._chunk_by_key: dict[tuple[int, int], ChunkInfo] | None = None
+        #: chunk table records as raw tuples (ChunkInfo field order) by (blob, chunk index)
+        self._chunk_by_key: dict[tuple[int, int], tuple[Any, ...]] | None = None
         size = len(buf)
         if size < BLOCK_SIZE or size % BLOCK_SIZE:
             raise FormatError(
@@ -271,17 +273,18 @@ class RafsV6Super:
                     ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size, a.blkaddr * BLOCK_SIZE)
                 )
             else:
+                # digest, blob_index, flags, csize, usize, coffset, uoffset, file_offset, index
                 out.append(
                     ChunkRef(
                         a.blob_index,
                         a.ci_index,
                         i * self.chunk_size,
-                        info.uncompressed_offset,
-                        info.uncompressed_size,
-                        info.compressed_offset,
-                        info.compressed_size,
-                        bool(info.flags & 1),
-                        info.digest,
+                        info[6],
+                        info[4],
+                        info[5],
+                        info[3],
+                        bool(info[2] & 1),
+                        info[0],
                     )
                 )
         return out
@@ -295,11 +298,14 @@ class RafsV6Super:
             self._chunk_table = table
         return table
 
-    def _chunk_map(self) -> dict[tuple[int, int], ChunkInfo]:
-        """The chunk table by (blob index, chunk index) (built once per reader)."""
+    def _chunk_map(self) -> dict[tuple[int, int], tuple[Any, ...]]:
+        """The chunk table by (blob index, chunk index), as raw records (built once per
+        reader, in C: the first file read of a large image must not wait for it)."""
         m = self._chunk_by_key
         if m is None:
-            m = {(c.blob_index, c.index): c for c in self.chunk_table()}
+            off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
+            view = memoryview(self.buf)[off : off + size - size % 80]
+            m = {(t[1], t[8]): t for t in ChunkInfo.STRUCT.iter_unpack(view)}
             self._chunk_by_key = m
         return m
 

@@ -234,9 +234,15 @@ def _read_digests(blob: BlobInfo, backend: BlobBackend, cache_dir: str | None) -
 
 
 def load_blob_meta(
-    sb: RafsSuper, blob: BlobInfo, backend: BlobBackend, cache_dir: str | None = None
+    sb: RafsSuper,
+    blob: BlobInfo,
+    backend: BlobBackend,
+    cache_dir: str | None = None,
+    want_digests: bool = True,
 ) -> BlobMeta:
-    """Load the chunk table of `blob` (an entry of `sb.blobs`)."""
+    """Load the chunk table of `blob` (an entry of `sb.blobs`). Without `want_digests` (nothing
+    is going to be validated) a blob's inline digest section is not fetched; the
+    bootstrap's chunk table is not read for them either (`ChunkDesc.digest` is None)."""
     try:
         compressor = Compressor(blob.compressor)
         digester = Digester(blob.digester)
@@ -267,7 +273,9 @@ def load_blob_meta(
     except FormatError as exc:
         raise FormatError(f"blob {blob.blob_id}: {exc}") from None
     digests: list[bytes] | None = None
-    if f & BlobFeatures.INLINED_CHUNK_DIGEST:
+    if not want_digests:
+        pass
+    elif f & BlobFeatures.INLINED_CHUNK_DIGEST:
         digests = _read_digests(blob, backend, cache_dir)
     else:
         table = {c.index: c.digest for c in sb.chunk_table() if c.blob_index == blob.blob_index}
@@ -291,7 +299,9 @@ def load_blob_meta(
         "blob %s: %d chunks, digests %s",
         blob.blob_id,
         len(chunks),
-        "inline"
+        "not needed"
+        if not want_digests
+        else "inline"
         if f & BlobFeatures.INLINED_CHUNK_DIGEST
         else ("from chunk table" if digests else "unavailable"),
     )

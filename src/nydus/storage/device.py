@@ -140,7 +140,13 @@ class ChunkDevice:
                         f"chunk refers to blob {blob_index}, the bootstrap has {len(self.sb.blobs)}"
                     )
                 blob = self.sb.blobs[blob_index]
-                m = load_blob_meta(self.sb, blob, self.backend, self.cache_dir)
+                m = load_blob_meta(
+                    self.sb,
+                    blob,
+                    self.backend,
+                    self.cache_dir,
+                    want_digests=self.validate or self.cache_validate,
+                )
                 if self.cache_dir:
                     count = m.chunk_count
                     size = m.uncompressed_size
