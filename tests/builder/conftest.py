@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon.conftest import nydusd  # noqa: F401  (fixture: our nydusd on FUSE)
 from tests.helpers.env import fixture_needs
 from tests.helpers.trees import FullTreeInfo, make_full_tree
 
@@ -46,6 +47,13 @@ def run_nydus_image(
         timeout=kw.pop("timeout", 600),
         **kw,
     )
+
+
+def image_ok(nydus_image: str, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``nydus-image ARGS...``; fail the test (showing stderr) unless it exits 0."""
+    r = run_nydus_image(nydus_image, args)
+    assert r.returncode == 0, f"nydus-image {' '.join(map(os.fspath, args))}: {r.stderr}"
+    return r
 
 
 CreateFn = Callable[..., Built]

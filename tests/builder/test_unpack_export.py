@@ -17,7 +17,7 @@ import tarfile
 
 import pytest
 
-from tests.builder.conftest import CS, run_nydus_image
+from tests.builder.conftest import CS, image_ok, run_nydus_image
 from tests.helpers.erofs import mount_erofs
 from tests.helpers.snapshot import compare_trees
 from tests.helpers.tar import gnu_extract
@@ -49,15 +49,9 @@ def image(full_tree, create, tmp_path_factory):
     return {"base": base, "lower": lower, "upper": upper, "blobs": base / "blobs", "src": full_tree}
 
 
-def _ok(nydus_image, *args):
-    r = run_nydus_image(nydus_image, list(args))
-    assert r.returncode == 0, f"nydus-image {' '.join(map(str, args))}: {r.stderr}"
-    return r
-
-
 def test_unpack_equals_source_tree(image, nydus_image, tmp_path):
     tar = tmp_path / "out.tar"
-    _ok(nydus_image, "unpack", image["lower"].bootstrap, "-D", image["blobs"], "--output", tar)
+    image_ok(nydus_image, "unpack", image["lower"].bootstrap, "-D", image["blobs"], "--output", tar)
     with tarfile.open(tar) as tf:  # the format details GNU tar does not show
         members = {m.name: m for m in tf}
     assert "" not in members and "./" not in members  # the root is left out, as upstream
@@ -74,7 +68,7 @@ def test_unpack_equals_source_tree(image, nydus_image, tmp_path):
 
 def test_unpack_of_a_layered_image_applies_the_upper_layer(image, nydus_image, tmp_path):
     tar = tmp_path / "out.tar"
-    _ok(
+    image_ok(
         nydus_image, "unpack", "-B", image["upper"].bootstrap, "-D", image["blobs"], "--output", tar
     )
     gnu_extract(tar, tmp_path / "x")
@@ -110,7 +104,7 @@ def test_unpack_bad_inputs_fail_cleanly(image, nydus_image, tmp_path):
 
 def test_export_block_mounts_alone_and_equals_the_source(image, nydus_image, tmp_path):
     disk = tmp_path / "disk.img"
-    _ok(
+    image_ok(
         nydus_image,
         "export",
         "--block",
@@ -126,7 +120,9 @@ def test_export_block_mounts_alone_and_equals_the_source(image, nydus_image, tmp
     assert disk.read_bytes()[: len(boot)] == boot
     with mount_erofs(disk, mountpoint=tmp_path / "m") as mnt:
         tar = tmp_path / "ref.tar"
-        _ok(nydus_image, "unpack", image["upper"].bootstrap, "-D", image["blobs"], "--output", tar)
+        image_ok(
+            nydus_image, "unpack", image["upper"].bootstrap, "-D", image["blobs"], "--output", tar
+        )
         gnu_extract(tar, tmp_path / "ref")
         assert compare_trees(tmp_path / "ref", mnt, hardlink_types=["reg"]) == []
     with mount_erofs(disk, mountpoint=tmp_path / "m2") as mnt:
@@ -141,7 +137,7 @@ def test_export_block_mounts_alone_and_equals_the_source(image, nydus_image, tmp
 
 def test_export_default_output_and_verity(image, nydus_image, tmp_path):
     boot = image["lower"].bootstrap
-    r = _ok(nydus_image, "export", "--block", "-B", boot, "-D", image["blobs"], "--verity")
+    r = image_ok(nydus_image, "export", "--block", "-B", boot, "-D", image["blobs"], "--verity")
     disk = image["blobs"] / (boot.name + ".disk")
     try:
         m = re.fullmatch(r"dm-verity options: (.*) ([0-9a-f]{64})", r.stdout.strip())
@@ -176,7 +172,7 @@ def test_export_relays_blobs_whose_slots_overlap(image, nydus_image, tmp_path):
     patched = tmp_path / "patched.boot"
     patched.write_bytes(boot)
     disk = tmp_path / "disk.img"
-    r = _ok(nydus_image, "export", "--block", "-B", patched, "-D", image["blobs"], "-O", disk)
+    r = image_ok(nydus_image, "export", "--block", "-B", patched, "-D", image["blobs"], "-O", disk)
     assert "relaid" in r.stderr
     with mount_erofs(disk, mountpoint=tmp_path / "m") as mnt:
         assert compare_trees(image["src"].root, mnt, hardlink_types=["reg"]) == []
@@ -209,13 +205,13 @@ def test_stat_counts_and_dedup(image, nydus_image, tmp_path):
     (d / "lower").write_bytes(lower.bootstrap.read_bytes())
     (d / "upper").write_bytes(upper.bootstrap.read_bytes())
     out = tmp_path / "stat.json"
-    r = _ok(nydus_image, "stat", "-D", d, "-T", lower.bootstrap, "-J", out)
+    r = image_ok(nydus_image, "stat", "-D", d, "-T", lower.bootstrap, "-J", out)
     doc = json.loads(out.read_text())
     base, target = doc["base_image"], doc["target_image"]
     assert doc["dedup_enabled"] and doc["target_enabled"]
     one = json.loads(
         (
-            _ok(nydus_image, "stat", "-B", lower.bootstrap, "-J", tmp_path / "one.json"),
+            image_ok(nydus_image, "stat", "-B", lower.bootstrap, "-J", tmp_path / "one.json"),
             (tmp_path / "one.json").read_text(),
         )[1]
     )["base_image"]

@@ -51,6 +51,7 @@ class CreateOptions:
     repeatable: bool = False
     prefetch_patterns: list[str] | None = None
     keep_tree: bool = False  # return the merged tree in BuildResult.tree
+    chunk_dict: str | None = None  # a dictionary bootstrap: its chunks are referenced
 
 
 @dataclass
@@ -63,6 +64,7 @@ class BuildResult:
     trace: dict[str, float] = field(default_factory=dict)
     tree: Node | None = None  # with CreateOptions.keep_tree
     blob_info: BlobInfo | None = None  # this build's blob table entry (None: no data)
+    blob_table: list[BlobInfo] = field(default_factory=list)  # the bootstrap's, in order
 
 
 def load_bootstrap(path: str, what: str = "bootstrap") -> RafsSuper:
@@ -136,7 +138,8 @@ def create(o: CreateOptions) -> BuildResult:
         for _path, node in lower.walk():
             for c in node.inode.chunks:
                 dedup.setdefault(c.digest, c)
-    blob_index = len(blobs)
+    dict_blobs = _add_chunk_dict(o, blobs, dedup)
+    blob_index = len(blobs) + len(dict_blobs)
     blob_out = (
         AtomicFile(o.blob)
         if o.blob
@@ -159,15 +162,16 @@ def create(o: CreateOptions) -> BuildResult:
             root = tree
         else:
             root = apply_layer(lower, tree, o.whiteout_spec)
+        if dict_blobs:
+            blob_index = _keep_used_dict_blobs(root, blobs, dict_blobs, blob_index)
         bopts = BootstrapOptions(
             o.chunk_size, o.compressor, o.digester, explicit_uid_gid=not o.repeatable
         )
         prefetch = prefetch_nodes(root, o.prefetch_patterns)
 
         def inline(info: BlobInfo) -> bytes:
-            table = blobs + (
-                [replace(info, blob_id=PLACEHOLDER_BLOB_ID)] if writer.chunk_count else []
-            )
+            own = replace(info, blob_id=PLACEHOLDER_BLOB_ID, blob_index=blob_index)
+            table = blobs + ([own] if writer.chunk_count else [])
             return write_bootstrap(root, table, bopts, prefetch)
 
         res = writer.finish(
@@ -178,7 +182,7 @@ def create(o: CreateOptions) -> BuildResult:
         if res is not None:
             blob_id = res.blob_id
             if res.chunk_count:
-                blobs.append(replace(res.info, blob_id=blob_id))
+                blobs.append(replace(res.info, blob_id=blob_id, blob_index=blob_index))
             blob_path = os.path.join(o.blob_dir, blob_id) if (o.blob_dir and not o.blob) else o.blob
         boot = write_bootstrap(root, blobs, bopts, prefetch)
         boot_path = o.bootstrap
@@ -218,7 +222,57 @@ def create(o: CreateOptions) -> BuildResult:
         blob_id,
         tree=root if o.keep_tree else None,
         blob_info=info,
+        blob_table=list(blobs),
     )
+
+
+def _add_chunk_dict(
+    o: CreateOptions, blobs: list[BlobInfo], dedup: dict[bytes, Chunk]
+) -> list[BlobInfo]:
+    """Offer the dictionary's chunks to dedup, their blobs numbered after `blobs` (a blob the
+    parent already has keeps the parent's index); return the dictionary blobs so numbered."""
+    if not o.chunk_dict:
+        return []
+    from nydus.builder.chunkdict import load_chunk_dict
+
+    cd = load_chunk_dict(o.chunk_dict, o.chunk_size, o.digester)
+    have = {b.blob_id: b.blob_index for b in blobs}
+    extra: list[BlobInfo] = []
+    mapping: dict[int, int] = {}
+    for b in cd.blobs:
+        if b.blob_id in have:
+            mapping[b.blob_index] = have[b.blob_id]
+        else:
+            mapping[b.blob_index] = len(blobs) + len(extra)
+            extra.append(replace(b, blob_index=mapping[b.blob_index]))
+    for c in cd.chunks:
+        dedup.setdefault(c.digest, replace(c, blob_index=mapping[c.blob_index]))
+    return extra
+
+
+def _keep_used_dict_blobs(
+    root: Node, blobs: list[BlobInfo], dict_blobs: list[BlobInfo], own_index: int
+) -> int:
+    """Append to `blobs` the dictionary blobs the tree references, renumbering chunks so the
+    blob table has no unused dictionary entry; return this build's own blob index."""
+    used: set[int] = set()
+    for _path, node in root.walk():
+        for c in node.inode.chunks:
+            used.add(c.blob_index)
+    renumber = {b.blob_index: b.blob_index for b in blobs}
+    for b in dict_blobs:
+        if b.blob_index in used:
+            renumber[b.blob_index] = len(blobs)
+            blobs.append(replace(b, blob_index=len(blobs)))
+    new_own = len(blobs)
+    renumber[own_index] = new_own
+    log.info(
+        "chunk dict: %d of %d dictionary blobs referenced",
+        sum(1 for b in dict_blobs if b.blob_index in used),
+        len(dict_blobs),
+    )
+    _remap_chunks(root, renumber)
+    return new_own
 
 
 def _no_blob() -> NoReturn:

@@ -1,4 +1,5 @@
-"""`nydus-image`: create, merge, check, inspect, unpack, export, stat, optimize."""
+"""`nydus-image`: create, merge, check, inspect, unpack, export, stat, optimize, compact,
+chunkdict."""
 
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--digester", default="blake3", help="blake3, sha256")
     c.add_argument("-v", "--fs-version", default="6", help="RAFS version (6)")
     c.add_argument("--features", default="", help="comma separated: blob-toc")
-    c.add_argument("--chunk-dict", help="(not supported yet)")
+    c.add_argument(
+        "--chunk-dict", help="bootstrap=PATH: reference chunks of this dictionary, not store them"
+    )
     c.add_argument("--parent-bootstrap", help="parent layer bootstrap")
     c.add_argument("--aligned-chunk", action="store_true", help="(v6 always aligns)")
     c.add_argument("--repeatable", action="store_true", help="no explicit uid/gid")
@@ -166,6 +169,41 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--verity", action="store_true", help="append dm-verity hash data")
     e.add_argument("-l", "--log-level", dest="sub_log_level")
 
+    co = sub.add_parser(
+        "compact", help="rewrite small or sparsely used blobs into fewer, denser ones"
+    )
+    co.add_argument("-B", "--bootstrap", required=True, help="bootstrap to compact")
+    co.add_argument(
+        "-D", "--blob-dir", required=True, help="the blobs (unless --backend-type) and new blobs"
+    )
+    _backend_args(co)
+    co.add_argument("--min-used-ratio", default="0", help="rebuild blobs used below this %%")
+    co.add_argument("--compact-blob-size", default=str(10 << 20), help="merge blobs below")
+    co.add_argument("--max-compact-size", default=str(100 << 20), help="merged blob limit")
+    co.add_argument("--layers-to-compact", default="0", help="only with at least N blobs")
+    co.add_argument("--chunk-dict", help="bootstrap=PATH: dedup against this dictionary")
+    co.add_argument("-O", "--output-bootstrap", help="default <bootstrap>.compact")
+    co.add_argument("-J", "--output-json", help="write a JSON report")
+    co.add_argument("-l", "--log-level", dest="sub_log_level")
+
+    cd = sub.add_parser("chunkdict", help="chunk dictionaries")
+    cds = cd.add_subparsers(dest="chunkdict_cmd", parser_class=Parser)
+    g = cds.add_parser("generate", help="a chunk dictionary of the chunks images share")
+    g.add_argument("sources", nargs="+", metavar="SOURCE", help="bootstraps")
+    g.add_argument("-B", "--bootstrap", help="output dictionary bootstrap")
+    g.add_argument("-D", "--blob-dir", help="save the dictionary as <dir>/<sha256>")
+    g.add_argument(
+        "--database", help="(accepted for compatibility: the bootstraps are read directly)"
+    )
+    g.add_argument(
+        "--min-images", default="2", help="keep chunks at least this many sources hold (2)"
+    )
+    g.add_argument("--prefetch-policy", default="none", help="(accepted for compatibility)")
+    g.add_argument("-J", "--output-json", help="write a JSON report")
+    g.add_argument("-C", "--config", help="(accepted for compatibility)")
+    g.add_argument("-v", "--verbose", action="store_true")
+    g.add_argument("-l", "--log-level", dest="sub_log_level")
+
     st = sub.add_parser("stat", help="deduplication statistics of RAFS filesystems")
     st.add_argument("-B", "--bootstrap", help="one bootstrap")
     st.add_argument("-D", "--blob-dir", help="every bootstrap in this directory")
@@ -239,6 +277,7 @@ def _patterns(policy: str) -> list[str] | None:
 
 def cmd_create(a: argparse.Namespace) -> int:
     from nydus.builder.build import CreateOptions, create
+    from nydus.builder.chunkdict import parse_arg
     from nydus.utils.compress import Compressor
     from nydus.utils.digest import Digester
 
@@ -257,8 +296,6 @@ def cmd_create(a: argparse.Namespace) -> int:
         raise BuildError(f"invalid --digester {a.digester!r} (blake3, sha256)")
     if parse_size(a.batch_size) != 0:
         raise BuildError("--batch-size is not supported (only 0)")
-    if a.chunk_dict:
-        raise BuildError("--chunk-dict is not supported yet")
     features = {f.strip() for f in a.features.split(",") if f.strip()}
     unknown = features - {"blob-toc"}
     if unknown:
@@ -294,6 +331,7 @@ def cmd_create(a: argparse.Namespace) -> int:
         blob_toc="blob-toc" in features,
         repeatable=a.repeatable,
         prefetch_patterns=_patterns(a.prefetch_policy),
+        chunk_dict=parse_arg(a.chunk_dict) if a.chunk_dict else None,
     )
     res = create(opts)
     log.info("successfully built RAFS filesystem: ")
@@ -508,6 +546,65 @@ def _blob_cache_entry(path: str, bootstrap: str | None) -> tuple[str | None, Bac
     return bootstrap or (meta if isinstance(meta, str) else None), parsed.backend
 
 
+def cmd_compact(a: argparse.Namespace) -> int:
+    from nydus.builder.chunkdict import parse_arg
+    from nydus.builder.compact import CompactConfig, compact
+    from nydus.builder.source_image import open_image, source_backend
+
+    def num(flag: str, text: str) -> int:
+        try:
+            return parse_size(text)
+        except NydusError:
+            raise BuildError(f"invalid --{flag} {text!r}") from None
+
+    cfg = CompactConfig(
+        num("min-used-ratio", a.min_used_ratio),
+        num("compact-blob-size", a.compact_blob_size),
+        num("max-compact-size", a.max_compact_size),
+        num("layers-to-compact", a.layers_to_compact),
+    )
+    if a.backend_type:
+        backend = _backend(argparse.Namespace(**{**vars(a), "blob_dir": None}))
+    else:
+        backend = source_backend(blob_dir=a.blob_dir)
+    with open_image(a.bootstrap, backend) as src:
+        res = compact(
+            src,
+            a.blob_dir,
+            a.output_bootstrap,
+            cfg,
+            parse_arg(a.chunk_dict) if a.chunk_dict else None,
+        )
+    if res is None:
+        log.info("no chance to compact data blobs of %s", a.bootstrap)
+        return 0
+    log.info(
+        "compacted %s into %s: blobs %s (new: %s)",
+        a.bootstrap,
+        res.bootstrap,
+        json.dumps(res.blob_ids),
+        json.dumps(res.new_blobs),
+    )
+    _output_json(a.output_json, res.bootstrap, res.blob_ids)
+    return 0
+
+
+def cmd_chunkdict(a: argparse.Namespace) -> int:
+    from nydus.builder.chunkdict import generate_chunk_dict
+
+    if a.chunkdict_cmd != "generate":
+        raise BuildError("usage: nydus-image chunkdict generate [-B OUT] SOURCE...")
+    try:
+        min_images = int(a.min_images)
+    except ValueError:
+        min_images = 0
+    if min_images < 1:
+        raise BuildError(f"invalid --min-images {a.min_images!r} (1 or more)")
+    res = generate_chunk_dict(a.sources, a.bootstrap, a.blob_dir, min_images)
+    _output_json(a.output_json, res.bootstrap, res.blob_ids)
+    return 0
+
+
 def cmd_stat(a: argparse.Namespace) -> int:
     from nydus.builder.stat import stat_images
 
@@ -539,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             "export": cmd_export,
             "stat": cmd_stat,
             "optimize": cmd_optimize,
+            "chunkdict": cmd_chunkdict,
+            "compact": cmd_compact,
         }.get(a.cmd)
         if handler is None:
             parser.print_help()

@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend-config-file", default=_env("BACKEND_CONFIG_FILE"))
     c.add_argument("--backend-force-push", action="store_true", default=_flag("BACKEND_FORCE_PUSH"))
     c.add_argument("--output-json", default=_env("OUTPUT_JSON"))
+    c.add_argument(
+        "--chunk-dict",
+        default=_env("CHUNK_DICT"),
+        help="bootstrap:registry:REF: reference chunks of this Nydus image, not store them",
+    )
+    c.add_argument("--chunk-dict-insecure", action="store_true")
     c.add_argument("--batch-size", default="0")
     c.add_argument("--push-retry-count", default="3")
     c.add_argument("--push-retry-delay", default="5s")
@@ -92,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--source-backend-type", help="(not supported)")
     cp.add_argument("--source-backend-config", help="(not supported)")
     cp.add_argument("--source-backend-config-file", help="(not supported)")
+
+    cd = sub.add_parser("chunkdict", help="chunk dictionary images")
+    cds = cd.add_subparsers(dest="chunkdict_cmd", parser_class=Parser)
+    g = cds.add_parser("generate", help="a chunk dictionary from several Nydus images")
+    g.add_argument("--sources", required=True, help="Nydus image references, comma separated")
+    g.add_argument("--target", help="push the dictionary as this Nydus image")
+    g.add_argument("--source-insecure", action="store_true")
+    g.add_argument("--target-insecure", action="store_true")
+    g.add_argument("--work-dir", default="./output")
+    g.add_argument("--platform", help="platform of the images (default the host's)")
+    g.add_argument("--all-platforms", action="store_true", help="(not supported)")
+    g.add_argument("--nydus-image", help="(accepted for compatibility)")
+    g.add_argument("--backend-type", help="(not supported)")
+    g.add_argument("--backend-config", help="(not supported)")
+    g.add_argument("--backend-config-file", help="(not supported)")
 
     mo = sub.add_parser("mount", aliases=["view"], help="mount a Nydus image from a registry")
     mo.add_argument("--target", required=True, help="Nydus image reference")
@@ -234,6 +255,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
             backend_type=backend_type,
             backend_config=backend_config,
             backend_force_push=a.backend_force_push,
+            chunk_dict=a.chunk_dict or None,
+            chunk_dict_insecure=a.chunk_dict_insecure,
         )
     )
     if a.output_json:
@@ -312,6 +335,26 @@ def cmd_copy(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chunkdict(a: argparse.Namespace) -> int:
+    from nydus.converter.chunkdict import ChunkDictOptions, generate
+
+    if a.chunkdict_cmd != "generate":
+        raise NydusError("usage: nydusify chunkdict generate --sources A,B [--target T]")
+    if a.all_platforms or a.backend_type or a.backend_config or a.backend_config_file:
+        raise NydusError("--all-platforms and --backend-type are not supported here")
+    generate(
+        ChunkDictOptions(
+            sources=[s for s in a.sources.split(",") if s],
+            target=a.target,
+            source_insecure=a.source_insecure,
+            target_insecure=a.target_insecure,
+            work_dir=a.work_dir,
+            platform=a.platform,
+        )
+    )
+    return 0
+
+
 def cmd_mount(a: argparse.Namespace) -> int:
     from nydus.converter.mount import MountOptions, mount_image
 
@@ -382,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             "mount": cmd_mount,
             "view": cmd_mount,
             "optimize": cmd_optimize,
+            "chunkdict": cmd_chunkdict,
         }.get(a.cmd)
         if handler is None:
             parser.print_help()

@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from nydus import __version__
@@ -57,6 +58,8 @@ class ConvertOptions:
     backend_config: dict[str, Any] | None = None
     backend_force_push: bool = False
     parallel: int = 4
+    chunk_dict: str | None = None  # a Nydus image whose chunks the layers reference
+    chunk_dict_insecure: bool = False
 
 
 @dataclass
@@ -89,6 +92,7 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
         else _client(dst_ref, o.target_insecure)
     )
     target: BlobTarget | None = None
+    cdict: _ChunkDict | None = None
     try:
         target = open_blob_target(
             o.backend_type, o.backend_config, dst, dst_ref, o.backend_force_push
@@ -118,6 +122,7 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
                 )
         else:
             entries.append((Descriptor(top.media_type, top.digest, len(top.data)), None))
+        cdict = _ChunkDict.fetch(o, wanted[0]) if o.chunk_dict else None
         results = []
         for desc, plat in entries:
             pname = (
@@ -127,7 +132,9 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
             )
             log.info("Pulling image %s with platform %s", o.source, pname)
             sub = "" if len(entries) == 1 else f"{plat.os}-{plat.architecture}" if plat else ""
-            results.append(_convert_one(o, src, dst, target, src_ref, dst_ref, desc, plat, sub))
+            results.append(
+                _convert_one(o, src, dst, target, src_ref, dst_ref, desc, plat, sub, cdict)
+            )
         _push_top(o, dst, dst_ref, doc, results)
         log.info("Success convert image %s to %s", o.source, o.target)
         return results
@@ -137,6 +144,65 @@ def convert(o: ConvertOptions) -> list[ConvertedManifest]:
         src.close()
         if dst is not src:
             dst.close()
+        if cdict is not None:
+            cdict.client.close()
+
+
+@dataclass
+class _ChunkDict:
+    """`--chunk-dict`: a Nydus image's bootstrap, and where its blobs are."""
+
+    ref: Reference
+    client: RegistryClient
+    bootstrap: str
+
+    @classmethod
+    def fetch(cls, o: ConvertOptions, platform: Platform) -> _ChunkDict:
+        from nydus.converter.mount import MountOptions, fetch_bootstrap
+
+        assert o.chunk_dict is not None
+        text = o.chunk_dict
+        for prefix in ("bootstrap:registry:", "bootstrap:local:"):
+            text = text.removeprefix(prefix)  # upstream takes a local one as a reference too
+        path = os.path.join(o.work_dir, "chunk-dict", "bootstrap")
+        client, ref = fetch_bootstrap(
+            MountOptions(
+                target=text,
+                target_insecure=o.chunk_dict_insecure,
+                platform=f"{platform.os}/{platform.architecture}",
+            ),
+            Path(path),
+        )
+        log.info("Using chunk dict %s", ref.normalized())
+        return cls(ref, client, path)
+
+    def push(
+        self, o: ConvertOptions, dst: RegistryClient, dst_ref: Reference, blobs: list[Descriptor]
+    ) -> None:
+        """Make the target repository hold the dictionary blobs the image references."""
+        if o.backend_type is not None:
+            raise ConvertError("--chunk-dict with --backend-type is not supported")
+        import tempfile
+
+        from nydus.converter.copy import transfer_blob
+
+        tmp = tempfile.mkdtemp(prefix="nydusify-dict-", dir=o.work_dir)
+        try:
+            for d in blobs:
+                log.info("Pushing chunk dict blob %s", d.digest)
+                transfer_blob(
+                    self.client,
+                    self.ref.repo,
+                    dst,
+                    dst_ref.repo,
+                    d,
+                    tmp,
+                    same_registry=self.ref.host == dst_ref.host,
+                )
+        finally:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _convert_one(
@@ -149,6 +215,7 @@ def _convert_one(
     desc: Descriptor,
     plat: Platform | None,
     sub: str,
+    cdict: _ChunkDict | None = None,
 ) -> ConvertedManifest:
     fetched = src.get_manifest(src_ref.repo, desc.digest)
     manifest = Manifest.from_json(fetched.data)
@@ -182,17 +249,19 @@ def _convert_one(
                     chunk_size=o.chunk_size,
                     prefetch_patterns=o.prefetch_patterns or ["/"],
                     keep_tree=True,
+                    chunk_dict=cdict.bootstrap if cdict is not None else None,
                 )
             )
         digest, size = file_digest(tmp_blob)
         os.replace(tmp_blob, os.path.join(blob_dir, digest[7:]))
         assert res.tree is not None
-        # the blob id of a converted layer is its layer digest (interfaces §1.5)
-        blobs = (
-            [replace(res.blob_info, blob_id=digest[7:], compressed_size=size)]
-            if res.blob_info is not None
-            else []
-        )
+        # the blob id of a converted layer is its layer digest (interfaces §1.5); the other
+        # entries of its blob table are chunk dict blobs
+        own = res.blob_info.blob_index if res.blob_info is not None else -1
+        blobs = [
+            replace(b, blob_id=digest[7:], compressed_size=size) if b.blob_index == own else b
+            for b in res.blob_table
+        ]
         return digest, size, MergeLayer(res.tree, blobs, o.chunk_size, compressor, Digester.BLAKE3)
 
     layers = list(manifest.layers)
@@ -207,7 +276,18 @@ def _convert_one(
         merge_layers(
             [copy.deepcopy(b[2]) for b in built[:-1]], os.path.join(dst_dir, "bootstrap-parent")
         )
-    merge_layers([b[2] for b in built], boot_path, o.prefetch_patterns)
+    merged = merge_layers([b[2] for b in built], boot_path, o.prefetch_patterns)
+    own_ids = {b[0][7:] for b in built}
+    dict_descs = [
+        Descriptor(
+            mt.NYDUS_BLOB,
+            "sha256:" + bid,
+            _blob_size(cdict, bid),
+            annotations={mt.NYDUS_BLOB_ANNOTATION: "true"},
+        )
+        for bid in merged.blob_ids
+        if bid not in own_ids and cdict is not None
+    ]
     with open(boot_path, "rb") as f:
         bootstrap = f.read()
     # push blob layers
@@ -231,6 +311,9 @@ def _convert_one(
                 sorted(seen, key=[b[0] for b in built].index),
             )
         )
+    if cdict is not None and dict_descs:
+        cdict.push(o, dst, dst_ref, dict_descs)
+    blob_descs += dict_descs
     docker = mt.is_docker(fetched.media_type) and not o.oci
     layer = make_bootstrap_layer(bootstrap, metas)
     log.info("Pushing bootstrap layer %s", layer.digest)
@@ -272,6 +355,14 @@ def _convert_one(
         "sha256:" + hashlib.sha256(data).hexdigest(),
         boot_path,
     )
+
+
+def _blob_size(cdict: _ChunkDict | None, blob_id: str) -> int:
+    assert cdict is not None
+    size = cdict.client.stat_blob(cdict.ref.repo, "sha256:" + blob_id)
+    if size is None or size < 0:
+        raise ConvertError(f"chunk dict blob {blob_id} is missing from {cdict.ref.normalized()}")
+    return size
 
 
 def _config_platform(config: dict[str, Any]) -> Platform | None:

@@ -30,7 +30,7 @@ from nydus.oci.manifest import (
 from nydus.oci.reference import Reference
 from nydus.oci.registry import RegistryClient
 
-__all__ = ["CopyError", "CopyOptions", "CopyResult", "copy_image"]
+__all__ = ["CopyError", "CopyOptions", "CopyResult", "copy_image", "transfer_blob"]
 
 log = logging.getLogger("nydus.converter")
 
@@ -125,7 +125,16 @@ def _copy(
     res = CopyResult("", "", blobs=len(blobs))
 
     def one(desc: Descriptor) -> tuple[str, int]:
-        return _copy_blob(o, src, dst, sref, tref, same_host, tmp, desc)
+        return transfer_blob(
+            src,
+            sref.repo,
+            dst,
+            tref.repo,
+            desc,
+            tmp,
+            same_registry=same_host,
+            push_chunk_size=o.push_chunk_size,
+        )
 
     with ThreadPoolExecutor(max(1, min(o.parallel, len(blobs)))) as pool:
         for how, n in pool.map(one, blobs.values()):
@@ -167,36 +176,39 @@ def _copy(
     return res
 
 
-def _copy_blob(
-    o: CopyOptions,
+def transfer_blob(
     src: RegistryClient,
+    src_repo: str,
     dst: RegistryClient,
-    sref: Reference,
-    tref: Reference,
-    same_host: bool,
-    tmp: str,
+    dst_repo: str,
     desc: Descriptor,
+    tmp: str,
+    *,
+    same_registry: bool,
+    push_chunk_size: int = 0,
 ) -> tuple[str, int]:
-    if dst.stat_blob(tref.repo, desc.digest) is not None:
+    """Make `dst_repo` have blob `desc` of `src_repo`: skipped when there, mounted within one
+    registry, else streamed to a file under `tmp` (digest checked) and uploaded from it.
+    Returns ("exists" | "mounted" | "uploaded", bytes uploaded)."""
+    if dst.stat_blob(dst_repo, desc.digest) is not None:
         log.info("Blob %s already exists at the target", desc.digest)
         return "exists", 0
-    path = os.path.join(tmp, desc.digest.replace(":", "-"))
+    fd, path = tempfile.mkstemp(prefix="blob-", dir=tmp)
+    os.close(fd)
     try:
-        if same_host:
-            # a mount needs no data; the file is only read if the registry refuses it
-            with open(path, "wb"):
-                pass
-            how = _try_mount(dst, tref.repo, sref.repo, desc, path)
+        if same_registry:
+            # a mount needs no data; the empty file is only read if the registry refuses it
+            how = _try_mount(dst, dst_repo, src_repo, desc, path)
             if how is not None:
                 return how, 0
         log.info("Copying blob %s (%d bytes)", desc.digest, desc.size)
-        size = src.get_blob(sref.repo, desc.digest, path)
-        if size != desc.size:
+        size = src.get_blob(src_repo, desc.digest, path)
+        if desc.size >= 0 and size != desc.size:
             raise CopyError(
-                f"blob {desc.digest} has {size} bytes in {o.source}, its descriptor says "
+                f"blob {desc.digest} has {size} bytes in {src_repo}, its descriptor says "
                 f"{desc.size}"
             )
-        how = dst.push_blob(tref.repo, desc.digest, path, size, chunk_size=o.push_chunk_size)
+        how = dst.push_blob(dst_repo, desc.digest, path, size, chunk_size=push_chunk_size)
         return how, size
     finally:
         try:
