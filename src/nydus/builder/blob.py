@@ -51,6 +51,7 @@ class BlobResult:
     info: BlobInfo  # blob table entry (blob_index filled by the caller)
     size: int  # bytes written
     chunk_count: int
+    file_digest: str = ""  # "sha256:<hex>" of the whole blob file (its OCI layer digest)
 
 
 def _work(digester: Digester, compressor: Compressor, data: bytes) -> tuple[bytes, bytes, bool]:
@@ -97,8 +98,8 @@ class _OutputThread:
     """Hashes (blob id) and writes the blob in order on its own thread, so the main
     thread keeps feeding the chunk workers."""
 
-    def __init__(self, out: BinaryIO, hasher: hashlib._Hash) -> None:
-        self.out, self.hasher = out, hasher
+    def __init__(self, out: BinaryIO, hasher: hashlib._Hash, file_hasher: hashlib._Hash) -> None:
+        self.out, self.hasher, self.file_hasher = out, hasher, file_hasher
         self.queue: queue.Queue[tuple[bytes, bool] | None] = queue.Queue(maxsize=64)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
@@ -114,6 +115,7 @@ class _OutputThread:
                     data, hashed = item
                     if hashed:
                         self.hasher.update(data)
+                    self.file_hasher.update(data)
                     self.out.write(data)
             except BaseException as exc:  # noqa: BLE001 - reported to the main thread
                 self.error = exc
@@ -164,6 +166,7 @@ class BlobWriter:
     _pos: int = 0
     _upos: int = 0
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _file_hash: hashlib._Hash = field(default_factory=hashlib.sha256)  # every byte written
     _metas: list[ChunkMeta] = field(default_factory=list)
     _digests: list[bytes] = field(default_factory=list)
     _pending: deque[_Pending] = field(default_factory=deque)
@@ -290,7 +293,7 @@ class BlobWriter:
             return
         if self._writer is None:
             self._out = self.opener()
-            self._writer = _OutputThread(self._out, self._hash)
+            self._writer = _OutputThread(self._out, self._hash, self._file_hash)
         self._writer.put(data, hashed)
 
     def _sync(self) -> None:
@@ -442,7 +445,7 @@ class BlobWriter:
                 raise BlobOutputError(f"cannot write the blob: {exc.strerror}") from exc
         blob_id = self._hash.hexdigest()
         final = info(self._pos, toc_size, toc_digest)
-        return BlobResult(blob_id, final, self._pos, count)
+        return BlobResult(blob_id, final, self._pos, count, "sha256:" + self._file_hash.hexdigest())
 
     def abort(self) -> None:
         for p in self._pending:

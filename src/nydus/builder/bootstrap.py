@@ -10,6 +10,7 @@ directory/symlink data blocks, then the chunk info table.
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nydus.builder.tree import Chunk, InodeData, Node
@@ -86,6 +87,9 @@ class BootstrapOptions:
     compressor: Compressor
     digester: Digester
     explicit_uid_gid: bool = True
+    # chunk blob index -> blob table index as written (None: the same); lets a merge write
+    # a blob table in its own order without renumbering every chunk of the tree
+    blob_map: Sequence[int] | None = None
 
 
 def super_flags(opts: BootstrapOptions, blobs: list[BlobInfo], has_xattr: bool) -> int:
@@ -338,9 +342,12 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
             raise BuildError(
                 f"file of {rec.size} bytes has {len(d.chunks)} chunks, expected {expected}"
             )
+        bmap = opts.blob_map
         for c in d.chunks:
             out[pos : pos + 8] = ChunkAddr(
-                c.blob_index, c.ci_index, c.uncompressed_offset // BLOCK_SIZE
+                c.blob_index if bmap is None else bmap[c.blob_index],
+                c.ci_index,
+                c.uncompressed_offset // BLOCK_SIZE,
             ).pack()
             pos += 8
         return
@@ -358,20 +365,22 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
 def _chunk_table(order: list[_Rec], opts: BootstrapOptions) -> list[ChunkInfo]:
     """One record per distinct (digest, blob) pair, sorted by digest then blob index."""
     seen: dict[tuple[bytes, int], ChunkInfo] = {}
+    bmap = opts.blob_map
     for rec in order:
         if rec.layout != LAYOUT_CHUNK_BASED:
             continue
         for i, c in enumerate(rec.data.chunks):
-            key = (c.digest, c.blob_index)
+            bi = c.blob_index if bmap is None else bmap[c.blob_index]
+            key = (c.digest, bi)
             if key not in seen:
-                seen[key] = _chunk_info(c, i * opts.chunk_size)
+                seen[key] = _chunk_info(c, bi, i * opts.chunk_size)
     return [seen[k] for k in sorted(seen)]
 
 
-def _chunk_info(c: Chunk, file_offset: int) -> ChunkInfo:
+def _chunk_info(c: Chunk, blob_index: int, file_offset: int) -> ChunkInfo:
     return ChunkInfo(
         c.digest,
-        c.blob_index,
+        blob_index,
         ChunkFlags.COMPRESSED if c.compressed else 0,
         c.compressed_size,
         c.uncompressed_size,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from nydus.builder.blob import BlobWriter
 from nydus.builder.bootstrap import BootstrapOptions, write_bootstrap
@@ -52,6 +53,7 @@ class CreateOptions:
     prefetch_patterns: list[str] | None = None
     keep_tree: bool = False  # return the merged tree in BuildResult.tree
     chunk_dict: str | None = None  # a dictionary bootstrap: its chunks are referenced
+    source_stream: BinaryIO | None = None  # tar-rafs: read the tar from here, not `source`
 
 
 @dataclass
@@ -65,6 +67,7 @@ class BuildResult:
     tree: Node | None = None  # with CreateOptions.keep_tree
     blob_info: BlobInfo | None = None  # this build's blob table entry (None: no data)
     blob_table: list[BlobInfo] = field(default_factory=list)  # the bootstrap's, in order
+    blob_file_digest: str | None = None  # "sha256:<hex>" of the blob file written
 
 
 def load_bootstrap(path: str, what: str = "bootstrap") -> RafsSuper:
@@ -104,6 +107,10 @@ def _check_options(o: CreateOptions) -> str:
         why = not_a_directory(parent) if parent else None
         if why is not None:
             raise BuildError(f"cannot write {what} {out}: directory {parent} {why}")
+    if o.source_stream is not None:
+        if kind != "tar":
+            raise BuildError("a source stream must be a tar layer (tar-rafs)")
+        return kind
     if not os.path.exists(o.source):
         raise BuildError(f"source {o.source} does not exist")
     if not os.access(o.source, os.R_OK):
@@ -223,6 +230,7 @@ def create(o: CreateOptions) -> BuildResult:
         tree=root if o.keep_tree else None,
         blob_info=info,
         blob_table=list(blobs),
+        blob_file_digest=res.file_digest if res is not None else None,
     )
 
 
@@ -286,6 +294,8 @@ def _read_source(o: CreateOptions, kind: str, writer: BlobWriter) -> Node:
                 f"source {o.source} is not a directory (use --type tar-rafs for a tar layer)"
             )
         return read_dir_tree(o.source, writer)
+    if o.source_stream is not None:
+        return read_tar_tree(o.source_stream, writer, f"source {o.source}")
     if os.path.isdir(o.source):
         raise BuildError(f"source {o.source} is a directory, not a tar layer")
     try:
@@ -402,44 +412,66 @@ def merge_layers(
     blob table lists the referenced blobs in BFS first-reference order."""
     if not layers:
         raise BuildError("nothing to merge")
-    ids: list[str] = []
-    infos: dict[str, BlobInfo] = {}
-    root: Node | None = None
+    m = Merger()
     for layer in layers:
-        if layer.chunk_size != layers[0].chunk_size:
+        m.add(layer)
+    return m.write(bootstrap, prefetch_patterns)
+
+
+class Merger:
+    """Layers stacked one by one (their trees are modified); `write()` may be called after
+    any of them, so a merge of all layers but the last and one of all cost one pass."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.infos: dict[str, BlobInfo] = {}
+        self.root: Node | None = None
+        self.top: MergeLayer | None = None
+
+    def add(self, layer: MergeLayer) -> None:
+        if self.top is not None and layer.chunk_size != self.top.chunk_size:
             raise BuildError("source bootstraps have different chunk sizes")
         mapping = []
         for b in layer.blobs:
-            if b.blob_id not in infos:
-                infos[b.blob_id] = replace(b, features=b.features & ~BlobFeatures.INLINED_FS_META)
-                ids.append(b.blob_id)
-            mapping.append(ids.index(b.blob_id))
-        _remap_chunks(layer.tree, dict(enumerate(mapping)))
-        if root is None:
+            if b.blob_id not in self.infos:
+                self.infos[b.blob_id] = replace(
+                    b, features=b.features & ~BlobFeatures.INLINED_FS_META
+                )
+                self.ids.append(b.blob_id)
+            mapping.append(self.ids.index(b.blob_id))
+        if any(i != n for n, i in enumerate(mapping)):
+            _remap_chunks(layer.tree, dict(enumerate(mapping)))
+        if self.root is None:
             strip_whiteouts(layer.tree, "oci")
-            root = layer.tree
+            self.root = layer.tree
         else:
-            apply_layer(root, layer.tree, "oci")
-    assert root is not None
-    # blob table in order of first reference by a BFS walk; unreferenced blobs dropped
-    order: list[int] = []
-    for _path, node in _bfs(root):
-        for c in node.inode.chunks:
-            if c.blob_index not in order:
-                order.append(c.blob_index)
-    _remap_chunks(root, {old: new for new, old in enumerate(order)})
-    blobs = [replace(infos[ids[old]], blob_index=new) for new, old in enumerate(order)]
-    top = layers[-1]
-    bopts = BootstrapOptions(top.chunk_size, top.compressor, top.digester, top.explicit_uid_gid)
-    boot = write_bootstrap(root, blobs, bopts, prefetch_nodes(root, prefetch_patterns))
-    write_atomic(bootstrap, boot)
-    return BuildResult(bootstrap, [b.blob_id for b in blobs])
+            apply_layer(self.root, layer.tree, "oci")
+        self.top = layer
+
+    def write(self, bootstrap: str, prefetch_patterns: list[str] | None = None) -> BuildResult:
+        root, top = self.root, self.top
+        if root is None or top is None:
+            raise BuildError("nothing to merge")
+        # blob table in order of first reference by a BFS walk; unreferenced blobs dropped
+        order: dict[int, int] = {}
+        for node in _bfs_nodes(root):
+            for c in node.inode.chunks:
+                if c.blob_index not in order:
+                    order[c.blob_index] = len(order)
+        blob_map = [order.get(i, -1) for i in range(len(self.ids))]
+        blobs = [replace(self.infos[self.ids[old]], blob_index=new) for old, new in order.items()]
+        bopts = BootstrapOptions(
+            top.chunk_size, top.compressor, top.digester, top.explicit_uid_gid, blob_map
+        )
+        boot = write_bootstrap(root, blobs, bopts, prefetch_nodes(root, prefetch_patterns))
+        write_atomic(bootstrap, boot)
+        return BuildResult(bootstrap, [b.blob_id for b in blobs])
 
 
 def _remap_chunks(root: Node, renumber: dict[int, int]) -> None:
     cache: dict[int, Chunk] = {}
     seen: set[int] = set()
-    for _path, node in _bfs(root):
+    for node in _bfs_nodes(root):
         if id(node.inode) in seen:
             continue
         seen.add(id(node.inode))
@@ -449,17 +481,27 @@ def _remap_chunks(root: Node, renumber: dict[int, int]) -> None:
 def _renumber(c: Chunk, renumber: dict[int, int], cache: dict[int, Chunk]) -> Chunk:
     hit = cache.get(id(c))
     if hit is None:
-        hit = cache[id(c)] = replace(c, blob_index=renumber[c.blob_index])
+        # the constructor, not dataclasses.replace: this runs for every chunk of a merge
+        hit = cache[id(c)] = Chunk(
+            c.digest,
+            renumber[c.blob_index],
+            c.ci_index,
+            c.uncompressed_offset,
+            c.uncompressed_size,
+            c.compressed_offset,
+            c.compressed_size,
+            c.compressed,
+        )
     return hit
 
 
-def _bfs(root: Node) -> list[tuple[bytes, Node]]:
-    out = [(b"/", root)]
-    head = 0
-    while head < len(out):
-        path, node = out[head]
-        head += 1
-        if node.children is not None:
-            for child in node.sorted_children():
-                out.append((path.rstrip(b"/") + b"/" + child.name, child))
-    return out
+def _bfs_nodes(root: Node) -> Iterator[Node]:
+    """Every node, breadth first, children sorted (hard-linked inodes once per name)."""
+    level = [root]
+    while level:
+        nxt: list[Node] = []
+        for node in level:
+            yield node
+            if node.children is not None:
+                nxt.extend(node.children[k] for k in sorted(node.children))
+        level = nxt

@@ -1,13 +1,14 @@
-"""Read an OCI layer tar (plain or gzip, PAX/GNU/ustar) as a stream into `Node`s."""
+"""Read an OCI layer tar (plain or compressed, PAX/GNU/ustar) as a stream into `Node`s."""
 
 from __future__ import annotations
 
 import logging
+import os
 import stat
-import tarfile
 from typing import BinaryIO
 
 from nydus.builder.blob import BlobWriter
+from nydus.builder.tar_stream import TarEntry, TarError, TarStream, open_tar_stream
 from nydus.builder.tree import InodeData, Node
 from nydus.errors import BuildError
 from nydus.format.constants import MAX_DEV_MAJOR, MAX_DEV_MINOR, MAX_NAME_LEN
@@ -16,57 +17,44 @@ from nydus.format.v6 import split_xattr_name
 
 log = logging.getLogger(__name__)
 
+
 _TYPE_MODE = {
-    tarfile.REGTYPE: stat.S_IFREG,
-    tarfile.AREGTYPE: stat.S_IFREG,
-    tarfile.CONTTYPE: stat.S_IFREG,
-    tarfile.GNUTYPE_SPARSE: stat.S_IFREG,
-    tarfile.DIRTYPE: stat.S_IFDIR,
-    tarfile.SYMTYPE: stat.S_IFLNK,
-    tarfile.CHRTYPE: stat.S_IFCHR,
-    tarfile.BLKTYPE: stat.S_IFBLK,
-    tarfile.FIFOTYPE: stat.S_IFIFO,
+    b"0": stat.S_IFREG,
+    b"5": stat.S_IFDIR,
+    b"2": stat.S_IFLNK,
+    b"3": stat.S_IFCHR,
+    b"4": stat.S_IFBLK,
+    b"6": stat.S_IFIFO,
 }
 
 
-def _fs(s: str) -> bytes:
-    return s.encode("utf-8", "surrogateescape")
+def _show(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
 
 
-def _split(name: str, what: str) -> list[bytes]:
-    raw = _fs(name)
+def _split(raw: bytes, what: str) -> list[bytes]:
     if raw.startswith(b"/"):
-        raise BuildError(f"tar entry {what} {name!r} is an absolute path")
+        raise BuildError(f"tar entry {what} {_show(raw)!r} is an absolute path")
     parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
     if b".." in parts:
-        raise BuildError(f"tar entry {what} {name!r} escapes the root with '..'")
+        raise BuildError(f"tar entry {what} {_show(raw)!r} escapes the root with '..'")
     for p in parts:
         if b"\0" in p:
-            raise BuildError(f"tar entry {what} {name!r} holds a NUL byte")
+            raise BuildError(f"tar entry {what} {_show(raw)!r} holds a NUL byte")
         if len(p) > MAX_NAME_LEN:
-            raise BuildError(f"tar entry {name!r}: a name is longer than {MAX_NAME_LEN} bytes")
+            raise BuildError(
+                f"tar entry {_show(raw)!r}: a name is longer than {MAX_NAME_LEN} bytes"
+            )
     return parts
 
 
-def _mtime(info: tarfile.TarInfo) -> tuple[int, int]:
-    raw = info.pax_headers.get("mtime")
-    if raw:
-        sec, _, frac = raw.partition(".")
-        if sec.lstrip("-").isdigit() and (not frac or frac.isdigit()):
-            if sec.startswith("-") and (sec + frac).strip("-0"):
-                return -1, 0  # before 1970, however little: out of range
-            return int(sec), int((frac + "000000000")[:9]) if frac else 0
-        raise BuildError(f"tar entry {info.name!r}: PAX mtime {raw[:40]!r} is not a time")
-    return int(info.mtime), 0
-
-
-def _check_ranges(info: tarfile.TarInfo, mtime: int, nsec: int) -> None:
+def _check_ranges(info: TarEntry) -> None:
     """One clear error for header values an image cannot hold (negative, too large)."""
-    size = info.size if info.isreg() else 0
-    why = inode_range_error(info.uid, info.gid, mtime, nsec, size)
+    size = info.size if info.type == b"0" else 0
+    why = inode_range_error(info.uid, info.gid, info.mtime, info.mtime_nsec, size)
     if (
         why is None
-        and (info.ischr() or info.isblk())
+        and info.type in (b"3", b"4")
         and not (0 <= info.devmajor <= MAX_DEV_MAJOR and 0 <= info.devminor <= MAX_DEV_MINOR)
     ):
         why = (
@@ -74,49 +62,40 @@ def _check_ranges(info: tarfile.TarInfo, mtime: int, nsec: int) -> None:
             f"(major 0 to {MAX_DEV_MAJOR}, minor 0 to {MAX_DEV_MINOR})"
         )
     if why is not None:
-        raise BuildError(f"tar entry {info.name!r}: {why}")
+        raise BuildError(f"tar entry {_show(info.name)!r}: {why}")
 
 
-def _xattrs(info: tarfile.TarInfo) -> dict[bytes, bytes]:
+def _xattrs(entry: TarEntry) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
-    for key, value in info.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            if value == "":  # an empty PAX record unsets the key (Go's archive/tar, umoci)
-                continue
-            name = _fs(key[len("SCHILY.xattr.") :])
-            try:
-                split_xattr_name(name)
-            except Exception:  # noqa: BLE001 - any unsupported namespace: skip the xattr
-                log.warning(
-                    "skipping xattr %s of %s: namespace not supported by RAFS",
-                    name.decode(errors="replace"),
-                    info.name,
-                )
-                continue
-            out[name] = _fs(value)
+    for name, value in entry.xattrs.items():
+        if value == b"":  # an empty PAX record unsets the key (Go's archive/tar, umoci)
+            continue
+        try:
+            split_xattr_name(name)
+        except Exception:  # noqa: BLE001 - any unsupported namespace: skip the xattr
+            log.warning(
+                "skipping xattr %s of %s: namespace not supported by RAFS",
+                name.decode(errors="replace"),
+                _show(entry.name),
+            )
+            continue
+        out[name] = value
     return out
 
 
 def read_tar_tree(stream: BinaryIO, writer: BlobWriter | None, label: str) -> Node:
-    """Stream `stream` (never seeks) into a tree; data goes to `writer`."""
+    """Stream `stream` (never seeks; plain or compressed) into a tree; data goes to
+    `writer`."""
     root = Node.directory(b"", InodeData(mode=stat.S_IFDIR | 0o755))
     by_path: dict[tuple[bytes, ...], Node] = {(): root}
     try:
-        tf = tarfile.open(  # noqa: SIM115 - closed in the finally below
-            fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape"
-        )
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BuildError(f"{label}: not a readable tar archive: {exc}") from exc
-    try:
-        for info in tf:
-            _add_member(tf, info, root, by_path, writer)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        tar = open_tar_stream(stream)
+        for entry in tar:
+            _add_member(tar, entry, root, by_path, writer)
+    except TarError as exc:
         raise BuildError(f"{label}: corrupt or truncated tar: {exc}") from exc
-    finally:
-        try:
-            tf.close()
-        except (tarfile.TarError, OSError, EOFError):
-            pass
+    except (OSError, EOFError) as exc:
+        raise BuildError(f"{label}: cannot read the tar: {exc}") from exc
     return root
 
 
@@ -136,41 +115,41 @@ def _parent(by_path: dict[tuple[bytes, ...], Node], parts: list[bytes]) -> Node:
 
 
 def _add_member(
-    tf: tarfile.TarFile,
-    info: tarfile.TarInfo,
+    tar: TarStream,
+    info: TarEntry,
     root: Node,
     by_path: dict[tuple[bytes, ...], Node],
     writer: BlobWriter | None,
 ) -> None:
     parts = _split(info.name, "path")
-    mtime, nsec = _mtime(info)
-    _check_ranges(info, mtime, nsec)
+    _check_ranges(info)
     mode_bits = info.mode & 0o7777
-    attrs = {
-        "uid": info.uid,
-        "gid": info.gid,
-        "mtime": mtime,
-        "mtime_nsec": nsec,
-        "xattrs": _xattrs(info),
-    }
+    xattrs = _xattrs(info)
     if not parts:  # the root itself
-        if info.isdir():
-            root.inode = InodeData(mode=stat.S_IFDIR | mode_bits, **attrs)  # type: ignore[arg-type]
+        if info.type == b"5":
+            root.inode = InodeData(
+                stat.S_IFDIR | mode_bits,
+                info.uid,
+                info.gid,
+                info.mtime,
+                info.mtime_nsec,
+                xattrs=xattrs,
+            )
         return
     parent = _parent(by_path, parts)
     name = parts[-1]
     key = tuple(parts)
     assert parent.children is not None
-    if info.islnk():
+    if info.type == b"1":
         target_parts = _split(info.linkname, "hardlink target")
         target = by_path.get(tuple(target_parts))
         if target is None:
             raise BuildError(
-                f"tar entry {info.name!r}: hardlink target {info.linkname!r} "
+                f"tar entry {_show(info.name)!r}: hardlink target {_show(info.linkname)!r} "
                 "not found earlier in the layer"
             )
         if target.children is not None:
-            raise BuildError(f"tar entry {info.name!r}: hardlink to a directory")
+            raise BuildError(f"tar entry {_show(info.name)!r}: hardlink to a directory")
         if target.inode.is_reg:
             data = target.inode
         else:  # hardlinks to symlinks/devices become separate inodes, as upstream does
@@ -192,8 +171,10 @@ def _add_member(
         return
     ftype = _TYPE_MODE.get(info.type)
     if ftype is None:
-        raise BuildError(f"tar entry {info.name!r}: unsupported type {info.type!r}")
-    data = InodeData(mode=ftype | mode_bits, **attrs)  # type: ignore[arg-type]
+        raise BuildError(f"tar entry {_show(info.name)!r}: unsupported type {info.type!r}")
+    data = InodeData(
+        ftype | mode_bits, info.uid, info.gid, info.mtime, info.mtime_nsec, xattrs=xattrs
+    )
     if ftype == stat.S_IFDIR:
         existing = by_path.get(key)
         if existing is not None and existing.children is not None:
@@ -206,19 +187,15 @@ def _add_member(
         by_path[key] = node
         return
     if ftype in (stat.S_IFCHR, stat.S_IFBLK):
-        import os
-
         data.rdev = os.makedev(info.devmajor, info.devminor)
     elif ftype == stat.S_IFLNK:
-        data.symlink = _fs(info.linkname)
+        data.symlink = info.linkname
         if not data.symlink:
-            raise BuildError(f"tar entry {info.name!r}: empty symlink target")
+            raise BuildError(f"tar entry {_show(info.name)!r}: empty symlink target")
     elif ftype == stat.S_IFREG:
         data.size = info.size
         if info.size and writer is not None:
-            f = tf.extractfile(info)
-            assert f is not None
-            data.chunks = writer.add_file(f.read, info.size)  # type: ignore[assignment]
+            data.chunks = writer.add_file(tar.read, info.size)  # type: ignore[assignment]
     node = Node(name, data)
     parent.children[name] = node
     _drop_subtree(by_path, key)

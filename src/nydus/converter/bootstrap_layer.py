@@ -50,7 +50,8 @@ def make_bootstrap_layer(
     parts.append(b"\0" * (2 * BLOCK))
     tar = b"".join(parts)
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as gz:
+    # level 6 (Go's and gzip(1)'s default): level 9 costs seconds on a big bootstrap
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
         gz.write(tar)
     data = buf.getvalue()
     return BootstrapLayer(

@@ -12,16 +12,18 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nydus import __version__
-from nydus.builder.build import CreateOptions, MergeLayer, create, merge_layers
+from nydus.builder.build import CreateOptions, MergeLayer, Merger, create
 from nydus.builder.inline import blob_meta_cache
 from nydus.converter.blob_target import BlobTarget, open_blob_target
 from nydus.converter.bootstrap_layer import make_bootstrap_layer
+from nydus.converter.layer_stream import LayerStream
 from nydus.errors import NydusError
 from nydus.oci import mediatypes as mt
 from nydus.oci.manifest import Descriptor, Index, Manifest, Platform, go_json, parse_manifest
@@ -228,18 +230,35 @@ def _convert_one(
 
     compressor = Compressor.from_name(o.compressor)
 
+    # blobs are pushed as soon as each is built, while other layers still build
+    pushes: list[Future[None]] = []
+    push_pool = ThreadPoolExecutor(max(1, o.parallel), thread_name_prefix="push")
+    pushed: set[str] = set()
+    pushed_lock = threading.Lock()
+
+    def push_soon(digest: str) -> None:
+        with pushed_lock:
+            if digest in pushed:
+                return
+            pushed.add(digest)
+        pushes.append(push_pool.submit(target.push, digest, os.path.join(blob_dir, digest[7:])))
+
     def one_layer(layer: Descriptor) -> tuple[str, int, MergeLayer]:
         path = os.path.join(src_dir, layer.digest)
-        if not _have(path, layer.digest):
+        if _have(path, layer.digest):
+            pieces: Iterable[bytes] = _file_pieces(path)
+            cache = None
+        else:
             log.info("Pulling layer %s", layer.digest)
-            _download(src, src_ref.repo, layer, path)
-        log.info("Unpacking layer %s", layer.digest)
+            pieces = _progress(src.iter_blob(src_ref.repo, layer.digest), layer)
+            cache = path
         log.info("Building layer %s", layer.digest)
         tmp_blob = os.path.join(blob_dir, f".building-{layer.digest[7:]}")
-        with _layer_stream(path, layer.media_type) as source_path:
+        with LayerStream(pieces, cache, f"source layer {layer.digest}") as stream:
             res = create(
                 CreateOptions(
-                    source=source_path,
+                    source=path,
+                    source_stream=stream,  # type: ignore[arg-type]
                     source_type="tar-rafs",
                     blob=tmp_blob,
                     blob_inline_meta=True,
@@ -252,8 +271,11 @@ def _convert_one(
                     chunk_dict=cdict.bootstrap if cdict is not None else None,
                 )
             )
-        digest, size = file_digest(tmp_blob)
+            stream.finish()  # the rest of the download: its digest is checked at the end
+        assert res.blob_file_digest is not None and res.blob_path is not None
+        digest, size = res.blob_file_digest, res.blob_size
         os.replace(tmp_blob, os.path.join(blob_dir, digest[7:]))
+        push_soon(digest)
         assert res.tree is not None
         # the blob id of a converted layer is its layer digest (interfaces §1.5); the other
         # entries of its blob table are chunk dict blobs
@@ -267,16 +289,58 @@ def _convert_one(
     layers = list(manifest.layers)
     if not layers:
         raise ConvertError(f"source image {o.source} has no layers")
-    with ThreadPoolExecutor(max(1, min(o.parallel, len(layers)))) as pool:
-        built = list(pool.map(one_layer, layers))
-    # bootstrap-parent (all layers but the top one), then bootstrap (all layers); merging
-    # changes the trees it stacks, so the parent merge works on copies
-    boot_path = os.path.join(dst_dir, "bootstrap")
-    if len(built) > 1:
-        merge_layers(
-            [copy.deepcopy(b[2]) for b in built[:-1]], os.path.join(dst_dir, "bootstrap-parent")
+    try:
+        with ThreadPoolExecutor(max(1, min(o.parallel, len(layers)))) as pool:
+            built = list(pool.map(one_layer, layers))
+        return _finish(
+            o,
+            dst,
+            target,
+            dst_ref,
+            src_ref,
+            desc,
+            plat,
+            fetched,
+            manifest,
+            config,
+            dst_dir,
+            blob_dir,
+            compressor,
+            built,
+            pushes,
+            cdict,
         )
-    merged = merge_layers([b[2] for b in built], boot_path, o.prefetch_patterns)
+    finally:
+        push_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish(
+    o: ConvertOptions,
+    dst: RegistryClient,
+    target: BlobTarget,
+    dst_ref: Reference,
+    src_ref: Reference,
+    desc: Descriptor,
+    plat: Platform | None,
+    fetched: Any,
+    manifest: Manifest,
+    config: dict[str, Any],
+    dst_dir: str,
+    blob_dir: str,
+    compressor: Compressor,
+    built: list[tuple[str, int, MergeLayer]],
+    pushes: list[Future[None]],
+    cdict: _ChunkDict | None,
+) -> ConvertedManifest:
+    # bootstrap-parent (all layers but the top one), then bootstrap (all layers), in one pass
+    boot_path = os.path.join(dst_dir, "bootstrap")
+    merger = Merger()
+    for b in built[:-1]:
+        merger.add(b[2])
+    if len(built) > 1:
+        merger.write(os.path.join(dst_dir, "bootstrap-parent"))
+    merger.add(built[-1][2])
+    merged = merger.write(boot_path, o.prefetch_patterns)
     own_ids = {b[0][7:] for b in built}
     dict_descs = [
         Descriptor(
@@ -304,13 +368,8 @@ def _convert_one(
         meta = blob_meta_cache(os.path.join(blob_dir, digest[7:]))
         if meta is not None:
             metas.append((digest[7:], meta))
-    with ThreadPoolExecutor(max(1, min(o.parallel, len(seen)))) as pool:
-        list(
-            pool.map(
-                lambda digest: target.push(digest, os.path.join(blob_dir, digest[7:])),
-                sorted(seen, key=[b[0] for b in built].index),
-            )
-        )
+    for fut in pushes:  # started as each blob was built
+        fut.result()
     if cdict is not None and dict_descs:
         cdict.push(o, dst, dst_ref, dict_descs)
     blob_descs += dict_descs
@@ -465,51 +524,14 @@ class _Progress:
             )
 
 
-def _download(src: RegistryClient, repo: str, layer: Descriptor, path: str) -> None:
-    tmp = path + ".part"
+def _progress(pieces: Iterable[bytes], layer: Descriptor) -> Iterator[bytes]:
     progress = _Progress(layer.digest, layer.size)
-    try:
-        with open(tmp, "wb") as f:
-            for piece in src.iter_blob(repo, layer.digest):
-                f.write(piece)
-                progress.update(len(piece))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    for piece in pieces:
+        progress.update(len(piece))
+        yield piece
 
 
-class _layer_stream:
-    """A path the tar builder can read: the layer itself, or a FIFO fed by a zstd
-    decompressor thread for `+zstd` layers (tarfile reads gzip natively)."""
-
-    def __init__(self, path: str, media_type: str) -> None:
-        self.path, self.media_type = path, media_type
-        self.fifo: str | None = None
-        self.thread: threading.Thread | None = None
-
-    def __enter__(self) -> str:
-        if not self.media_type.endswith("+zstd"):
-            return self.path
-        import tempfile
-
-        import zstandard
-
-        d = tempfile.mkdtemp(prefix="nydusify-")
-        self.fifo = os.path.join(d, "layer.tar")
-        os.mkfifo(self.fifo)
-
-        def feed() -> None:
-            with open(self.path, "rb") as fin, open(self.fifo, "wb") as fout:  # type: ignore[arg-type]
-                zstandard.ZstdDecompressor().copy_stream(fin, fout)
-
-        self.thread = threading.Thread(target=feed, daemon=True)
-        self.thread.start()
-        return self.fifo
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fifo:
-            import shutil
-
-            shutil.rmtree(os.path.dirname(self.fifo), ignore_errors=True)
+def _file_pieces(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            yield piece
