@@ -52,7 +52,7 @@ def run_nydus_image(
 def image_ok(nydus_image: str, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     """Run ``nydus-image ARGS...``; fail the test (showing stderr) unless it exits 0."""
     r = run_nydus_image(nydus_image, args)
-    assert r.returncode == 0, f"nydus-image {' '.join(map(os.fspath, args))}: {r.stderr}"
+    assert r.returncode == 0, f"nydus-image {' '.join(os.fspath(a) for a in args)}: {r.stderr}"
     return r
 
 

@@ -28,7 +28,7 @@ def _tar(fmt: int, members: list[tuple[tarfile.TarInfo, bytes | None]], **kw) ->
 
 def _members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
     r = random.Random(1)
-    out = []
+    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
     d = tarfile.TarInfo("dir")
     d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o750, 1_600_000_000
     out.append((d, None))
