@@ -269,6 +269,10 @@ from benchmarks import ctr_cases as _ctr_cases  # noqa: E402
 _ctr_cases.register(CASES, Row)  # ctr-run: containerd + our snapshotter vs containerd's own
 USER_CASES = (*_start_cases.CASE_NAMES, _ctr_cases.CASE)
 
+from benchmarks import toolbox_cases as _toolbox_cases  # noqa: E402
+
+_toolbox_cases.register(CASES, Row)  # convert-skopeo, unpack-export, chunk-dict
+
 
 # -- output ----------------------------------------------------------------------------------------
 
