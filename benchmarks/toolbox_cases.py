@@ -265,8 +265,8 @@ def _versions(ctx: Any, base: Path) -> list[Path]:
     for d, names in zip(out, extras):
         subprocess.run(["cp", "-a", "--reflink=auto", str(py), str(d)], check=True)
         (d / "app").mkdir(exist_ok=True)
-        for n in names:
-            subprocess.run(["cp", "-a", str(app / n), str(d / "app" / n)], check=True)
+        for pkg in names:
+            subprocess.run(["cp", "-a", str(app / pkg), str(d / "app" / pkg)], check=True)
     return out
 
 

@@ -34,6 +34,7 @@ from nydus.errors import BuildError
 from nydus.format.constants import BlobFeatures, SuperFlags
 from nydus.format.rafs import ChunkRef
 from nydus.format.v6 import BlobInfo
+from nydus.storage.device import Key
 
 __all__ = ["CompactConfig", "CompactResult", "compact"]
 
@@ -281,7 +282,7 @@ def _rewrite(
                 batch = refs[start : start + _BATCH]
                 data = device.get_chunks(batch, kind="readahead")
                 for r in batch:
-                    piece = data[(bi, r.ci_index)]
+                    piece = data[Key(bi, r.ci_index)]
                     targets.append(((bi, r.ci_index), writer.add_file(_reader(piece), len(piece))))
         writer.flush()
         res = writer.finish(blob_toc=True, inline_bootstrap=None)
