@@ -19,7 +19,6 @@ boundary, and the result carries the `veritysetup` options with the root hash.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +54,16 @@ class ExportResult:
     relaid: bool  # the export chose the blob addresses itself
     verity_options: str | None = None
     root_hash: str | None = None
+
+
+def _pread(fd: int, offset: int, size: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise BuildError("the exported image shrank while it was hashed")
+        data += more
+    return data
 
 
 def _layout(boot_blocks: int, blocks: list[int]) -> list[int]:
@@ -183,10 +192,9 @@ def export_block(
         res = ExportResult(output, total, total * BLOCK_SIZE, mapped, relaid)
         if verity:
             fh.flush()
-            with mmap.mmap(fd, total * BLOCK_SIZE, prot=mmap.PROT_READ) as view:
-                tree = build_hash_tree(
-                    lambda a, b: view[a * BLOCK_SIZE : b * BLOCK_SIZE], total, threads
-                )
+            tree = build_hash_tree(
+                lambda a, b: _pread(fd, a * BLOCK_SIZE, (b - a) * BLOCK_SIZE), total, threads
+            )
             hash_offset = total * BLOCK_SIZE
             os.pwrite(fd, tree.hash_area, hash_offset)
             res.size = hash_offset + len(tree.hash_area)
