@@ -56,6 +56,8 @@ BACKEND_TYPES = (*BACKEND_TYPES_V1, "http-proxy")
 CACHE_TYPES = ("blobcache", "filecache", "fscache", "", "dummycache")
 FILE_CACHE_TYPES = ("blobcache", "filecache", "fscache")
 RAFS_MODES = ("direct", "cached")
+FS_DRIVERS = ("fuse", "erofs")
+EROFS_MOUNTS = ("auto", "file", "loop")
 
 
 # --------------------------------------------------------------------------------------
@@ -479,6 +481,11 @@ class NydusdConfig:
     id: str = ""
     source_version: int = 2
     external_backends: tuple[Mapping[str, Any], ...] = ()
+    #: how the image reaches the kernel: "fuse" (our FUSE server answers everything) or
+    #: "erofs" (the kernel's EROFS mounts the bootstrap; we serve the blobs)
+    fs_driver: str = "fuse"
+    #: erofs driver: "auto" (file-backed where the kernel can, else loop), "file" or "loop"
+    erofs_mount: str = "auto"
 
     def validate(self) -> NydusdConfig:
         """Apply nydusd's rules; return self, or raise ConfigError naming the problem."""
@@ -495,6 +502,12 @@ class NydusdConfig:
                 f"config: amplify_io/batch_size {self.rafs.batch_size} exceeds 0x{MAX_BATCH_SIZE:x}"
             )
         self.rafs.prefetch.validate("fs_prefetch" if self.source_version == 1 else "rafs.prefetch")
+        if self.fs_driver not in FS_DRIVERS:
+            raise ConfigError(f"config: fs_driver {self.fs_driver!r} must be fuse or erofs")
+        if self.erofs_mount not in EROFS_MOUNTS:
+            raise ConfigError(
+                f"config: erofs_mount {self.erofs_mount!r} must be auto, file or loop"
+            )
         return self
 
     def redacted(self) -> NydusdConfig:
@@ -545,6 +558,7 @@ class NydusdConfig:
             "external_backends": [dict(e) for e in self.external_backends],
             "cache": cache,
             "rafs": _plain(self.rafs),
+            "fs_driver": self.fs_driver,
         }
 
     def describe_backend(self) -> str:
@@ -672,6 +686,8 @@ def from_v1(doc: Any) -> NydusdConfig:
         id=device.text("id"),
         source_version=1,
         external_backends=_external(device, "external_backends"),
+        fs_driver=top.text("fs_driver", "fuse"),
+        erofs_mount=top.text("erofs_mount", "auto"),
     )
 
 
@@ -728,6 +744,8 @@ def from_v2(doc: Any) -> NydusdConfig:
         id=top.text("id"),
         source_version=2,
         external_backends=_external(top, "external_backends"),
+        fs_driver=top.text("fs_driver", "fuse"),
+        erofs_mount=top.text("erofs_mount", "auto"),
     )
 
 

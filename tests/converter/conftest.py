@@ -180,6 +180,20 @@ def get_blob(client: httpx.Client, repo: str, digest: str) -> bytes:
     return r.content
 
 
+def wait_meta_loaded(d: Daemon, timeout: float = 30.0) -> None:
+    """Wait until the daemon has loaded every blob's chunk metadata (it does so in the
+    background once mounted), so that later backend counts are reads only."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        blobs = d.get("/api/v1/daemon/backend", mountpoint="/").json()["blobs"]
+        if all(b["meta_loaded"] for b in blobs):
+            return
+        assert time.monotonic() < deadline, blobs
+        time.sleep(0.02)
+
+
 def read_amount(d: Daemon) -> dict[str, Any]:
     r = d.get("/api/v1/metrics/backend")
     assert r.status_code == 200, r.text

@@ -299,11 +299,10 @@ def test_nydusify_check_passes(images, kind, tmp_path):
 
 
 @pytest.mark.tools("umoci")
-@pytest.mark.tools("umoci")
-@pytest.mark.parametrize("kind", ["oci", "v2s2"])
-def test_registry_mount_equals_umoci_unpack(images, registry, nydusd, kind, tmp_path):
+@pytest.mark.parametrize(("kind", "driver"), [("oci", "fuse"), ("v2s2", "fuse"), ("oci", "erofs")])
+def test_registry_mount_equals_umoci_unpack(images, registry, nydusd, kind, driver, tmp_path):
     """The seed's registry.json (scheme http, host, repo) mounts the converted image; the tree
-    is what umoci unpacks from the source image."""
+    is what umoci unpacks from the source image (also with the kernel's EROFS serving it)."""
     conv = images[kind]
     layout = tmp_path / "layout"
     skopeo("copy", "--src-tls-verify=false", f"docker://{conv.source}", f"oci:{layout}:src")
@@ -316,7 +315,10 @@ def test_registry_mount_equals_umoci_unpack(images, registry, nydusd, kind, tmp_
     )  # no config.json then
     assert done.returncode == 0, done.stderr
     boot = conv.work / conv.target.split("/", 1)[0] / conv.target.split("/", 1)[1] / "bootstrap"
-    d = nydusd(boot, registry_config(registry.host, "rich"))
+    extra = (
+        ["--fs-driver", "erofs", "--work-dir", str(tmp_path / "work")] if driver == "erofs" else []
+    )
+    d = nydusd(boot, registry_config(registry.host, "rich"), *extra)
     want, got = snapshot_tree(rootfs), snapshot_tree(d.mountpoint)
     assert compare_trees(want, got, ignore_fields={"mtime_ns"}) == []
     # mtimes of everything but directories: a directory an upper layer only implies (a parent

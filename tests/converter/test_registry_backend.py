@@ -12,7 +12,13 @@ import time
 import pytest
 
 from nydus.storage.http import BREAKER_COOLDOWN
-from tests.converter.conftest import REGISTRY_NEEDS, convert, read_amount, registry_config
+from tests.converter.conftest import (
+    REGISTRY_NEEDS,
+    convert,
+    read_amount,
+    registry_config,
+    wait_meta_loaded,
+)
 from tests.converter.images import Layout, large_layers, make_image, push
 from tests.helpers.env import fixture_needs
 from tests.helpers.layers import D, F
@@ -47,6 +53,7 @@ def large(registry, tmp_path_factory):
 def test_reading_one_small_file_fetches_a_tiny_part_of_the_image(large, registry, nydusd):
     assert large["blob_bytes"] >= 100_000_000
     d = nydusd(large["boot"], registry_config(registry.host, "large"))
+    wait_meta_loaded(d)
     at_mount = read_amount(d)
     [(name, data)] = list(large["expected"].items())[:1]
     assert (d.mountpoint / name).read_bytes() == data
@@ -70,7 +77,8 @@ def flaky(tmp_path_factory):
     holder["registry"].stop()
 
 
-def test_registry_down_gives_eio_then_recovers(flaky, nydusd, tmp_path):
+@pytest.mark.parametrize("driver", ["fuse", "erofs"])
+def test_registry_down_gives_eio_then_recovers(flaky, nydusd, tmp_path, driver):
     reg = flaky["registry"]
     a, b = os.urandom(700_000), os.urandom(900_000)
     layout = Layout(tmp_path / "layout")
@@ -81,9 +89,13 @@ def test_registry_down_gives_eio_then_recovers(flaky, nydusd, tmp_path):
     work = tmp_path / "tmp"
     convert(f"{reg.host}/flaky:v1", f"{reg.host}/flaky:v1-nydus", work).ok()
     boot = work / reg.host / "flaky:v1-nydus" / "bootstrap"
-    d = nydusd(boot, registry_config(reg.host, "flaky", retry_limit=2))  # no blob cache
+    extra = (
+        ["--fs-driver", "erofs", "--work-dir", str(tmp_path / "work")] if driver == "erofs" else []
+    )
+    d = nydusd(boot, registry_config(reg.host, "flaky", retry_limit=2), *extra)  # no blob cache
     mnt = d.mountpoint
     assert (mnt / "data/a.bin").read_bytes() == a
+    wait_meta_loaded(d)
     before = read_amount(d)
 
     reg.stop()

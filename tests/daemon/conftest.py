@@ -153,7 +153,10 @@ def nydusd(tmp_path: Path) -> Iterator[StartFn]:
         base = tmp_path / name
         base.mkdir(exist_ok=True)
         mnt = base / "mnt"
-        mnt.mkdir(exist_ok=True)
+        try:
+            mnt.mkdir()
+        except FileExistsError:  # also a dead mount a killed daemon left here
+            pass
         sock = base / "api.sock"
         cfg_path: Path | None = None
         if isinstance(config, dict):

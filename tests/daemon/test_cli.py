@@ -116,20 +116,6 @@ def _bad_cases(tmp_path):
     unknown.write_text(
         json.dumps({"device": {"backend": {"type": "ftp", "config": {}}}, "mode": "direct"})
     )
-    registry = tmp_path / "registry.json"
-    registry.write_text(
-        json.dumps(
-            {
-                "device": {
-                    "backend": {
-                        "type": "registry",
-                        "config": {"host": "127.0.0.1:1", "repo": "ubuntu", "scheme": "http"},
-                    }
-                },
-                "mode": "direct",
-            }
-        )
-    )
     emptydir = tmp_path / "emptyblobs"
     emptydir.mkdir()
     noblob = tmp_path / "noblob.json"
@@ -174,7 +160,6 @@ def _bad_cases(tmp_path):
         "invalid-json": (["--config", str(badjson), *base], "invalid JSON"),
         "config-missing": (["--config", str(tmp_path / "nocfg.json"), *base], "nocfg.json"),
         "unknown-backend": (["--config", str(unknown), *base], "unknown backend type 'ftp'"),
-        "registry-unreachable": (["--config", str(registry), *base], "127.0.0.1:1"),
         "thread-num-zero": (["--config", str(good), "--thread-num", "0", *base], "1..1024"),
         "thread-num-text": (["--config", str(good), "--thread-num", "many", *base], "many"),
         "bad-log-level": (["--config", str(good), "--log-level", "loud", *base], "loud"),
@@ -227,6 +212,26 @@ def test_api_socket_is_owner_only_whatever_the_umask(nydusd, tmp_path):
         os.umask(old)
     st = os.lstat(d.apisock)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_an_unreachable_registry_fails_reads_not_the_mount(nydusd, tmp_path):
+    """Blob meta loads on a blob's first use, so the mount needs no request; the first read
+    is an EIO naming the registry, and the daemon stays up."""
+    cfg = {
+        "device": {
+            "backend": {
+                "type": "registry",
+                "config": {"host": "127.0.0.1:1", "repo": "ubuntu", "scheme": "http"},
+            }
+        },
+        "mode": "direct",
+    }
+    d = nydusd(golden_path("upstream", "v6", "bootstrap"), cfg)
+    assert sorted(os.listdir(d.mountpoint)) == ["lib.rs", "sync_io.rs"]
+    with pytest.raises(OSError) as exc:
+        (d.mountpoint / "lib.rs").read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert d.alive() and "127.0.0.1:1" in d.log()
 
 
 def test_sigterm_unmounts(nydusd):

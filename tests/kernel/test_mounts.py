@@ -1,17 +1,25 @@
-"""Mount detection from mountinfo and unmounting: parsing, then real tmpfs mounts."""
+"""Mount detection from mountinfo, mount(2) and unmounting: parsing, then real tmpfs mounts;
+removing dead FUSE mounts stacked on a path."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import subprocess
+import sys
 
 import pytest
 
 from nydus.kernel import (
     MountError,
+    clear_dead_mounts,
     find_mount,
+    is_dead,
     is_mounted,
+    mount,
     mount_device,
+    mounts_at,
     parse_mountinfo,
     unescape,
     unmount,
@@ -106,3 +114,71 @@ def test_mountpoints_under_deepest_first(tmp_path, require_root):
     finally:
         for mp in (outer / "in", outer, beside):
             unmount_all(mp)
+
+
+#: a FUSE "server" that mounts and then never answers: SIGKILL leaves a dead mount
+_DEAD_SERVER = """
+import os, sys, time
+from nydus.kernel.mounts import mount
+fd = os.open("/dev/fuse", os.O_RDWR)
+mount("deadfs", sys.argv[1], "fuse", 1, f"fd={fd},rootmode=40000,user_id=0,group_id=0")
+print("mounted", flush=True)
+time.sleep(60)
+"""
+
+
+def _dead_mount(path) -> None:
+    p = subprocess.Popen(
+        [sys.executable, "-c", _DEAD_SERVER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "mounted"
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+
+
+def test_mount_errors_name_the_reason(tmp_path, require_root):
+    with pytest.raises(MountError) as exc:
+        mount(str(tmp_path / "nothere"), str(tmp_path), "erofs", 1)
+    assert exc.value.errno == errno.ENOENT and "nothere" in str(exc.value)
+    with pytest.raises(MountError) as exc:
+        unmount(str(tmp_path))
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(MountError, match="4096"):
+        mount("x", str(tmp_path), "erofs", 1, "device=" + "a" * 5000)
+
+
+def test_tmpfs_mount_is_seen_then_gone(tmp_path, require_root):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    mount("nydus-test", str(mnt), "tmpfs", 0, "size=1m")
+    try:
+        (top,) = mounts_at(str(mnt))
+        assert (top.fstype, top.source) == ("tmpfs", "nydus-test") and not is_dead(str(mnt))
+    finally:
+        unmount(str(mnt))
+    assert not is_mounted(str(mnt))
+
+
+def test_dead_fuse_mounts_stacked_on_a_path_are_all_removed(tmp_path, require_root):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert clear_dead_mounts(str(mnt)) == 0
+    for _ in range(3):
+        _dead_mount(mnt)
+    assert len(mounts_at(str(mnt))) == 3 and is_dead(str(mnt))
+    assert clear_dead_mounts(str(mnt)) == 3
+    assert not is_mounted(str(mnt)) and os.path.isdir(mnt)
+
+
+def test_a_live_mount_under_a_dead_one_is_kept(tmp_path, require_root):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount("nydus-live", str(mnt), "tmpfs", 0, "size=1m")
+    try:
+        _dead_mount(mnt)
+        assert clear_dead_mounts(str(mnt)) == 1
+        (top,) = mounts_at(str(mnt))
+        assert top.source == "nydus-live" and not is_dead(str(mnt))
+    finally:
+        unmount(str(mnt))

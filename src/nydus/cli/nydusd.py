@@ -14,12 +14,14 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from nydus import __version__
 from nydus.cli.common import RustStyleFormatter, run_main, setup_logging
-from nydus.config import NydusdConfig, load_config, localfs_config
 from nydus.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nydus.config import NydusdConfig
 
 log = logging.getLogger("nydus.nydusd")
 
@@ -74,6 +76,26 @@ def _add_fuse_flags(p: argparse.ArgumentParser, top: bool) -> None:
         choices=("none", "resend", "flush"),
         help="(accepted for compatibility)",
     )
+    p.add_argument(
+        "--fs-driver",
+        default=d,
+        choices=("fuse", "erofs"),
+        help="fuse: our FUSE server answers everything (default); erofs: the kernel's EROFS "
+        "mounts the bootstrap and the daemon serves the blobs (config: fs_driver)",
+    )
+    p.add_argument(
+        "--erofs-mount",
+        default=d,
+        choices=("auto", "file", "loop"),
+        help="erofs driver: file-backed mount, loop devices, or auto (file-backed where the "
+        "kernel supports it; config: erofs_mount)",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=d,
+        help="erofs driver: where the private blob mount lives (default: the blob cache "
+        "work_dir, else /run/nydusd)",
+    )
     p.add_argument("--writable", action="store_true", default=d, help="(not supported)")
     p.add_argument("--upgrade", action="store_true", default=d, help="(not supported)")
 
@@ -123,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> tuple[NydusdConfig, str]:
+    from nydus.config import load_config, localfs_config
+
     if args.localfs_dir and args.config:
         raise ConfigError("--localfs-dir conflicts with --config")
     if args.localfs_dir:
@@ -167,10 +191,10 @@ def _log_to_file(path: str) -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
     from nydus.daemon.lifecycle import run_daemon
     from nydus.daemon.service import DaemonOptions
 
-    args = _parser().parse_args(argv)
     if args.cmd not in (None, "fuse"):
         raise ConfigError(f"subcommand {args.cmd!r} is not supported; use `nydusd fuse`")
     setup_logging(args.log_level or "info")
@@ -196,6 +220,16 @@ def _run(argv: Sequence[str] | None) -> int:
     text = ""
     if args.bootstrap or args.config or args.localfs_dir:
         cfg, text = _config(args)  # (an API-mounts daemon: each mount brings its own config)
+    if not args.bootstrap and args.fs_driver == "erofs":
+        raise ConfigError("--fs-driver erofs needs --bootstrap (API mounts use the fuse driver)")
+    if cfg is not None and (args.fs_driver or args.erofs_mount):  # the flags win
+        import dataclasses
+
+        cfg = dataclasses.replace(
+            cfg,
+            fs_driver=args.fs_driver or cfg.fs_driver,
+            erofs_mount=args.erofs_mount or cfg.erofs_mount,
+        )
     limit = 1_000_000 if args.rlimit_nofile is None else args.rlimit_nofile
     if limit:
         try:
@@ -216,8 +250,13 @@ def _run(argv: Sequence[str] | None) -> int:
         prefetch_files=_prefetch_list(args.prefetch_files),
         virtual_mountpoint=args.virtual_mountpoint or "/",
         config_text=text,
+        work_dir=args.work_dir,
     )
-    return run_daemon(opts)
+    rc = run_daemon(opts)
+    # everything is unmounted: leave now, even if a worker still waits on a stalled backend
+    # (exit handlers would join such threads)
+    logging.shutdown()
+    os._exit(rc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

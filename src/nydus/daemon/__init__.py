@@ -1,17 +1,5 @@
-"""nydusd: daemon state, the service holding mounts and metrics, the HTTP API, the process."""
+"""nydusd: daemon state (`state`), the service holding mounts and metrics (`service`), the
+HTTP API (`api`), the drivers that mount an instance (`drivers`), the process life cycle
+(`lifecycle.run_daemon`), its API client (`client`) and child-process harness (`process`).
 
-from nydus.daemon.api import ApiServer
-from nydus.daemon.lifecycle import run_daemon
-from nydus.daemon.service import DaemonOptions, NydusDaemon, RafsMount, load_bootstrap
-from nydus.daemon.state import DaemonState, StateMachine
-
-__all__ = [
-    "ApiServer",
-    "DaemonOptions",
-    "DaemonState",
-    "NydusDaemon",
-    "RafsMount",
-    "StateMachine",
-    "load_bootstrap",
-    "run_daemon",
-]
+Nothing is imported here: a daemon's start imports only what it runs before mounting."""

@@ -82,6 +82,9 @@ class NydusdCommand:
     id: str | None = None
     supervisor: str | None = None
     prefetch_files: StrPath | None = None
+    fs_driver: str | None = None  # --fs-driver fuse|erofs (ours)
+    erofs_mount: str | None = None  # --erofs-mount auto|file|loop (ours)
+    work_dir: StrPath | None = None  # --work-dir (ours: where erofs mounts its blob views)
     extra: tuple[str, ...] = ()  # further flags, last
     binary: str | None = None  # default: find_nydusd()
     subcommand: str | None = None  # "fuse", as upstream's snapshotter writes it
@@ -110,6 +113,12 @@ class NydusdCommand:
             args += ["--supervisor", self.supervisor]
         if self.prefetch_files is not None:
             args += ["--prefetch-files", os.fspath(self.prefetch_files)]
+        if self.fs_driver is not None:
+            args += ["--fs-driver", self.fs_driver]
+        if self.erofs_mount is not None:
+            args += ["--erofs-mount", self.erofs_mount]
+        if self.work_dir is not None:
+            args += ["--work-dir", os.fspath(self.work_dir)]
         return args + list(self.extra)
 
 
@@ -133,6 +142,8 @@ class NydusdProcess:
         self.started = started  # time.monotonic() just before spawning
         #: seconds from spawning to RUNNING, once `wait_running()` saw it
         self.ready_seconds: float | None = None
+        #: the erofs driver's private blob mount (from the API once RUNNING), cleared by stop()
+        self.blob_dir: Path | None = None
         self._client: ApiClient | None = None
 
     @property
@@ -201,6 +212,10 @@ class NydusdProcess:
                 )
             if self.running():
                 self.ready_seconds = time.monotonic() - self.started
+                if self.apisock is not None and "erofs" in self.argv:
+                    info = self.client.call("GET", "v1/daemon")
+                    blob_dir = info.get("blob_dir") if isinstance(info, dict) else None
+                    self.blob_dir = Path(blob_dir) if blob_dir else None
                 return
             if time.monotonic() > deadline:
                 raise StartError(
@@ -231,6 +246,8 @@ class NydusdProcess:
                 self.proc.wait(10)
         if unmount:
             unmount_all(self.mountpoint)
+            if self.blob_dir is not None:  # a killed erofs daemon leaves its blob mount too
+                unmount_all(self.blob_dir)
         return self.proc.returncode
 
     def __enter__(self) -> Self:

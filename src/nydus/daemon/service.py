@@ -9,13 +9,13 @@ API server) is `lifecycle.run_daemon`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
 import mmap
 import os
-import platform
 import stat
 import struct
-import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,6 +68,8 @@ class DaemonOptions:
     prefetch_files: tuple[str, ...] = ()
     virtual_mountpoint: str = "/"
     config_text: str = ""
+    #: where the erofs driver mounts its blob views (None: the blob cache's work dir)
+    work_dir: str | None = None
 
 
 @dataclass
@@ -120,19 +122,56 @@ def load_bootstrap(path: str) -> tuple[RafsSuper, Any]:
         raise FormatError(f"failed to load bootstrap {path}: truncated ({exc})") from None
 
 
+def _git_dir(start: str) -> str | None:
+    """The git directory of the checkout holding `start` (a worktree's `.git` is a file
+    naming it), or None."""
+    d = start
+    while True:
+        dotgit = os.path.join(d, ".git")
+        if os.path.isdir(dotgit):
+            return dotgit
+        if os.path.isfile(dotgit):
+            try:
+                with open(dotgit) as f:
+                    line = f.read().strip()
+            except OSError:
+                return None
+            if line.startswith("gitdir:"):
+                return os.path.normpath(os.path.join(d, line[7:].strip()))
+            return None
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
 def _git_commit() -> str:
-    src = os.path.dirname(os.path.abspath(nydus.__file__))
+    """The commit the sources were checked out at, read from the git files (no `git`
+    subprocess: the API answers at once); "unknown" outside a checkout."""
+    git = _git_dir(os.path.dirname(os.path.abspath(nydus.__file__)))
+    if git is None:
+        return "unknown"
     try:
-        out = subprocess.run(
-            ["git", "-C", src, "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=2,
-            check=False,
-        )
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        with open(os.path.join(git, "HEAD")) as f:
+            head = f.read().strip()
+        if not head.startswith("ref:"):
+            return head
+        ref = head[4:].strip()
+        common = git
+        if os.path.isfile(os.path.join(git, "commondir")):
+            with open(os.path.join(git, "commondir")) as f:
+                common = os.path.normpath(os.path.join(git, f.read().strip()))
+        for base in (git, common):
+            path = os.path.join(base, ref)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    return f.read().strip()
+        with open(os.path.join(common, "packed-refs")) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref:
+                    return parts[0]
+    except OSError:
         pass
     return "unknown"
 
@@ -160,6 +199,7 @@ class NydusDaemon:
         self._on_exit = on_exit
         self.runtime: dict[str, dict[str, str]] = {}
         self._version: dict[str, str] | None = None
+        self.driver: Any = None  # how the instance reaches the kernel (daemon.drivers)
         self._lock = threading.Lock()
 
     # ---- mounting ----------------------------------------------------------------------
@@ -198,7 +238,7 @@ class NydusDaemon:
                 batch_size=config.rafs.batch_size,
             )
             try:
-                device.load()
+                device.check()  # blob meta itself loads on first use of each blob
             except NydusError:
                 device.close()
                 backend.close()
@@ -300,6 +340,32 @@ class NydusDaemon:
             m.close()
 
     # ---- prefetch ----------------------------------------------------------------------
+    def start_meta_load(
+        self, m: RafsMount, on_refused: Callable[[NydusError], None]
+    ) -> threading.Thread:
+        """Load every blob's chunk metadata in the background once mounted (the mount
+        itself needs no request). A backend that refuses us for good (authentication
+        failed, no such bucket, object or blob: EACCES, EPERM, ENOENT) is a configuration
+        error: `on_refused` ends the daemon with it. Anything else (a registry that is down)
+        fails the reads that need the blob, until it loads."""
+
+        def run() -> None:
+            for blob in m.sb.blobs:
+                try:
+                    m.device.meta(blob.blob_index)
+                except NydusError as exc:
+                    if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
+                        on_refused(exc)
+                        return
+                except Exception:  # a background helper must not die loudly
+                    if self.state.state is DaemonState.STOPPED:
+                        return  # the instance was closed under it
+                    log.exception("loading the chunk metadata of blob %s", blob.blob_id)
+
+        t = threading.Thread(target=run, name="nydusd-blob-meta", daemon=True)
+        t.start()
+        return t
+
     def start_prefetch(self, m: RafsMount, files: tuple[str, ...]) -> PrefetchScheduler | None:
         """Start the background prefetch of a mount: `--prefetch-files` (which override the
         bootstrap's prefetch table), else the table when prefetch is enabled; a table that
@@ -361,7 +427,8 @@ class NydusDaemon:
                 "git_commit": _git_commit(),
                 "build_time": _build_time(),
                 "profile": "release",
-                "rustc": f"{platform.python_implementation()} {platform.python_version()}",
+                "rustc": f"{sys.implementation.name.replace('cpython', 'CPython')} "
+                f"{sys.version.split()[0]}",
             }
         return self._version
 
@@ -372,6 +439,8 @@ class NydusDaemon:
             "supervisor": self.supervisor,
             "state": self.state.state.value,
         }
+        if self.driver is not None:
+            info.update(self.driver.describe())
         if with_backends:
             info["backend_collection"] = {
                 mp: {
@@ -423,6 +492,7 @@ class NydusDaemon:
                 {
                     "blob_id": b.blob_id,
                     "blob_index": b.blob_index,
+                    "meta_loaded": b.blob_index in m.device.metas,
                     "chunk_count": b.chunk_count,
                     "compressed_size": b.compressed_size,
                     "uncompressed_size": b.uncompressed_size,

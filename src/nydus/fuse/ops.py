@@ -1,224 +1,188 @@
-"""pyfuse3 operations over a `RafsFs`: a thin, read-only adapter.
+"""What a FUSE session asks of a filesystem (`Operations`), and `RafsOperations`, the thin
+read-only adapter over the FUSE-free core `RafsFs`.
 
-Metadata operations answer inline (the bootstrap is memory-mapped); file reads, which may
-fetch and decompress chunks, run in worker threads bounded by a CapacityLimiter, so one
-slow fetch never stalls reads of other files.
+Node ids are the session's; an `Operations` maps them to its own inode numbers, so that
+several filesystems can later share one mount under a pseudo root (each in its own node-id
+range). Methods are synchronous and called from several threads at once; they raise
+NydusError (or OSError) carrying the errno to answer.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
-import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
 
-import pyfuse3
-import trio
-
-from nydus.errors import NydusError
+from nydus.errors import NotFound
 from nydus.format.rafs import Attr
-from nydus.fs import RafsFs
+from nydus.fs import RafsFs, StatFs
 from nydus.fs.multi import MultiFs
+from nydus.fuse.protocol import ROOT_ID, OpenFlags
 
-__all__ = ["DEFAULT_TIMEOUT", "RafsOperations"]
-
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_TIMEOUT", "DirRecord", "Operations", "RafsOperations"]
 
 #: kernel entry/attribute cache timeout: a RAFS image never changes
 DEFAULT_TIMEOUT = 86400.0
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
-T = TypeVar("T")
+#: (name, node id, attributes, offset of the next record)
+DirRecord = tuple[bytes, int, Attr, int]
 
 
-def _erofs(*_args: Any, **_kwargs: Any) -> Any:
-    raise pyfuse3.FUSEError(errno.EROFS)
+class Operations:
+    """A read-only filesystem as the FUSE session sees it; the defaults refuse."""
+
+    entry_timeout = DEFAULT_TIMEOUT
+    attr_timeout = DEFAULT_TIMEOUT
+
+    def entry_timeout_for(self, parent: int) -> float:
+        """How long the kernel may keep names looked up in directory node `parent` (and
+        their attributes)."""
+        return self.entry_timeout
+
+    def attr_timeout_for(self, node: int) -> float:
+        return self.attr_timeout
+
+    def dir_timeout_for(self, fh: int) -> float:
+        """`entry_timeout_for` the directory opened as `fh` (readdirplus entries)."""
+        return self.entry_timeout
+
+    def lookup(self, parent: int, name: bytes) -> tuple[int, Attr] | None:
+        """(node id, attributes) of `name` in directory `parent`; None: it does not exist
+        (the kernel caches the absence)."""
+        raise OSError(errno.ENOSYS, "lookup")
+
+    def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        """The kernel dropped `nlookup` references of each (node id, nlookup)."""
+
+    def getattr(self, node: int) -> Attr:
+        raise OSError(errno.ENOSYS, "getattr")
+
+    def readlink(self, node: int) -> bytes:
+        raise OSError(errno.EINVAL, "not a symlink")
+
+    def open(self, node: int, flags: int) -> tuple[int, int]:
+        """(file handle, FOPEN_* flags) for a read-only open."""
+        raise OSError(errno.ENOSYS, "open")
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset`; may block (called in a worker thread)."""
+        raise OSError(errno.ENOSYS, "read")
+
+    def read_nowait(self, fh: int, offset: int, size: int) -> bytes | None:
+        """`read` when it can be answered without blocking (from memory), else None."""
+        return None
+
+    def release(self, fh: int) -> None:
+        pass
+
+    def opendir(self, node: int) -> tuple[int, int]:
+        raise OSError(errno.ENOTDIR, "opendir")
+
+    def readdir(self, fh: int, offset: int, plus: bool) -> Iterator[DirRecord]:
+        """Entries from position `offset` (0 = the start), lazily: the session stops
+        (and closes the iterator) when the reply is full."""
+        raise OSError(errno.ENOTDIR, "readdir")
+
+    def releasedir(self, fh: int) -> None:
+        pass
+
+    def statfs(self) -> StatFs:
+        return StatFs(4096, 4096, 0, 0, 0, 0, 0, 255)
+
+    def getxattr(self, node: int, name: bytes) -> bytes:
+        raise OSError(errno.ENODATA, "no such attribute")
+
+    def listxattr(self, node: int) -> list[bytes]:
+        return []
+
+    def access(self, node: int, mask: int) -> None:
+        pass
 
 
-class RafsOperations(pyfuse3.Operations):
-    """Read-only FUSE operations; FUSE node 1 is the RAFS root inode."""
+class RafsOperations(Operations):
+    """A `RafsFs` (or a `MultiFs`: several under a pseudo root) over FUSE. Node 1 is the
+    root; the inode that would have number 1 (if any) takes the root's number, so the
+    mapping stays one to one. Directories whose entries come and go (a `MultiFs` pseudo
+    root: `volatile`) are never cached by the kernel; everything else for `timeout`."""
 
-    supports_dot_lookup = True
-    enable_writeback_cache = False
-    enable_acl = False
-
-    def __init__(
-        self,
-        fs: RafsFs | MultiFs,
-        limiter: trio.CapacityLimiter | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__()
+    def __init__(self, fs: RafsFs | MultiFs, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.fs = fs
-        self.limiter = limiter or trio.CapacityLimiter(4)
-        self.timeout = timeout
         self.root = fs.root_ino
-        # MultiFs: entries of its pseudo root come and go with API mounts (never cached)
-        self._volatile = getattr(fs, "volatile", None)
+        self.entry_timeout = timeout
+        self.attr_timeout = timeout
+        self._volatile = fs.volatile if isinstance(fs, MultiFs) else None
 
-    def _timeout(self, parent: int) -> float:
-        return 0.0 if self._volatile is not None and self._volatile(parent) else self.timeout
+    def _changing(self, ino: int) -> bool:
+        return self._volatile is not None and self._volatile(ino)
 
-    # ---- inode mapping ---------------------------------------------------------------
-    def _ino(self, fuse_ino: int) -> int:
-        return self.root if fuse_ino == pyfuse3.ROOT_INODE else fuse_ino
+    def entry_timeout_for(self, parent: int) -> float:
+        return 0.0 if self._changing(self._ino(parent)) else self.entry_timeout
 
-    def _node(self, ino: int) -> int:
-        return pyfuse3.ROOT_INODE if ino == self.root else ino
+    def attr_timeout_for(self, node: int) -> float:
+        return 0.0 if self._changing(self._ino(node)) else self.attr_timeout
 
-    def _entry(
-        self, a: Attr, node: int | None = None, timeout: float | None = None
-    ) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = self._node(a.ino) if node is None else node
-        e.generation = 0
-        e.entry_timeout = self.timeout if timeout is None else timeout
-        e.attr_timeout = e.entry_timeout
-        e.st_mode = a.mode
-        e.st_nlink = a.nlink
-        e.st_uid = a.uid
-        e.st_gid = a.gid
-        e.st_rdev = a.rdev
-        e.st_size = a.size
-        e.st_blksize = 4096
-        e.st_blocks = (a.size + 511) // 512
-        ns = a.mtime * 1_000_000_000 + a.mtime_nsec
-        e.st_atime_ns = ns
-        e.st_mtime_ns = ns
-        e.st_ctime_ns = ns
-        return e
+    def dir_timeout_for(self, fh: int) -> float:
+        return 0.0 if self._changing(fh) else self.entry_timeout
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    # ---- node id <-> RAFS inode ----------------------------------------------------------
+    def _ino(self, node: int) -> int:
+        if node == ROOT_ID:
+            return self.root
+        return ROOT_ID if node == self.root else node
+
+    _node = _ino  # the swap is its own inverse
+
+    # ---- metadata ------------------------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> tuple[int, Attr] | None:
         try:
-            return fn(*args)
-        except NydusError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENODATA):
-                log.debug("%s%r: %s", getattr(fn, "__name__", "op"), args, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except pyfuse3.FUSEError:
-            raise
-        except Exception:
-            log.exception("unexpected error in %s%r", getattr(fn, "__name__", "op"), args)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            a = self.fs.lookup(self._ino(parent), name)
+        except NotFound:
+            return None
+        return self._node(a.ino), a
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(self._call, fn, *args, limiter=self.limiter)
+    def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        self.fs.metrics.count("forget" if len(items) == 1 else "batch_forget")
 
-    # ---- metadata ----------------------------------------------------------------------
-    async def lookup(
-        self, parent_inode: int, name: bytes, ctx: Any = None
-    ) -> pyfuse3.EntryAttributes:
-        parent = self._ino(parent_inode)
-        timeout = self._timeout(parent)
-        try:
-            a = self._call(self.fs.lookup, parent, name)
-        except pyfuse3.FUSEError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            # the image never changes: let the kernel cache the name's absence (st_ino 0)
-            neg = pyfuse3.EntryAttributes()
-            neg.st_ino = 0
-            neg.entry_timeout = timeout
-            return neg
-        return self._entry(a, timeout=timeout)
+    def getattr(self, node: int) -> Attr:
+        return self.fs.getattr(self._ino(node))
 
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        ino = self._ino(inode)
-        a = self._call(self.fs.getattr, ino)
-        # the reply to getattr carries no node id: report the RAFS inode number (the nid)
-        return self._entry(a, node=a.ino, timeout=self._timeout(ino))
+    def readlink(self, node: int) -> bytes:
+        return self.fs.readlink(self._ino(node))
 
-    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
-        return self._call(self.fs.readlink, self._ino(inode))
+    def opendir(self, node: int) -> tuple[int, int]:
+        ino = self._ino(node)
+        self.fs.opendir(ino)
+        if self._changing(ino):
+            return ino, 0
+        # the image never changes: the kernel keeps listings in its cache
+        return ino, OpenFlags.CACHE_DIR | OpenFlags.KEEP_CACHE
 
-    async def opendir(self, inode: int, ctx: Any = None) -> int:
-        ino = self._ino(inode)
-        self._call(self.fs.opendir, ino)
-        return ino
+    def readdir(self, fh: int, offset: int, plus: bool) -> Iterator[DirRecord]:
+        with self.fs.metrics.op("readdirplus" if plus else "readdir", fh):
+            for item in self.fs.iter_dir(fh, offset):
+                yield item.name, self._node(item.attr.ino), item.attr, item.next_offset
 
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        def fill() -> None:
-            timeout = self._timeout(fh)
-            with self.fs.metrics.op("readdirplus", fh):
-                for item in self.fs.iter_dir(fh, start_id):
-                    dot = item.name in (b".", b"..")
-                    # dot entries are never linked by the kernel: show the real inode number
-                    node = item.attr.ino if dot else None
-                    entry = self._entry(item.attr, node=node, timeout=timeout)
-                    if not pyfuse3.readdir_reply(token, item.name, entry, item.next_offset):
-                        break
+    def statfs(self) -> StatFs:
+        return self.fs.statfs()
 
-        self._call(fill)
+    def getxattr(self, node: int, name: bytes) -> bytes:
+        return self.fs.getxattr(self._ino(node), name)
 
-    async def releasedir(self, fh: int) -> None:
-        return None
+    def listxattr(self, node: int) -> list[bytes]:
+        return self.fs.listxattr(self._ino(node))
 
-    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
-        st = self._call(self.fs.statfs)
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = st.bsize
-        s.f_frsize = st.frsize
-        s.f_blocks = st.blocks
-        s.f_bfree = st.bfree
-        s.f_bavail = st.bavail
-        s.f_files = st.files
-        s.f_ffree = st.ffree
-        s.f_favail = st.ffree
-        s.f_namemax = st.namemax
-        return s
+    def access(self, node: int, mask: int) -> None:
+        self.fs.access(self._ino(node), mask)
 
-    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
-        return self._call(self.fs.getxattr, self._ino(inode), name)
+    # ---- files ---------------------------------------------------------------------------
+    def open(self, node: int, flags: int) -> tuple[int, int]:
+        ino = self._ino(node)
+        self.fs.open(ino)
+        return ino, OpenFlags.KEEP_CACHE
 
-    async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
-        return self._call(self.fs.listxattr, self._ino(inode))
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        return self.fs.read(fh, offset, size)
 
-    async def access(self, inode: int, mode: int, ctx: Any = None) -> bool:
-        if mode & os.W_OK:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        self._call(self.fs.access, self._ino(inode), mode)
-        return True
+    def read_nowait(self, fh: int, offset: int, size: int) -> bytes | None:
+        return self.fs.read_cached(fh, offset, size)
 
-    async def forget(self, inode_list: Any) -> None:
-        n = len(inode_list)
-        if n:
-            self.fs.metrics.count("forget" if n == 1 else "batch_forget")
-
-    # ---- files -------------------------------------------------------------------------
-    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
-        if flags & _WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        ino = self._ino(inode)
-        self._call(self.fs.open, ino)
-        return pyfuse3.FileInfo(fh=ino, keep_cache=True)
-
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        # data already decompressed in memory is answered inline; anything that may
-        # fetch, decompress or touch the disk goes to a worker thread
-        data = self._call(self.fs.read_cached, fh, off, size)
-        if data is not None:
-            return data
-        return await self._in_thread(self.fs.read, fh, off, size)
-
-    async def release(self, fh: int) -> None:
-        self._call(self.fs.release, fh)
-
-    async def flush(self, fh: int) -> None:
-        return None
-
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        return None
-
-    # ---- everything that would modify the image: read-only filesystem --------------------
-    setattr = _erofs
-    mknod = _erofs
-    mkdir = _erofs
-    unlink = _erofs
-    rmdir = _erofs
-    symlink = _erofs
-    rename = _erofs
-    link = _erofs
-    write = _erofs
-    create = _erofs
-    setxattr = _erofs
-    removexattr = _erofs
+    def release(self, fh: int) -> None:
+        self.fs.release(fh)

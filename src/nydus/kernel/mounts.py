@@ -1,32 +1,43 @@
-"""Mounts as the kernel lists them (/proc/self/mountinfo), and unmounting them.
+"""Mounts as the kernel lists them (/proc/self/mountinfo), mount(2) and unmounting them,
+and removing dead FUSE mounts.
 
 Paths are compared after `os.path.abspath` only: resolving symlinks would stat the mount,
 and a FUSE mount whose daemon is starting, stopped or dead may block or fail such a stat.
 mountinfo is read instead, which works for all of them. Where several filesystems are
 stacked on one mountpoint, the last listed is the topmost (the one a path lookup sees).
+
+A FUSE mount whose daemon died answers every access with ENOTCONN but stays mounted;
+`clear_dead_mounts(path)` lazily unmounts such mounts from the top of `path` until a live
+mount or the plain directory shows, so a restarted daemon never stacks on a dead one.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from nydus.errors import NydusError
 
 __all__ = [
+    "MS_NOATIME",
+    "MS_NODEV",
+    "MS_NOSUID",
+    "MS_RDONLY",
     "Mount",
     "MountError",
+    "clear_dead_mounts",
     "find_mount",
+    "is_dead",
     "is_mounted",
+    "mount",
     "mount_device",
     "mountpoints_under",
     "mounts",
+    "mounts_at",
     "parse_mountinfo",
     "unescape",
     "unmount",
@@ -37,9 +48,17 @@ log = logging.getLogger(__name__)
 
 StrPath = str | os.PathLike[str]
 
-#: umount2(2) flags (<sys/mount.h>)
+#: mount(2) flags (<sys/mount.h>)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOATIME = 1024
+#: umount2(2) flags
 MNT_FORCE = 1
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+#: errnos of a mount whose filesystem server is gone
+DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
 
@@ -124,6 +143,12 @@ def find_mount(path: StrPath) -> Mount | None:
     return found
 
 
+def mounts_at(path: StrPath) -> list[Mount]:
+    """Every mount stacked at `path`, bottom first (the last one is what `path` shows)."""
+    target = os.path.abspath(path)
+    return [m for m in mounts() if m.mountpoint == target]
+
+
 def is_mounted(path: StrPath) -> bool:
     """True when something is mounted at `path` (a dead FUSE mount included)."""
     return find_mount(path) is not None
@@ -143,21 +168,59 @@ def mount_device(path: StrPath) -> str | None:
     return m.device if m is not None else None
 
 
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
+
+
+def _lib() -> Any:
+    global _libc
+    if _libc is None:
+        import ctypes  # on first use: a daemon's start pays for what it calls
+
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def _umount2(target: str, flags: int) -> int:
     """umount2(2); 0 or the errno."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.umount2(os.fsencode(target), ctypes.c_int(flags)) == 0:
+    if _lib().umount2(os.fsencode(target), flags) == 0:
         return 0
-    return ctypes.get_errno()
+    return _errno()
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2); MountError naming source, target and the kernel's reason otherwise."""
+    raw = os.fsencode(data) if data else None
+    if raw is not None and len(raw) >= 4096:
+        raise MountError(
+            f"mount options for {target} are {len(raw)} bytes (the kernel takes < 4096)",
+            errno.E2BIG,
+        )
+    rc = _lib().mount(os.fsencode(source), os.fsencode(target), fstype.encode(), flags, raw)
+    if rc != 0:
+        err = _errno()
+        raise MountError(f"mount -t {fstype} {source} {target}: {os.strerror(err)}", err)
 
 
 def _fusermount(target: str, lazy: bool) -> bool:
     """fusermount3 (setuid) unmounts a user's own FUSE mount without privileges."""
+    import shutil
+    import subprocess
+
     for tool in ("fusermount3", "fusermount"):
         exe = shutil.which(tool)
         if exe is None:
@@ -180,7 +243,7 @@ def unmount(path: StrPath, *, lazy: bool = False, force: bool = False) -> None:
     privilege to unmount, a FUSE mount of this user goes through fusermount3.
     """
     target = os.path.abspath(path)
-    flags = (MNT_DETACH if lazy else 0) | (MNT_FORCE if force else 0)
+    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0) | (MNT_FORCE if force else 0)
     err = _umount2(target, flags)
     if err == 0:
         log.debug("unmounted %s%s", target, " (lazy)" if lazy else "")
@@ -211,3 +274,29 @@ def unmount_all(path: StrPath, attempts: int = 8) -> bool:
         log.warning("could not unmount %s", os.path.abspath(path))
         return False
     return True
+
+
+def is_dead(path: StrPath) -> bool:
+    """Whether `path` answers ENOTCONN: a FUSE mount whose daemon is gone. Asked with
+    statfs(2), which always reaches the filesystem (stat() may be answered from the
+    kernel's attribute cache even when the connection is gone)."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno in DEAD_ERRNOS
+    return False
+
+
+def clear_dead_mounts(path: StrPath) -> int:
+    """Lazily unmount dead mounts stacked on `path` (top first) until it answers again;
+    return how many were removed. MountError if one cannot be removed."""
+    target = os.path.abspath(path)
+    removed = 0
+    while is_dead(target):
+        top = find_mount(target)
+        if top is None:
+            break
+        unmount(target, lazy=True)
+        removed += 1
+        log.warning("removed a dead %s mount (source %s) from %s", top.fstype, top.source, target)
+    return removed

@@ -111,6 +111,11 @@ class BlobBackend(Protocol):
         """Size of blob `blob_id` in bytes."""
         ...
 
+    def probe(self, blob_id: str) -> None:
+        """Fail now (StorageError) if `blob_id` is certainly unreadable and that costs no
+        request (a local file that is missing); otherwise do nothing."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -127,6 +132,9 @@ class BackendBase:
 
     def size(self, blob_id: str) -> int:
         raise NotImplementedError
+
+    def probe(self, blob_id: str) -> None:
+        return None  # a remote blob is only known by asking
 
     def read(self, blob_id: str, offset: int, size: int) -> bytes:
         if size == 0:

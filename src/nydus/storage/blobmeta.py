@@ -26,7 +26,7 @@ from nydus.storage.backend import BlobBackend
 from nydus.utils.compress import Compressor
 from nydus.utils.digest import Digester
 
-__all__ = ["BlobMeta", "ChunkDesc", "load_blob_meta", "write_atomic"]
+__all__ = ["BlobMeta", "ChunkDesc", "check_blob_info", "load_blob_meta", "write_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -233,25 +233,16 @@ def _read_digests(blob: BlobInfo, backend: BlobBackend, cache_dir: str | None) -
     return [data[i : i + DIGEST_SIZE] for i in range(0, size, DIGEST_SIZE)]
 
 
-def load_blob_meta(
-    sb: RafsSuper,
-    blob: BlobInfo,
-    backend: BlobBackend,
-    cache_dir: str | None = None,
-    want_digests: bool = True,
-) -> BlobMeta:
-    """Load the chunk table of `blob` (an entry of `sb.blobs`). Without `want_digests` (nothing
-    is going to be validated) a blob's inline digest section is not fetched; the
-    bootstrap's chunk table is not read for them either (`ChunkDesc.digest` is None)."""
+def check_blob_info(version: int, blob: BlobInfo) -> tuple[Compressor, Digester]:
+    """What can be said of a blob-table entry without reading the blob: its compressor and
+    digester, and that its features are ones we read. FormatError naming the blob otherwise."""
     try:
         compressor = Compressor(blob.compressor)
         digester = Digester(blob.digester)
     except ValueError:
         raise FormatError(f"blob {blob.blob_id}: unknown compressor/digester id") from None
-    if sb.version == 5:
-        return BlobMeta(blob, compressor, digester, None)
     f = blob.features
-    if f & (
+    if version != 5 and f & (
         BlobFeatures.ZRAN
         | BlobFeatures.BATCH
         | BlobFeatures.ENCRYPTED
@@ -263,6 +254,23 @@ def load_blob_meta(
             f"blob {blob.blob_id}: features 0x{f:x} (zran/batch/encrypted/"
             "separate/tarfs/external) are not supported"
         )
+    return compressor, digester
+
+
+def load_blob_meta(
+    sb: RafsSuper,
+    blob: BlobInfo,
+    backend: BlobBackend,
+    cache_dir: str | None = None,
+    want_digests: bool = True,
+) -> BlobMeta:
+    """Load the chunk table of `blob` (an entry of `sb.blobs`). Without `want_digests` (nothing
+    is going to be validated) a blob's inline digest section is not fetched; the
+    bootstrap's chunk table is not read for them either (`ChunkDesc.digest` is None)."""
+    compressor, digester = check_blob_info(sb.version, blob)
+    if sb.version == 5:
+        return BlobMeta(blob, compressor, digester, None)
+    f = blob.features
     if blob.chunk_count == 0:
         return BlobMeta(blob, compressor, digester, [])
     if not blob.ci_uncompressed_size:

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from nydus.errors import DigestMismatch, FormatError, NydusError, StorageError
 from nydus.format.rafs import ChunkRef, RafsSuper
+from nydus.format.v6 import BlobInfo
 from nydus.storage.backend import BlobBackend
-from nydus.storage.blobmeta import BlobMeta, ChunkDesc, load_blob_meta
+from nydus.storage.blobmeta import BlobMeta, ChunkDesc, check_blob_info, load_blob_meta
 from nydus.storage.cache import BlobCache, CacheMetrics
 from nydus.utils.lru import Lru
 
@@ -124,9 +125,17 @@ class ChunkDevice:
 
     # ---- set-up ------------------------------------------------------------------
     def load(self) -> None:
-        """Load every blob's chunk metadata and open its cache (fails early on bad blobs)."""
+        """Load every blob's chunk metadata and open its cache now (fails early on bad
+        blobs); otherwise each blob's is loaded on its first use."""
         for blob in self.sb.blobs:
             self.meta(blob.blob_index)
+
+    def check(self) -> None:
+        """Check the blob table without fetching anything: FormatError naming a blob we
+        cannot read, StorageError for one the backend knows is missing (a local file)."""
+        for blob in self.sb.blobs:
+            check_blob_info(self.sb.version, blob)
+            self.backend.probe(blob.blob_id)
 
     def meta(self, blob_index: int) -> BlobMeta:
         m = self.metas.get(blob_index)
@@ -140,13 +149,7 @@ class ChunkDevice:
                         f"chunk refers to blob {blob_index}, the bootstrap has {len(self.sb.blobs)}"
                     )
                 blob = self.sb.blobs[blob_index]
-                m = load_blob_meta(
-                    self.sb,
-                    blob,
-                    self.backend,
-                    self.cache_dir,
-                    want_digests=self.validate or self.cache_validate,
-                )
+                m = self._load_meta(blob)
                 if self.cache_dir:
                     count = m.chunk_count
                     size = m.uncompressed_size
@@ -162,6 +165,42 @@ class ChunkDevice:
                     self.cache_metrics.underlying_files.append(cache.data_path)
                 self.metas[blob_index] = m
             return m
+
+    def _load_meta(self, blob: BlobInfo) -> BlobMeta:
+        """A blob's chunk metadata, on its first use. Data that fails its check (a ToC or
+        digest section mismatch, a bad CI array) is fetched again up to the backend's
+        `retry_limit` times, like a chunk; then every read of the blob fails with EIO until
+        a later read loads it."""
+        tries = int(getattr(self.backend, "retry_limit", 0))
+        for attempt in range(tries + 1):
+            try:
+                return load_blob_meta(
+                    self.sb,
+                    blob,
+                    self.backend,
+                    self.cache_dir,
+                    want_digests=self.validate or self.cache_validate,
+                )
+            except FormatError as exc:
+                if attempt == tries:
+                    err: NydusError = exc
+                    break
+                log.warning(
+                    "blob %s: chunk metadata: %s; fetching it again (%d/%d)",
+                    blob.blob_id,
+                    exc,
+                    attempt + 1,
+                    tries,
+                )
+            except NydusError as exc:  # the backend already retried what it could
+                err = exc
+                break
+        log.warning(
+            "blob %s: cannot load its chunk metadata, the read fails with EIO: %s",
+            blob.blob_id,
+            err,
+        )
+        raise err
 
     def close(self) -> None:
         if self._prefetcher is not None:
@@ -294,6 +333,15 @@ class ChunkDevice:
         except NydusError as exc:
             log.debug("read-ahead failed: %s", exc)
 
+    def cached_range(self, ref: ChunkRef, lo: int, hi: int) -> bytes | None:
+        """Bytes [lo, hi) of a chunk from memory or the cache file if it is there (no fetch);
+        None otherwise (then `get_chunks`)."""
+        return self._cached_range(ref, lo, hi)
+
+    def in_memory(self, ref: ChunkRef) -> bytes | None:
+        """The chunk's decompressed data if it is held in memory (never blocks)."""
+        return self._lru.get(_key(ref))
+
     def _cached_range(self, ref: ChunkRef, lo: int, hi: int) -> bytes | None:
         """Bytes [lo, hi) of a chunk straight from memory or the cache file, if it is there.
 
@@ -305,12 +353,12 @@ class ChunkDevice:
         data = self._lru.get(key)
         if data is not None:
             return data[lo:hi] if hi <= len(data) else None
-        cache = self.caches.get(ref.blob_index)
-        if cache is None or self.cache_validate:
+        if self.cache_dir is None or self.cache_validate:
             return None
-        meta = self.meta(ref.blob_index)
+        meta = self.meta(ref.blob_index)  # opens the blob's cache on first use
         desc = meta.chunk(ref)
-        if hi > desc.uncompressed_size or not cache.is_ready(desc):
+        cache = self.caches.get(ref.blob_index)
+        if cache is None or hi > desc.uncompressed_size or not cache.is_ready(desc):
             return None
         if self.validate and key not in self._verified:  # the whole chunk, checked once
             data = self._from_cache(key, meta, desc)

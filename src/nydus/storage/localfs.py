@@ -60,6 +60,9 @@ class LocalFsBackend(BackendBase):
                 return cand
         return path
 
+    def probe(self, blob_id: str) -> None:
+        self._fd(blob_id)
+
     def _fd(self, blob_id: str) -> int:
         fd = self._fds.get(blob_id)
         if fd is not None:

@@ -248,9 +248,9 @@ def object_error(
         return exc
     if status == 404:
         if code == "NoSuchBucket":
-            return StorageError(
-                f"{store.kind} backend: {store.describe()} does not exist: {reason}"
-            )
+            exc = StorageError(f"{store.kind} backend: {store.describe()} does not exist: {reason}")
+            exc.errno = errno.ENOENT
+            return exc
         exc = StorageError(
             f"{store.kind} backend: object {key} not found in {store.describe()}: {reason}"
         )

@@ -1,15 +1,19 @@
-"""Compressors by name and id: none, lz4_block, gzip (read only), zstd."""
+"""Compressors by name and id: none, lz4_block, gzip (read only), zstd.
+
+The codec libraries are imported on first use: a daemon mounts before it decompresses
+anything, and most images use one codec only.
+"""
 
 from __future__ import annotations
 
-import gzip
 import threading
 from enum import IntEnum
-
-import lz4.block
-import zstandard
+from typing import TYPE_CHECKING, Any
 
 from nydus.errors import FormatError
+
+if TYPE_CHECKING:
+    import zstandard
 
 ZSTD_LEVEL = 3
 _local = threading.local()
@@ -44,10 +48,12 @@ class Compressor(IntEnum):
         if self is Compressor.NONE:
             return bytes(data)
         if self is Compressor.LZ4_BLOCK:
-            return bytes(lz4.block.compress(data, store_size=False))
+            return bytes(_lz4().compress(data, store_size=False))
         if self is Compressor.ZSTD:
             return _zstd_compressor().compress(data)
         if self is Compressor.GZIP:
+            import gzip
+
             return gzip.compress(bytes(data), mtime=0)
         raise FormatError(f"compressor {self.label} cannot compress")
 
@@ -57,21 +63,43 @@ class Compressor(IntEnum):
             if self is Compressor.NONE:
                 out = bytes(data)
             elif self is Compressor.LZ4_BLOCK:
-                out = lz4.block.decompress(data, uncompressed_size=size)
+                out = _lz4().decompress(data, uncompressed_size=size)
             elif self is Compressor.ZSTD:
                 out = _zstd_decompressor().decompress(data, max_output_size=size)
             else:
+                import gzip
+
                 out = gzip.decompress(bytes(data))
-        except (lz4.block.LZ4BlockError, zstandard.ZstdError, OSError, EOFError) as exc:
+        except _codec_errors() as exc:
             raise FormatError(f"{self.label} decompression failed: {exc}") from exc
         if len(out) != size:
             raise FormatError(f"{self.label} decompression gave {len(out)} bytes, expected {size}")
         return out
 
 
+def _lz4() -> Any:
+    import lz4.block
+
+    return lz4.block
+
+
+def _codec_errors() -> tuple[type[BaseException], ...]:
+    """The codecs' error types (of those already imported: a codec never used cannot fail)."""
+    import sys
+
+    errors: list[type[BaseException]] = [OSError, EOFError]
+    if "lz4.block" in sys.modules:
+        errors.append(sys.modules["lz4.block"].LZ4BlockError)
+    if "zstandard" in sys.modules:
+        errors.append(sys.modules["zstandard"].ZstdError)
+    return tuple(errors)
+
+
 def _zstd_compressor() -> zstandard.ZstdCompressor:
     comp = getattr(_local, "zc", None)
     if comp is None:
+        import zstandard
+
         comp = _local.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
     return comp
 
@@ -79,6 +107,8 @@ def _zstd_compressor() -> zstandard.ZstdCompressor:
 def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     dec = getattr(_local, "zd", None)
     if dec is None:
+        import zstandard
+
         dec = _local.zd = zstandard.ZstdDecompressor()
     return dec
 

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
-import blake3
-
 from nydus.errors import FormatError
 
 
@@ -35,10 +33,16 @@ class Digester(IntEnum):
 
     def new(self) -> Any:
         """A fresh incremental hasher (`update`, `digest`) of this algorithm."""
-        return blake3.blake3() if self is Digester.BLAKE3 else hashlib.sha256()
+        if self is Digester.BLAKE3:
+            import blake3
+
+            return blake3.blake3()
+        return hashlib.sha256()
 
 
 def _blake3(data: bytes | memoryview) -> bytes:
+    import blake3  # on first use: importing it costs milliseconds at a daemon's start
+
     return blake3.blake3(data).digest()
 
 
