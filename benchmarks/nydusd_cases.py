@@ -33,6 +33,8 @@ MIB = 1 << 20
 GIB = 1 << 30
 NYDUSD = str(Path(sys.executable).parent / "nydusd")
 NYDUS_IMAGE = str(Path(sys.executable).parent / "nydus-image")
+#: nydusd's --fs-driver values, each measured
+DRIVERS = ("fuse", "erofs")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -52,7 +54,13 @@ class Daemon:
     """A nydusd subprocess serving one mount (`nydus.daemon.process`)."""
 
     def __init__(
-        self, base: Path, bootstrap: Path, blob_dir: Path, cache_dir: Path | None, threads: int = 4
+        self,
+        base: Path,
+        bootstrap: Path,
+        blob_dir: Path,
+        cache_dir: Path | None,
+        threads: int = 4,
+        driver: str = "fuse",
     ) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
@@ -73,6 +81,8 @@ class Daemon:
             log_level="warn",
             threads=threads,
             binary=NYDUSD,
+            fs_driver=driver,
+            work_dir=base / "work",
         )
         self.process = start_nydusd(command, base / "nydusd.log", timeout=60)
         self.start_seconds = self.process.ready_seconds or 0.0
@@ -216,52 +226,84 @@ def case_seqread(ctx: Any, Row: type) -> list[Any]:
     n, secs = _read_file(path)
     rows.append(row("local disk, page cache", "cat", n, secs))
 
-    cache = base / "cache"
+    local_warm = secs
+    for driver in DRIVERS:
+        rows += _seqread_driver(ctx, base, boot, blobs, driver, row, local_warm)
+    return rows
+
+
+def _seqread_driver(
+    ctx: Any,
+    base: Path,
+    boot: Path,
+    blobs: Path,
+    driver: str,
+    row: Callable[..., Any],
+    local_warm: float,
+) -> list[Any]:
+    rows: list[Any] = []
+    cache = base / f"cache-{driver}"
     if cache.exists():
         shutil.rmtree(cache)
     cache.mkdir(parents=True)
-    d = Daemon(base / "d-cache", boot, blobs, cache)
+    d = Daemon(base / f"d-cache-{driver}", boot, blobs, cache, driver=driver)
     try:
-        ctx.log("seqread: nydusd cold (empty blob cache)")
+        ctx.log(f"seqread [{driver}]: cold (empty blob cache)")
         drop_caches()
         n, secs = _read_file(d.mnt / "big.bin")
         back = d.api("/api/v1/metrics/backend")
         rows.append(
             row(
-                "nydusd cold (blobcache)",
+                f"nydusd {driver} cold (blobcache)",
                 "nydusd",
                 n,
                 secs,
                 d.peak_rss_mib(),
                 backend_bytes=back["read_amount_total"],
                 start_s=round(d.start_seconds, 3),
+                fs_driver=driver,
             )
         )
-        ctx.log("seqread: nydusd warm (blob cache filled, page cache dropped)")
+        ctx.log(f"seqread [{driver}]: warm (blob cache filled, page cache dropped)")
         drop_caches()
         before = d.api("/api/v1/metrics/backend")["read_amount_total"]
         n, secs = _read_file(d.mnt / "big.bin")
         after = d.api("/api/v1/metrics/backend")["read_amount_total"]
         rows.append(
             row(
-                "nydusd warm (blobcache)",
+                f"nydusd {driver} warm (blobcache)",
                 "nydusd",
                 n,
                 secs,
                 d.peak_rss_mib(),
                 backend_bytes=after - before,
+                fs_driver=driver,
             )
         )
         n, secs = _read_file(d.mnt / "big.bin")
-        rows.append(row("nydusd, page cache", "nydusd", n, secs, d.peak_rss_mib()))
+        ratio = round(local_warm / secs, 3) if secs else 0.0
+        rows.append(
+            row(
+                f"nydusd {driver}, page cache",
+                "nydusd",
+                n,
+                secs,
+                d.peak_rss_mib(),
+                fs_driver=driver,
+                of_local_page_cache=ratio,
+            )
+        )
+        rows[-1].detail = f"{ratio * 100:.0f}% of the local page-cache read"
     finally:
         d.stop()
-    d = Daemon(base / "d-nocache", boot, blobs, None)
+    d = Daemon(base / f"d-nocache-{driver}", boot, blobs, None, driver=driver)
     try:
-        ctx.log("seqread: nydusd without blob cache")
+        ctx.log(f"seqread [{driver}]: without blob cache")
         drop_caches()
         n, secs = _read_file(d.mnt / "big.bin")
-        rows.append(row("nydusd no cache", "nydusd", n, secs, d.peak_rss_mib()))
+        rows.append(
+            row(f"nydusd {driver} no cache", "nydusd", n, secs, d.peak_rss_mib(), fs_driver=driver)
+        )
     finally:
         d.stop()
     return rows

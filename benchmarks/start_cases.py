@@ -222,6 +222,36 @@ def _remove(p: Path) -> None:
 # -- the Nydus way ---------------------------------------------------------------------------------------
 
 
+def fetch_bootstrap(host: str, conv: Converted, dest: Path) -> tuple[int, int]:
+    """Manifest, config and bootstrap layer of a converted image from `host`; the bootstrap
+    written to `dest`. Returns the bytes and requests that took."""
+    from nydus.oci.registry import RegistryClient
+
+    with RegistryClient(host, insecure=True) as client:
+        _m, nbytes, reqs = _manifest(client, conv.repo, conv.tag)
+        layer = client.read_blob(conv.repo, conv.bootstrap_layer["digest"])
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:*") as tar:
+        member = next(m for m in tar.getmembers() if m.name.lstrip("./") == "image/image.boot")
+        src = tar.extractfile(member)
+        assert src is not None
+        dest.write_bytes(src.read())
+    return nbytes + len(layer), reqs + 1
+
+
+def registry_nydusd_config(host: str, repo: str, cache: Path) -> dict[str, Any]:
+    return {
+        "device": {
+            "backend": {
+                "type": "registry",
+                "config": {"scheme": "http", "host": host, "repo": repo},
+            },
+            "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}},
+        },
+        "mode": "direct",
+        "digest_validate": False,
+    }
+
+
 class NydusMount:
     """Fetch manifest, config and bootstrap layer from ``host``; run nydusd on them."""
 
@@ -234,37 +264,18 @@ class NydusMount:
         threads: int = 4,
         amplify_io: int | None = None,
         prefetch: dict[str, Any] | None = None,
+        driver: str = "fuse",
     ) -> None:
-        from nydus.oci.registry import RegistryClient
-
         self.base = base
         _rmtree(base)
         base.mkdir(parents=True)
         self.mnt = base / "mnt"
         self.mnt.mkdir()
         self.t0 = time.monotonic()
-        with RegistryClient(host, insecure=True) as client:
-            _m, nbytes, reqs = _manifest(client, conv.repo, conv.tag)
-            layer = client.read_blob(conv.repo, conv.bootstrap_layer["digest"])
-        self.meta_bytes, self.meta_requests = nbytes + len(layer), reqs + 1
         boot = base / "image.boot"
-        with tarfile.open(fileobj=io.BytesIO(layer), mode="r:*") as tar:
-            member = next(m for m in tar.getmembers() if m.name.lstrip("./") == "image/image.boot")
-            src = tar.extractfile(member)
-            assert src is not None
-            boot.write_bytes(src.read())
+        self.meta_bytes, self.meta_requests = fetch_bootstrap(host, conv, boot)
         self.bootstrap = boot
-        cfg = {
-            "device": {
-                "backend": {
-                    "type": "registry",
-                    "config": {"scheme": "http", "host": host, "repo": conv.repo},
-                },
-                "cache": {"type": "blobcache", "config": {"work_dir": str(base / "cache")}},
-            },
-            "mode": "direct",
-            "digest_validate": False,
-        }
+        cfg = registry_nydusd_config(host, conv.repo, base / "cache")
         if amplify_io is not None:
             cfg["amplify_io"] = amplify_io
         if prefetch is not None:
@@ -279,9 +290,12 @@ class NydusMount:
             log_level="warn",
             threads=threads,
             binary=str(BIN / "nydusd"),
+            fs_driver=None if driver == "fuse" else driver,  # fuse: upstream's command line
         )
         self.process = start_nydusd(command, base / "nydusd.log", timeout=60)
         self.ready_s = time.monotonic() - self.t0
+        # exec of nydusd until it answered RUNNING (the mount came before that)
+        self.mount_s = self.process.ready_seconds or 0.0
 
     def backend_metrics(self) -> dict[str, Any]:
         return self._api("v1/metrics/backend")
@@ -479,7 +493,7 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                     )
                 )
                 host = proxy.host
-            oci, nydus, optimized = Stats(), Stats(), Stats()
+            oci, nydus, optimized, erofs = Stats(), Stats(), Stats(), Stats()
             for i in range(ctx.repeat):
                 # OCI: pull + unpack + run
                 ctx.log(f"start [{net}] run {i + 1}/{ctx.repeat}: OCI pull + unpack + run")
@@ -512,24 +526,28 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                     f"  {secs:.2f} s (pull {got['pull_s']:.2f} s, unpack {got['unpack_s']:.2f} s)"
                 )
                 _rmtree(base)
-                # Nydus: bootstrap + nydusd + run
-                ctx.log(f"start [{net}] run {i + 1}/{ctx.repeat}: Nydus bootstrap + nydusd + run")
-                drop_caches()
-                t0 = time.monotonic()
-                mount = NydusMount(base / "nydus", host, conv)
-                try:
-                    with overlay(mount.mnt, base / "ovl", img.has_python) as merged:
-                        run_workload(img, merged)
-                        secs = time.monotonic() - t0
-                    nbytes, reqs = mount.fetched()
-                finally:
-                    mount.close()
-                nydus.add(secs, nbytes, reqs, mount_s=mount.ready_s)
-                ctx.log(
-                    f"  {secs:.2f} s (mounted after {mount.ready_s:.2f} s), fetched "
-                    f"{nbytes / MB:.2f} MB in {reqs} requests"
-                )
-                _rmtree(base)
+                # Nydus: bootstrap + nydusd + run, with each driver
+                for driver, stats in (("fuse", nydus), ("erofs", erofs)):
+                    ctx.log(
+                        f"start [{net}] run {i + 1}/{ctx.repeat}: Nydus bootstrap + nydusd "
+                        f"({driver}) + run"
+                    )
+                    drop_caches()
+                    t0 = time.monotonic()
+                    mount = NydusMount(base / "nydus", host, conv, driver=driver)
+                    try:
+                        with overlay(mount.mnt, base / "ovl", img.has_python) as merged:
+                            run_workload(img, merged)
+                            secs = time.monotonic() - t0
+                        nbytes, reqs = mount.fetched()
+                    finally:
+                        mount.close()
+                    stats.add(secs, nbytes, reqs, mount_s=mount.ready_s)
+                    ctx.log(
+                        f"  {secs:.2f} s (mounted after {mount.ready_s:.2f} s), fetched "
+                        f"{nbytes / MB:.2f} MB in {reqs} requests"
+                    )
+                    _rmtree(base)
                 if opt is not None:
                     ctx.log(f"start [{net}] run {i + 1}/{ctx.repeat}: Nydus optimized + prefetch")
                     drop_caches()
@@ -585,7 +603,21 @@ def case_start(ctx: Any, row_cls: type) -> list[Any]:
                 image_compressed=img.compressed,
                 nydus_image_size=conv.size,
             )
-            rows += [orow, nrow]
+            eratio = round(erofs.median() / nydus.median(), 3)
+            erow = make_row(
+                row_cls,
+                "start",
+                f"start Nydus erofs {net}",
+                "Nydus erofs",
+                erofs,
+                f"--fs-driver erofs; erofs/fuse {eratio:.2f}; Nydus erofs/OCI "
+                f"{erofs.median() / oci.median():.2f}",
+                image=img.summary(),
+                network=net,
+                erofs_over_fuse=eratio,
+                nydus_over_oci=round(erofs.median() / oci.median(), 3),
+            )
+            rows += [orow, nrow, erow]
             needed = max(1, accounting["compressed_bytes"] if accounting else 1)
             if opt is None:
                 rows.append(
@@ -645,7 +677,7 @@ def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
         if r.returncode != 0:
             raise RuntimeError(f"tar of {root} failed: {r.stderr.strip()[-300:]}")
 
-    oci_pu, oci_all, nyd = Stats(), Stats(), Stats()
+    oci_pu, oci_all, nyd, nyd_erofs = Stats(), Stats(), Stats(), Stats()
     for i in range(ctx.repeat):
         ctx.log(f"read-all run {i + 1}/{ctx.repeat}: OCI pull + unpack + tar")
         _rmtree(base)
@@ -665,19 +697,20 @@ def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
         oci_all.add(t2 - t0, int(got["bytes"]), int(got["requests"]), tar_s=t2 - t1)
         ctx.log(f"  pull+unpack {t1 - t0:.2f} s, tar {t2 - t1:.2f} s")
         _rmtree(base)
-        ctx.log(f"read-all run {i + 1}/{ctx.repeat}: Nydus bootstrap + nydusd + tar")
-        drop_caches()
-        t0 = time.monotonic()
-        mount = NydusMount(base / "nydus", sess.host, conv)
-        try:
-            tar_all(mount.mnt)
-            secs = time.monotonic() - t0
-            nbytes, reqs = mount.fetched()
-        finally:
-            mount.close()
-        nyd.add(secs, nbytes, reqs, mount_s=mount.ready_s)
-        ctx.log(f"  {secs:.2f} s, fetched {nbytes / MB:.1f} MB in {reqs} requests")
-        _rmtree(base)
+        for driver, stats in (("fuse", nyd), ("erofs", nyd_erofs)):
+            ctx.log(f"read-all run {i + 1}/{ctx.repeat}: Nydus bootstrap + nydusd ({driver}) + tar")
+            drop_caches()
+            t0 = time.monotonic()
+            mount = NydusMount(base / "nydus", sess.host, conv, driver=driver)
+            try:
+                tar_all(mount.mnt)
+                secs = time.monotonic() - t0
+                nbytes, reqs = mount.fetched()
+            finally:
+                mount.close()
+            stats.add(secs, nbytes, reqs, mount_s=mount.ready_s)
+            ctx.log(f"  {secs:.2f} s, fetched {nbytes / MB:.1f} MB in {reqs} requests")
+            _rmtree(base)
     r_pu = round(nyd.median() / oci_pu.median(), 3)
     r_all = round(nyd.median() / oci_all.median(), 3)
     return [
@@ -711,6 +744,16 @@ def case_read_all(ctx: Any, row_cls: type) -> list[Any]:
             nydus_over_oci=r_pu,
             nydus_over_oci_tar=r_all,
         ),
+        make_row(
+            row_cls,
+            "read-all",
+            "read-all Nydus erofs",
+            "Nydus erofs",
+            nyd_erofs,
+            f"the same with --fs-driver erofs; erofs/fuse {nyd_erofs.median() / nyd.median():.2f}",
+            image=img.summary(),
+            erofs_over_fuse=round(nyd_erofs.median() / nyd.median(), 3),
+        ),
     ]
 
 
@@ -730,7 +773,17 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
     _rmtree(base)
     ctx.log("metadata: OCI pull + unpack (not timed)")
     oci_pull_unpack(sess.host, name, base / "oci-root", base / "oci-blobs")
-    stats = {k: Stats() for k in ("oci cold", "oci warm", "nydus cold", "nydus warm")}
+    stats = {
+        k: Stats()
+        for k in (
+            "oci cold",
+            "oci warm",
+            "nydus cold",
+            "nydus warm",
+            "nydus erofs cold",
+            "nydus erofs warm",
+        )
+    }
     entries = 0
     try:
         for i in range(ctx.repeat):
@@ -745,20 +798,22 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
             ctx.log(
                 f"metadata run {i + 1}/{ctx.repeat}: find+stat through a fresh mount, cold and warm"
             )
-            drop_caches()
-            mount = NydusMount(base / "nydus", sess.host, conv)
-            try:
-                t0 = time.monotonic()
-                n = _find(mount.mnt)
-                stats["nydus cold"].add(time.monotonic() - t0)
-                t0 = time.monotonic()
-                _find(mount.mnt)
-                stats["nydus warm"].add(time.monotonic() - t0)
-                nbytes, reqs = mount.fetched()
-            finally:
-                mount.close()
-            if n != entries:
-                raise RuntimeError(f"metadata: mount lists {n} entries, OCI tree {entries}")
+            for driver, key in (("fuse", "nydus"), ("erofs", "nydus erofs")):
+                drop_caches()
+                mount = NydusMount(base / "nydus", sess.host, conv, driver=driver)
+                try:
+                    t0 = time.monotonic()
+                    n = _find(mount.mnt)
+                    stats[f"{key} cold"].add(time.monotonic() - t0)
+                    t0 = time.monotonic()
+                    _find(mount.mnt)
+                    stats[f"{key} warm"].add(time.monotonic() - t0)
+                finally:
+                    mount.close()
+                if n != entries:
+                    raise RuntimeError(
+                        f"metadata: {driver} mount lists {n} entries, OCI tree {entries}"
+                    )
             ctx.log(
                 f"  OCI {stats['oci cold'].seconds[-1]:.2f}/{stats['oci warm'].seconds[-1]:.2f} s, "
                 f"Nydus {stats['nydus cold'].seconds[-1]:.2f}/{stats['nydus warm'].seconds[-1]:.2f} s "
@@ -793,6 +848,125 @@ def case_metadata(ctx: Any, row_cls: type) -> list[Any]:
                 image=img.summary(),
                 entries=entries,
                 nydus_over_oci=ratio,
+            )
+        )
+        ero = stats[f"nydus erofs {temp}"]
+        eratio = round(ero.median() / oci.median(), 3)
+        rows.append(
+            make_row(
+                row_cls,
+                "metadata",
+                f"metadata Nydus erofs {temp}",
+                "Nydus erofs",
+                ero,
+                f"same with --fs-driver erofs; Nydus erofs/OCI {eratio:.2f}",
+                image=img.summary(),
+                entries=entries,
+                nydus_over_oci=eratio,
+            )
+        )
+    return rows
+
+
+def compile_sources() -> None:
+    """Byte-compile the nydus package (a pip install does so; an editable one under
+    PYTHONDONTWRITEBYTECODE never writes .pyc), so that a start measures imports, not
+    compiling."""
+    import compileall
+
+    import nydus
+
+    compileall.compile_dir(os.path.dirname(nydus.__file__), quiet=1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time so far of every thread of `pid` (schedstat, nanoseconds)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(task.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def time_mount(base: Path, boot: Path, config: dict[str, Any], driver: str) -> tuple[float, float]:
+    """exec of nydusd -> its mountpoint shows the image (st_dev changes): wall seconds and
+    the daemon's CPU seconds by then."""
+    _rmtree(base)
+    mnt = base / "mnt"
+    mnt.mkdir(parents=True)
+    (base / "cache").mkdir()
+    config = json.loads(json.dumps(config).replace("@CACHE@", str(base / "cache")))
+    (base / "config.json").write_text(json.dumps(config))
+    command = NydusdCommand(
+        mnt,
+        boot,
+        base / "api.sock",
+        config=base / "config.json",
+        log_level="warn",
+        binary=str(BIN / "nydusd"),
+        fs_driver=None if driver == "fuse" else driver,
+    )
+    dev = os.stat(base).st_dev
+    t0 = time.perf_counter()
+    proc = start_nydusd(command, base / "nydusd.log", wait=False)
+    try:
+        while True:
+            try:
+                if os.stat(mnt).st_dev != dev:
+                    break
+            except OSError:
+                pass
+            if not proc.alive() or time.perf_counter() - t0 > 60:
+                raise RuntimeError(f"nydusd ({driver}) did not mount: {proc.last_line()}")
+            time.sleep(0.0005)
+        wall = time.perf_counter() - t0
+        cpu = _cpu_seconds(proc.pid)
+        proc.wait_running(timeout=60)  # so that stop() also clears the erofs blob mount
+    finally:
+        proc.stop(timeout=15)
+    return wall, cpu
+
+
+def case_mount(ctx: Any, row_cls: type) -> list[Any]:
+    """exec of nydusd -> mounted, both drivers, registry backend on loopback (the bootstrap
+    is local; nothing is fetched before the mount)."""
+    prepared = _prepare(ctx, row_cls, "mount", "debian")
+    if isinstance(prepared, list):
+        return prepared
+    _name, sess, img, conv = prepared
+    base = ctx.workdir / "run-mount"
+    _rmtree(base)
+    base.mkdir(parents=True)
+    boot = base / "image.boot"
+    fetch_bootstrap(sess.host, conv, boot)
+    compile_sources()
+    config = registry_nydusd_config(sess.host, conv.repo, Path("@CACHE@"))
+    runs = 3 if ctx.quick else max(7, 3 * ctx.repeat)
+    stats: dict[str, Stats] = {}
+    for driver in ("fuse", "erofs"):
+        st = stats[driver] = Stats()
+        time_mount(base / driver, boot, config, driver)  # the interpreter into the page cache
+        for i in range(runs):
+            wall, cpu = time_mount(base / driver, boot, config, driver)
+            st.add(wall, cpu_s=cpu)
+            ctx.log(
+                f"mount [{driver}] run {i + 1}/{runs}: {wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU)"
+            )
+    _rmtree(base)
+    rows = []
+    for driver, st in stats.items():
+        rows.append(
+            make_row(
+                row_cls,
+                "mount",
+                f"mount {driver} loopback",
+                f"Nydus {driver}",
+                st,
+                f"exec of nydusd -> mounted, --fs-driver {driver}, registry backend; "
+                f"median of {runs}; CPU {statistics.median(st.extra['cpu_s']) * 1000:.0f} ms",
+                image=img.summary(),
             )
         )
     return rows
@@ -953,6 +1127,7 @@ def register(cases: dict[str, Callable[[Any], list[Any]]], row_cls: type) -> Non
         "start": case_start,
         "read-all": case_read_all,
         "metadata": case_metadata,
+        "mount": case_mount,
         "image-build": case_image_build,
     }
     for case, fn in fns.items():

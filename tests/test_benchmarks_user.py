@@ -17,23 +17,33 @@ import pytest
 from tests.registry_fixture import REGISTRY_BIN
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ["start", "read-all", "metadata", "image-build"]
+CASES = ["start", "read-all", "metadata", "mount", "image-build"]
 EXPECTED = {
     "start": [
         "start OCI loopback",
         "start Nydus loopback",
+        "start Nydus erofs loopback",
         "start Nydus optimized loopback",
         "start OCI 100 Mbit/s",
         "start Nydus 100 Mbit/s",
+        "start Nydus erofs 100 Mbit/s",
         "start Nydus optimized 100 Mbit/s",
     ],
-    "read-all": ["read-all OCI pull+unpack", "read-all OCI +tar", "read-all Nydus"],
+    "read-all": [
+        "read-all OCI pull+unpack",
+        "read-all OCI +tar",
+        "read-all Nydus",
+        "read-all Nydus erofs",
+    ],
     "metadata": [
         "metadata OCI cold",
         "metadata Nydus cold",
+        "metadata Nydus erofs cold",
         "metadata OCI warm",
         "metadata Nydus warm",
+        "metadata Nydus erofs warm",
     ],
+    "mount": ["mount fuse loopback", "mount erofs loopback"],
     "image-build": [
         "nydusify convert zstd",
         "nydusify convert lz4_block",
@@ -81,16 +91,20 @@ def test_benchmark_quick_user_cases(tmp_path):
             assert 0 < ex["min_s"] <= row["seconds"] <= ex["max_s"], row
         tools = {rows[n]["tool"] for n in EXPECTED[case]}
         if case == "start":
-            assert tools == {"OCI", "Nydus", "Nydus optimized"}, (case, tools)
+            assert tools == {"OCI", "Nydus", "Nydus erofs", "Nydus optimized"}, (case, tools)
+        elif case == "mount":
+            assert tools == {"Nydus fuse", "Nydus erofs"}, (case, tools)
         elif case != "image-build":
-            assert tools == {"OCI", "Nydus"}, (case, tools)
+            assert tools == {"OCI", "Nydus", "Nydus erofs"}, (case, tools)
     # bytes and requests fetched from the registry, both ways
     for name in (
         "start OCI loopback",
         "start Nydus loopback",
         "start Nydus 100 Mbit/s",
+        "start Nydus erofs loopback",
         "read-all OCI pull+unpack",
         "read-all Nydus",
+        "read-all Nydus erofs",
     ):
         ex = rows[name]["extra"]
         assert ex["bytes_fetched"] > 0 and ex["requests"] > 0, (name, ex)
@@ -107,12 +121,17 @@ def test_benchmark_quick_user_cases(tmp_path):
         rows["read-all Nydus"]["extra"]["bytes_fetched"]
         >= rows["start Nydus loopback"]["extra"]["needed"]["compressed_bytes"]
     )
+    assert rows["start Nydus erofs loopback"]["extra"]["erofs_over_fuse"] > 0
+    # the mount rows: exec -> mounted, and the daemon's CPU time by then
+    for driver in ("fuse", "erofs"):
+        assert rows[f"mount {driver} loopback"]["extra"]["cpu_s"] > 0
     # the quick start row says what ran instead of python
     assert "host-side cat" in rows["start OCI loopback"]["detail"]
     # metadata: both ways list the same entries
     assert (
         rows["metadata OCI cold"]["extra"]["entries"]
         == rows["metadata Nydus cold"]["extra"]["entries"]
+        == rows["metadata Nydus erofs cold"]["extra"]["entries"]
         > 200
     )
     # image-build: sizes and speeds
