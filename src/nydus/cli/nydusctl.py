@@ -127,6 +127,8 @@ def _print_cache(d: dict[str, Any]) -> None:
         "prefetch_workers",
         "prefetch_unmerged_chunks",
         "prefetch_cumulative_time_millis",
+        "prefetch_served_reads",
+        "prefetch_served_chunks",
         "data_all_ready",
         "store_path",
     ):
