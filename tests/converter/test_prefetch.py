@@ -247,3 +247,26 @@ def test_prefetch_without_waiting_at_mount(images, registry, nydusd, tmp_path):
         t.start()
         t.join(30)
         assert stopped.is_set()  # stopping does not wait for the prefetch either
+
+
+@pytest.mark.kernel("erofs", "fuse")
+def test_prefetch_with_the_erofs_driver(images, registry, nydusd, tmp_path):
+    """The kernel serves the metadata, the daemon the blob views: prefetch fills the same
+    caches, and the workload's reads find the data there."""
+    man = images["opt"]
+    prefetch_blob = man["layers"][-2]["digest"]
+    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+        boot = _bootstrap(registry, man, tmp_path / "e.boot")
+        cfg = registry_config(proxy.host, "pf", digest_validate=False)
+        cfg["device"]["cache"] = {"type": "blobcache", "config": {"work_dir": str(tmp_path / "e")}}
+        cfg["fs_prefetch"] = {"enable": True, "threads_count": 2, "prefetch_all": False}
+        d = nydusd(boot, cfg, "--fs-driver", "erofs", name="e")
+        m = _wait_prefetch(d)
+        for p in LISTED:
+            assert (d.mountpoint / p.lstrip("/")).read_bytes() == DATA[p]
+        ranges = _data_ranges(proxy, man)
+    assert m["prefetch_data_amount"] > 0 and m["prefetch_requests_count"] >= 1
+    # after the prefetch the listed files cost no request: only the prefetch and the meta
+    assert len(ranges[prefetch_blob]) <= m["prefetch_requests_count"] + 3, ranges[prefetch_blob]
+    for digest, rs in ranges.items():
+        assert _overlaps(rs) == [], (digest, rs)
