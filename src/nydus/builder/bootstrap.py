@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from nydus.builder.tree import Chunk, InodeData, Node
 from nydus.errors import BuildError
+from nydus.format import layout
 from nydus.format.constants import (
     BLOCK_SIZE,
     COMPRESSOR_FLAG,
-    DEVICE_TABLE_OFFSET,
     DIGESTER_FLAG,
     EROFS_SUPER_OFFSET,
     EXT_SUPER_OFFSET,
@@ -116,31 +116,28 @@ def write_bootstrap(
     _number_inodes(root, recs)
 
     nblobs = len(blobs)
-    blob_table_off = align(DEVICE_TABLE_OFFSET + 128 * nblobs, BLOCK_SIZE)
+    blob_table_off = layout.blob_table_start(nblobs)
     prefetch_nodes = prefetch or []
-    prefetch_size = 4 * len(prefetch_nodes) if nblobs else 0
-    meta_blkaddr = (
-        align(blob_table_off + 256 * nblobs + prefetch_size, BLOCK_SIZE) // BLOCK_SIZE
-        if nblobs
-        else 0
-    )
-    meta_base = meta_blkaddr * BLOCK_SIZE
+    prefetch_size = layout.PREFETCH_ENTRY.size * len(prefetch_nodes) if nblobs else 0
+    pt_off = layout.blob_entry_offset(blob_table_off, nblobs)  # right after the blob table
+    meta_blkaddr = align(pt_off + prefetch_size, BLOCK_SIZE) // BLOCK_SIZE if nblobs else 0
+    meta_base = layout.meta_base(meta_blkaddr)
 
     # ---- place inodes ----
     cursor = meta_base + BLOCK_SIZE
     for rec in order:
-        isize = 64 + len(rec.xattrs)
-        if rec.layout == LAYOUT_CHUNK_BASED:
-            nchunks = (rec.size + opts.chunk_size - 1) // opts.chunk_size
-            length = align(isize, 8) + 8 * nchunks
-        else:
-            length = isize + rec.tail
-        pos = align(cursor, 32)
+        isize = Inode.EXT_SIZE + len(rec.xattrs)
+        pos = align(cursor, layout.INODE_SLOT)
         if rec.tail and (pos + isize) // BLOCK_SIZE != (pos + isize + rec.tail - 1) // BLOCK_SIZE:
             pos = align(pos + 1, BLOCK_SIZE) if pos % BLOCK_SIZE else pos
         rec.pos = pos
-        rec.nid = (pos - meta_base) // 32
-        cursor = pos + length
+        rec.nid = layout.nid_of(meta_blkaddr, pos)
+        if rec.layout == LAYOUT_CHUNK_BASED:
+            nchunks = layout.chunk_count(rec.size, opts.chunk_size)
+            end = layout.chunk_index_offset(pos, Inode.EXT_SIZE, len(rec.xattrs))
+            cursor = end + ChunkAddr.SIZE * nchunks
+        else:
+            cursor = layout.inode_tail_offset(pos, Inode.EXT_SIZE, len(rec.xattrs)) + rec.tail
     if order[0].nid > 0xFFFF:
         raise BuildError("root inode does not fit a 16-bit nid")
     # ---- full data blocks of directories and symlinks ----
@@ -151,7 +148,7 @@ def write_bootstrap(
             block += rec.full_blocks
     chunk_table = _chunk_table(order, opts)
     chunk_table_off = block * BLOCK_SIZE
-    total = align(chunk_table_off + 80 * len(chunk_table), BLOCK_SIZE)
+    total = align(layout.chunk_info_offset(chunk_table_off, len(chunk_table)), BLOCK_SIZE)
     if not chunk_table:
         total = max(total, chunk_table_off)
     out = bytearray(total)
@@ -163,7 +160,8 @@ def write_bootstrap(
     for rec in order:
         _write_inode(out, rec, opts)
     for i, info in enumerate(chunk_table):
-        out[chunk_table_off + 80 * i : chunk_table_off + 80 * (i + 1)] = info.pack()
+        off = layout.chunk_info_offset(chunk_table_off, i)
+        out[off : off + ChunkInfo.SIZE] = info.pack()
 
     # ---- tables and superblocks ----
     mapped = align(total, MAPPED_BLKADDR_ALIGN) // BLOCK_SIZE
@@ -172,23 +170,23 @@ def write_bootstrap(
             raise BuildError(f"blob table entry {i} has index {b.blob_index}")
         blocks = b.uncompressed_size // BLOCK_SIZE
         slot = DeviceSlot(b.blob_id, blocks, mapped)
-        off = DEVICE_TABLE_OFFSET + 128 * i
-        out[off : off + 128] = slot.pack()
+        off = layout.device_slot_offset(i)
+        out[off : off + DeviceSlot.SIZE] = slot.pack()
         mapped = align((mapped + blocks) * BLOCK_SIZE, MAPPED_BLKADDR_ALIGN) // BLOCK_SIZE
-        out[blob_table_off + 256 * i : blob_table_off + 256 * (i + 1)] = b.pack()
-    pt_off = blob_table_off + 256 * nblobs
+        off = layout.blob_entry_offset(blob_table_off, i)
+        out[off : off + BlobInfo.SIZE] = b.pack()
     if prefetch_size:
         for i, node in enumerate(prefetch_nodes):
             nid = recs[id(node.inode)].nid
-            out[pt_off + 4 * i : pt_off + 4 * i + 4] = nid.to_bytes(4, "little")
+            layout.PREFETCH_ENTRY.pack_into(out, layout.prefetch_entry_offset(pt_off, i), nid)
     has_xattr = any(r.xattrs for r in order)
     ext = ExtSuperBlock(
         flags=super_flags(opts, blobs, has_xattr),
         blob_table_offset=blob_table_off,
-        blob_table_size=256 * nblobs,
+        blob_table_size=BlobInfo.SIZE * nblobs,
         chunk_size=opts.chunk_size,
         chunk_table_offset=chunk_table_off if chunk_table else 0,
-        chunk_table_size=80 * len(chunk_table),
+        chunk_table_size=ChunkInfo.SIZE * len(chunk_table),
         prefetch_table_offset=pt_off if prefetch_size else 0,
         prefetch_table_size=prefetch_size,
     )
@@ -200,8 +198,8 @@ def write_bootstrap(
         meta_blkaddr=meta_blkaddr,
         extra_devices=nblobs,
     )
-    out[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + 128] = sb.pack()
-    out[EXT_SUPER_OFFSET : EXT_SUPER_OFFSET + 256] = ext.pack()
+    out[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE] = sb.pack()
+    out[EXT_SUPER_OFFSET : EXT_SUPER_OFFSET + ExtSuperBlock.SIZE] = ext.pack()
     return bytes(out)
 
 
@@ -235,7 +233,7 @@ def _collect(root: Node, opts: BootstrapOptions) -> tuple[dict[int, _Rec], list[
             rec.size = data.size
         if rec.content:
             tail = rec.size % BLOCK_SIZE
-            if tail and 64 + len(rec.xattrs) + tail <= BLOCK_SIZE:
+            if tail and Inode.EXT_SIZE + len(rec.xattrs) + tail <= BLOCK_SIZE:
                 rec.layout = LAYOUT_FLAT_INLINE
         recs[key] = rec
         order.append(rec)
@@ -331,25 +329,24 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
         rec.nlink,
     )
     pos = rec.pos
-    out[pos : pos + 64] = inode.pack()
-    pos += 64
-    out[pos : pos + len(rec.xattrs)] = rec.xattrs
-    pos += len(rec.xattrs)
+    out[pos : pos + Inode.EXT_SIZE] = inode.pack()
+    xpos = pos + Inode.EXT_SIZE
+    out[xpos : xpos + len(rec.xattrs)] = rec.xattrs
     if rec.layout == LAYOUT_CHUNK_BASED:
-        pos = align(pos, 8)
-        expected = (rec.size + opts.chunk_size - 1) // opts.chunk_size
+        pos = layout.chunk_index_offset(pos, Inode.EXT_SIZE, len(rec.xattrs))
+        expected = layout.chunk_count(rec.size, opts.chunk_size)
         if len(d.chunks) != expected:
             raise BuildError(
                 f"file of {rec.size} bytes has {len(d.chunks)} chunks, expected {expected}"
             )
         bmap = opts.blob_map
         for c in d.chunks:
-            out[pos : pos + 8] = ChunkAddr(
+            out[pos : pos + ChunkAddr.SIZE] = ChunkAddr(
                 c.blob_index if bmap is None else bmap[c.blob_index],
                 c.ci_index,
                 c.uncompressed_offset // BLOCK_SIZE,
             ).pack()
-            pos += 8
+            pos += ChunkAddr.SIZE
         return
     content = rec.content
     nfull = rec.full_blocks
@@ -359,7 +356,8 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
         out[start : start + len(body)] = body
     if rec.tail:
         tail = content[nfull * BLOCK_SIZE :]
-        out[pos : pos + len(tail)] = tail
+        tpos = layout.inode_tail_offset(pos, Inode.EXT_SIZE, len(rec.xattrs))
+        out[tpos : tpos + len(tail)] = tail
 
 
 def _chunk_table(order: list[_Rec], opts: BootstrapOptions) -> list[ChunkInfo]:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from nydus.builder.output import AtomicFile
 from nydus.builder.source_image import ImageSource
 from nydus.errors import BuildError
+from nydus.format import layout
 from nydus.format.constants import (
     BLOCK_SIZE,
-    DEVICE_TABLE_OFFSET,
     MAPPED_BLKADDR_ALIGN,
     align,
 )
@@ -163,7 +163,7 @@ def export_block(
     if relaid:
         log.info("device slots do not lay the blobs out after the bootstrap: relaid")
         for i, m in enumerate(mapped):
-            off = DEVICE_TABLE_OFFSET + 128 * i + _SLOT_MAPPED
+            off = layout.device_slot_offset(i) + _SLOT_MAPPED
             boot[off : off + 4] = m.to_bytes(4, "little")
     total = mapped[-1] + blocks[-1] if sb.blobs else boot_blocks
     out = AtomicFile(output)

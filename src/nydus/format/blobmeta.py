@@ -11,8 +11,8 @@ from nydus.errors import FormatError
 from nydus.format.constants import BLOB_META_HEADER_SIZE, BLOB_META_MAGIC, ChunkFlags
 
 TAR_BLOCK = 512
-TOC_ENTRY_SIZE = 128
 TOC_NAME = "rafs.blob.toc"
+_U32 = struct.Struct("<I")
 
 # ToC entry compression flags
 TOC_NONE, TOC_ZSTD, TOC_LZ4 = 0x1, 0x2, 0x4
@@ -34,6 +34,13 @@ class ChunkMeta:
 
     V1: ClassVar[struct.Struct] = struct.Struct("<QQ")
     V2: ClassVar[struct.Struct] = struct.Struct("<QQQ")
+    V1_SIZE: ClassVar[int] = V1.size
+    V2_SIZE: ClassVar[int] = V2.size
+
+    @classmethod
+    def entry_size(cls, v2: bool) -> int:
+        """Bytes of one CI entry in the v2 or the v1 format."""
+        return cls.V2_SIZE if v2 else cls.V1_SIZE
 
     def pack_v1(self) -> bytes:
         if self.uncompressed_offset % 4096:
@@ -85,7 +92,7 @@ class ChunkMeta:
 
 
 def unpack_ci_array(buf: bytes | memoryview, count: int, v2: bool) -> list[ChunkMeta]:
-    size = 24 if v2 else 16
+    size = ChunkMeta.entry_size(v2)
     if len(buf) < size * count:
         raise FormatError(f"CI array of {len(buf)} bytes too short for {count} chunks")
     fn = ChunkMeta.unpack_v2 if v2 else ChunkMeta.unpack_v1
@@ -108,6 +115,8 @@ class BlobMetaHeader:
     """The 4096-byte CI header that directly follows the CI array."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQI")
+    SIZE: ClassVar[int] = BLOB_META_HEADER_SIZE  # bytes on disk: STRUCT, zeros, magic2
+    MAGIC2_OFFSET: ClassVar[int] = BLOB_META_HEADER_SIZE - 4
     features: int
     ci_compressor: int
     ci_entries: int
@@ -131,17 +140,17 @@ class BlobMetaHeader:
             self.zran_size,
             self.zran_count,
         )
-        out = bytearray(BLOB_META_HEADER_SIZE)
+        out = bytearray(self.SIZE)
         out[: len(head)] = head
-        struct.pack_into("<I", out, 4092, BLOB_META_MAGIC)
+        _U32.pack_into(out, self.MAGIC2_OFFSET, BLOB_META_MAGIC)
         return bytes(out)
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> BlobMetaHeader:
-        if len(buf) < BLOB_META_HEADER_SIZE:
+        if len(buf) < cls.SIZE:
             raise FormatError("blob meta header truncated")
         v = cls.STRUCT.unpack_from(buf)
-        magic2 = struct.unpack_from("<I", buf, 4092)[0]
+        magic2 = _U32.unpack_from(buf, cls.MAGIC2_OFFSET)[0]
         if v[0] != BLOB_META_MAGIC or magic2 != BLOB_META_MAGIC:
             raise FormatError("blob meta header: bad magic")
         return cls(*v[1:])
@@ -152,6 +161,7 @@ class TocEntry:
     """128-byte ToC entry describing one blob section."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<II16s32sQQQ48s")
+    SIZE: ClassVar[int] = STRUCT.size
     flags: int
     name: str
     digest: bytes
@@ -219,7 +229,7 @@ def parse_toc(buf: bytes | memoryview) -> list[TocEntry]:
     name, size = parse_tar_header(buf[len(buf) - TAR_BLOCK :])
     if name != TOC_NAME:
         raise FormatError(f"blob has no ToC (last tar header is {name!r})")
-    if size % TOC_ENTRY_SIZE or size > len(buf) - TAR_BLOCK:
+    if size % TocEntry.SIZE or size > len(buf) - TAR_BLOCK:
         raise FormatError(f"ToC size {size} invalid")
     start = len(buf) - TAR_BLOCK - size
-    return [TocEntry.unpack(buf, start + i) for i in range(0, size, TOC_ENTRY_SIZE)]
+    return [TocEntry.unpack(buf, start + i) for i in range(0, size, TocEntry.SIZE)]

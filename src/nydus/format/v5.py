@@ -10,8 +10,7 @@ from typing import ClassVar
 from nydus.errors import FormatError
 from nydus.format.constants import RAFS_V5_MAGIC, RAFS_V5_VERSION, valid_chunk_size
 
-V5_SUPER_SIZE = 8192
-V5_INODE_SIZE = 128
+U32 = struct.Struct("<I")  # an inode table or prefetch table entry
 
 # v5 inode flags
 V5_INODE_SYMLINK = 0x1
@@ -29,6 +28,7 @@ class V5SuperBlock:
     """RAFS v5 superblock, 8192 bytes at offset 0 (only the first 80 are meaningful)."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQIIIIQ")
+    SIZE: ClassVar[int] = 8192  # bytes on disk: STRUCT's 80, then reserved zeros
     block_size: int
     flags: int
     inodes_count: int
@@ -42,14 +42,14 @@ class V5SuperBlock:
     extended_blob_table_offset: int
     magic: int = RAFS_V5_MAGIC
     version: int = RAFS_V5_VERSION
-    sb_size: int = V5_SUPER_SIZE
+    sb_size: int = SIZE
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> V5SuperBlock:
-        if len(buf) < V5_SUPER_SIZE:
+        if len(buf) < cls.SIZE:
             raise FormatError(
                 f"not a RAFS v5 bootstrap: {len(buf)} bytes is shorter than the "
-                f"{V5_SUPER_SIZE}-byte superblock"
+                f"{cls.SIZE}-byte superblock"
             )
         (
             magic,
@@ -91,18 +91,14 @@ class V5SuperBlock:
             raise FormatError(
                 f"not a RAFS v5 bootstrap: magic 0x{self.magic:08x} version 0x{self.version:x}"
             )
-        if self.sb_size != V5_SUPER_SIZE:
+        if self.sb_size != self.SIZE:
             raise FormatError(f"RAFS v5 superblock: sb_size {self.sb_size} != 8192")
         if not valid_chunk_size(self.block_size):
             raise FormatError(f"RAFS v5 superblock: invalid chunk size 0x{self.block_size:x}")
         if self.inode_table_entries == 0:
             raise FormatError("RAFS v5 superblock: empty inode table")
-        end = self.inode_table_offset + 4 * self.inode_table_entries
-        if (
-            self.inode_table_offset < V5_SUPER_SIZE
-            or self.inode_table_offset % 8
-            or end > file_size
-        ):
+        end = self.inode_table_offset + U32.size * self.inode_table_entries
+        if self.inode_table_offset < self.SIZE or self.inode_table_offset % 8 or end > file_size:
             raise FormatError(
                 f"RAFS v5 superblock: inode table at {self.inode_table_offset} "
                 f"with {self.inode_table_entries} entries does not fit the file"
@@ -111,12 +107,14 @@ class V5SuperBlock:
             raise FormatError("RAFS v5 superblock: blob table beyond the end of the file")
         if (
             self.prefetch_table_entries
-            and self.prefetch_table_offset + 4 * self.prefetch_table_entries > file_size
+            and self.prefetch_table_offset + U32.size * self.prefetch_table_entries > file_size
         ):
             raise FormatError("RAFS v5 superblock: prefetch table beyond the end of the file")
         if (
             self.extended_blob_table_entries
-            and self.extended_blob_table_offset + 64 * self.extended_blob_table_entries > file_size
+            and self.extended_blob_table_offset
+            + V5ExtBlobEntry.SIZE * self.extended_blob_table_entries
+            > file_size
         ):
             raise FormatError("RAFS v5 superblock: extended blob table beyond the end of the file")
 
@@ -158,6 +156,7 @@ class V5ExtBlobEntry:
     """64-byte extended blob table entry."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIQQ40s")
+    SIZE: ClassVar[int] = STRUCT.size
     chunk_count: int
     features: int
     uncompressed_size: int
@@ -174,6 +173,7 @@ class V5Inode:
     """128-byte v5 inode record header (name, symlink target, xattrs, chunks follow)."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<32sQQIIIIQQQIIIHHIIQ8s")
+    SIZE: ClassVar[int] = STRUCT.size
     digest: bytes
     parent: int
     ino: int
@@ -195,18 +195,18 @@ class V5Inode:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int) -> V5Inode:
-        if off + V5_INODE_SIZE > len(buf):
+        if off + cls.SIZE > len(buf):
             raise FormatError(f"RAFS v5 inode at {off} lies outside the bootstrap")
         v = cls.STRUCT.unpack_from(buf, off)
         return cls(*v[:18])
 
     @property
     def name_offset(self) -> int:
-        return V5_INODE_SIZE
+        return self.SIZE
 
     @property
     def symlink_offset(self) -> int:
-        return V5_INODE_SIZE + align8(self.name_size)
+        return self.SIZE + align8(self.name_size)
 
     @property
     def xattr_offset(self) -> int:

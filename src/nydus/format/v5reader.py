@@ -22,6 +22,7 @@ from nydus.format.rafs import (
     inode_range_error,
 )
 from nydus.format.v5 import (
+    U32,
     V5_INODE_XATTR,
     V5BlobEntry,
     V5ExtBlobEntry,
@@ -32,8 +33,6 @@ from nydus.format.v5 import (
 )
 from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
 from nydus.utils.lru import Lru
-
-CHUNK_INFO_SIZE = 80
 
 
 class RafsV5Super:
@@ -65,7 +64,7 @@ class RafsV5Super:
                 buf[sb.blob_table_offset : sb.blob_table_offset + sb.blob_table_size]
             )
         ext: list[V5ExtBlobEntry] = [
-            V5ExtBlobEntry.unpack(buf, sb.extended_blob_table_offset + 64 * i)
+            V5ExtBlobEntry.unpack(buf, sb.extended_blob_table_offset + V5ExtBlobEntry.SIZE * i)
             for i in range(sb.extended_blob_table_entries)
         ]
         if ext and len(ext) != len(entries):
@@ -112,8 +111,8 @@ class RafsV5Super:
             raise FormatError(
                 f"RAFS v5: inode index {index} outside the inode table (1..{len(self._table)})"
             )
-        off = self._table[index - 1] << 3
-        if off < self.sb.inode_table_offset or off + 128 > len(self.buf):
+        off = self._table[index - 1] << 3  # entries store offset / 8
+        if off < self.sb.inode_table_offset or off + V5Inode.SIZE > len(self.buf):
             raise FormatError(f"RAFS v5: inode {index} at offset {off} lies outside the bootstrap")
         return off
 
@@ -222,9 +221,9 @@ class RafsV5Super:
             raise FormatError(f"RAFS v5 inode {ino} is not a regular file")
         _, off = self._xattrs_and_end(ino)
         n = rec.child_count
-        if off + CHUNK_INFO_SIZE * n > len(self.buf):
+        if off + ChunkInfo.SIZE * n > len(self.buf):
             raise FormatError(f"RAFS v5 inode {ino}: chunk infos beyond the end of the bootstrap")
-        out = [ChunkInfo.unpack(self.buf, off + CHUNK_INFO_SIZE * i) for i in range(n)]
+        out = [ChunkInfo.unpack(self.buf, off + ChunkInfo.SIZE * i) for i in range(n)]
         for c in out:
             if c.blob_index >= len(self.blobs):
                 raise FormatError(
@@ -265,11 +264,9 @@ class RafsV5Super:
         return sorted(seen.values(), key=lambda c: (c.digest, c.blob_index))
 
     def prefetch_inos(self) -> list[int]:
-        n = self.sb.prefetch_table_entries
+        off, n = self.sb.prefetch_table_offset, self.sb.prefetch_table_entries
         out = []
-        for (ino,) in struct.iter_unpack(
-            "<I", self.buf[self.sb.prefetch_table_offset : self.sb.prefetch_table_offset + 4 * n]
-        ):
+        for (ino,) in U32.iter_unpack(self.buf[off : off + U32.size * n]):
             if ino == 0:
                 break
             out.append(ino)

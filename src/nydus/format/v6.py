@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nydus.errors import FormatError
+from nydus.format.blobmeta import ChunkMeta
 from nydus.format.constants import (
     BLOCK_SIZE,
     CHUNK_FORMAT_BLKBITS_MASK,
@@ -20,6 +21,15 @@ from nydus.format.constants import (
     MAX_NAME_LEN,
     XATTR_PREFIXES,
 )
+
+_U16 = struct.Struct("<H")  # i_format at the start of an inode, nameoff in a dirent
+_DIRENT_NAMEOFF = 8  # offset of nameoff in a dirent
+
+# inline xattrs (rafs-format §4.8): a 12-byte ibody header, then 4-byte aligned entries
+XATTR_IBODY_HEADER = struct.Struct("<IB7x")  # u32 reserved, u8 shared count, 7 B reserved
+XATTR_ENTRY = struct.Struct("<BBH")  # u8 name length, u8 name index, u16 value size (bytes)
+XATTR_ALIGN = 4  # bytes: entries are padded to it; i_xattr_icount counts its units
+XATTR_SHARED_ENTRY = 4  # bytes: a u32 shared xattr id (RAFS writes none)
 
 
 def _id_bytes(blob_id: str) -> bytes:
@@ -49,6 +59,7 @@ class SuperBlock:
     """EROFS superblock, 128 bytes at file offset 1024."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIBBHQQIIII16s16sIHHH38s")
+    SIZE: ClassVar[int] = STRUCT.size
     root_nid: int
     inos: int
     blocks: int
@@ -165,6 +176,7 @@ class ExtSuperBlock:
     """RAFS v6 extended superblock, 256 bytes at file offset 1152."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQIIQQQII200s")
+    SIZE: ClassVar[int] = STRUCT.size
     flags: int
     blob_table_offset: int
     blob_table_size: int
@@ -201,6 +213,7 @@ class DeviceSlot:
     """EROFS device table slot, 128 bytes (one per blob)."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<64sII56s")
+    SIZE: ClassVar[int] = STRUCT.size
     blob_id: str
     blocks: int
     mapped_blkaddr: int
@@ -221,6 +234,7 @@ class BlobInfo:
     """RAFS v6 blob table entry, 256 bytes."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36s")
+    SIZE: ClassVar[int] = STRUCT.size
     blob_id: str
     blob_index: int
     chunk_size: int
@@ -292,7 +306,7 @@ class BlobInfo:
             raise FormatError(f"{where}: ALIGNED feature missing")
         if self.ci_compressed_size > self.ci_uncompressed_size:
             raise FormatError(f"{where}: CI compressed size exceeds uncompressed size")
-        entry = 24 if self.features & F.CHUNK_INFO_V2 else 16
+        entry = ChunkMeta.entry_size(bool(self.features & F.CHUNK_INFO_V2))
         special = self.features & (F.BATCH | F.ZRAN | F.ENCRYPTED)
         if (
             self.ci_uncompressed_size
@@ -332,6 +346,8 @@ class Inode:
 
     EXT: ClassVar[struct.Struct] = struct.Struct("<HHHHQIIIIQII16s")
     COMPACT: ClassVar[struct.Struct] = struct.Struct("<HHHHIIIIHH4s")
+    EXT_SIZE: ClassVar[int] = EXT.size
+    COMPACT_SIZE: ClassVar[int] = COMPACT.size
     layout: int
     xattr_icount: int
     mode: int
@@ -347,11 +363,11 @@ class Inode:
 
     @property
     def inode_size(self) -> int:
-        return 64 if self.extended else 32
+        return self.EXT_SIZE if self.extended else self.COMPACT_SIZE
 
     @property
     def xattr_size(self) -> int:
-        return 0 if self.xattr_icount == 0 else 12 + 4 * (self.xattr_icount - 1)
+        return xattr_area_size(self.xattr_icount)
 
     def pack(self) -> bytes:
         if not self.extended:
@@ -374,16 +390,16 @@ class Inode:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int) -> Inode:
-        if off + 32 > len(buf):
+        if off + cls.COMPACT_SIZE > len(buf):
             raise FormatError(f"inode at offset {off} lies outside the bootstrap")
-        fmt = struct.unpack_from("<H", buf, off)[0]
+        fmt = _U16.unpack_from(buf, off)[0]
         if fmt & ~0xF:
             raise FormatError(f"inode at offset {off}: invalid i_format 0x{fmt:x}")
         layout = (fmt >> 1) & 0x7
         if layout not in (0, 2, 4):
             raise FormatError(f"inode at offset {off}: unsupported data layout {layout}")
         if fmt & 1:
-            if off + 64 > len(buf):
+            if off + cls.EXT_SIZE > len(buf):
                 raise FormatError(f"inode at offset {off} lies outside the bootstrap")
             (_f, xic, mode, _r, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink, _res) = (
                 cls.EXT.unpack_from(buf, off)
@@ -400,6 +416,7 @@ class Dirent:
     """EROFS directory entry (12 bytes + name stored in the block's name area)."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<QHBB")
+    SIZE: ClassVar[int] = STRUCT.size
     nid: int
     file_type: int
     name: bytes
@@ -415,7 +432,7 @@ def pack_dir_blocks(entries: Iterable[Dirent]) -> tuple[list[bytes], int]:
     used = 0
 
     def flush(last: bool) -> None:
-        nameoff = 12 * len(cur)
+        nameoff = Dirent.SIZE * len(cur)
         heads = bytearray()
         names = bytearray()
         for d in cur:
@@ -425,7 +442,7 @@ def pack_dir_blocks(entries: Iterable[Dirent]) -> tuple[list[bytes], int]:
         blocks.append(data if last else data.ljust(BLOCK_SIZE, b"\0"))
 
     for d in entries:
-        need = 12 + len(d.name)
+        need = Dirent.SIZE + len(d.name)
         if cur and used + need > BLOCK_SIZE:
             flush(False)
             cur, used = [], 0
@@ -439,13 +456,13 @@ def pack_dir_blocks(entries: Iterable[Dirent]) -> tuple[list[bytes], int]:
 
 def unpack_dir_block(block: bytes | memoryview, used: int) -> list[Dirent]:
     """Decode one directory block whose meaningful bytes are block[:used]."""
-    if used < 12:
+    if used < Dirent.SIZE:
         raise FormatError("directory block too small")
-    first_nameoff = struct.unpack_from("<H", block, 8)[0]
-    if first_nameoff % 12 or first_nameoff == 0 or first_nameoff > used:
+    first_nameoff = _U16.unpack_from(block, _DIRENT_NAMEOFF)[0]
+    if first_nameoff % Dirent.SIZE or first_nameoff == 0 or first_nameoff > used:
         raise FormatError(f"directory block: bad first name offset {first_nameoff}")
-    n = first_nameoff // 12
-    heads = [Dirent.STRUCT.unpack_from(block, 12 * i) for i in range(n)]
+    n = first_nameoff // Dirent.SIZE
+    heads = [Dirent.STRUCT.unpack_from(block, Dirent.SIZE * i) for i in range(n)]
     out = []
     for i, (nid, nameoff, ftype, _r) in enumerate(heads):
         end = heads[i + 1][1] if i + 1 < n else used
@@ -484,45 +501,53 @@ def pack_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
     """Encode inline xattrs (ibody header + entries); empty bytes when there are none."""
     if not xattrs:
         return b""
-    out = bytearray(12)
+    out = bytearray(XATTR_IBODY_HEADER.size)
     for name in sorted(xattrs):
         value = xattrs[name]
         index, suffix = split_xattr_name(name)
         if len(suffix) > 255 or len(value) > 65535:
             raise FormatError(f"xattr {name!r} too large")
-        entry = struct.pack("<BBH", len(suffix), index, len(value)) + suffix + value
-        out += entry + b"\0" * (-len(entry) % 4)
+        entry = XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
+        out += entry + b"\0" * (-len(entry) % XATTR_ALIGN)
     return bytes(out)
 
 
 def xattr_icount(xattr_bytes: int) -> int:
-    return 0 if xattr_bytes == 0 else (xattr_bytes - 12) // 4 + 1
+    """`i_xattr_icount` of an inline xattr area of `xattr_bytes` (header included)."""
+    if xattr_bytes == 0:
+        return 0
+    return (xattr_bytes - XATTR_IBODY_HEADER.size) // XATTR_ALIGN + 1
+
+
+def xattr_area_size(icount: int) -> int:
+    """Bytes of the inline xattr area an `i_xattr_icount` describes (0: none)."""
+    return 0 if icount == 0 else XATTR_IBODY_HEADER.size + XATTR_ALIGN * (icount - 1)
 
 
 def unpack_xattrs(buf: bytes | memoryview, off: int, size: int) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     if size == 0:
         return out
-    if size < 12:
+    if size < XATTR_IBODY_HEADER.size:
         raise FormatError("xattr area too small")
     end = off + size
     if end > len(buf):
         raise FormatError(f"xattr area at {off} ({size} bytes) lies outside the bootstrap")
-    shared = buf[off + 4]
-    pos = off + 12 + 4 * shared
+    _reserved, shared = XATTR_IBODY_HEADER.unpack_from(buf, off)
+    pos = off + XATTR_IBODY_HEADER.size + XATTR_SHARED_ENTRY * shared
     if pos > end:
         raise FormatError(f"xattr area at {off}: {shared} shared xattr ids overrun it")
-    while pos + 4 <= end:
-        name_len, index, vsize = struct.unpack_from("<BBH", buf, pos)
+    while pos + XATTR_ENTRY.size <= end:
+        name_len, index, vsize = XATTR_ENTRY.unpack_from(buf, pos)
         if index not in XATTR_PREFIXES:
             raise FormatError(f"xattr with unknown name index {index}")
-        start = pos + 4
+        start = pos + XATTR_ENTRY.size
         if start + name_len + vsize > end:
             raise FormatError("xattr entry overruns its inode's xattr area")
         name = XATTR_PREFIXES[index] + bytes(buf[start : start + name_len])
         out[name] = bytes(buf[start + name_len : start + name_len + vsize])
         pos = start + name_len + vsize
-        pos += -(pos - off) % 4
+        pos += -(pos - off) % XATTR_ALIGN
     return out
 
 
@@ -531,6 +556,7 @@ class ChunkAddr:
     """Entry of a chunk-based inode's chunk index, 8 bytes on disk."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<HHI")
+    SIZE: ClassVar[int] = STRUCT.size
     blob_index: int  # 0-based
     ci_index: int  # index in the blob's CI array (24 bits)
     blkaddr: int  # 4 KiB block in the blob's uncompressed view
@@ -556,6 +582,7 @@ class ChunkInfo:
     """80-byte chunk record: v6 chunk table entry and v5 chunk info."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<32sIIIIQQQII")
+    SIZE: ClassVar[int] = STRUCT.size
     digest: bytes
     blob_index: int
     flags: int

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import stat
-import struct
 from typing import Any
 
 from nydus.errors import FormatError
+from nydus.format import layout
 from nydus.format.constants import (
+    BLOCK_BITS,
     BLOCK_SIZE,
-    DEVICE_TABLE_OFFSET,
     EROFS_SUPER_OFFSET,
     EXT_SUPER_OFFSET,
     FT_UNKNOWN,
@@ -63,10 +63,12 @@ class RafsV6Super:
             raise FormatError(
                 f"not a valid RAFS v6 bootstrap: size {size} is not a non-zero multiple of 4096"
             )
-        self.sb = SuperBlock.unpack(buf[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + 128])
-        if self.sb.blkszbits != 12:
+        self.sb = SuperBlock.unpack(buf[EROFS_SUPER_OFFSET : EROFS_SUPER_OFFSET + SuperBlock.SIZE])
+        if self.sb.blkszbits != BLOCK_BITS:
             raise FormatError("RAFS v6 TARFS mode (512-byte blocks) is not supported")
-        self.ext = ext = ExtSuperBlock.unpack(buf[EXT_SUPER_OFFSET : EXT_SUPER_OFFSET + 256])
+        self.ext = ext = ExtSuperBlock.unpack(
+            buf[EXT_SUPER_OFFSET : EXT_SUPER_OFFSET + ExtSuperBlock.SIZE]
+        )
         self.flags = ext.flags
         if ext.flags & ~SUPER_FLAGS_KNOWN & 0xFFFF_FFFF_FFFF_FFFF:
             raise FormatError(f"RAFS v6 superblock: unknown flags 0x{ext.flags:x}")
@@ -90,20 +92,18 @@ class RafsV6Super:
                 f"RAFS v6 superblock: chunk size 0x{ext.chunk_size:x} is not a power of two "
                 "between 0x1000 and 0x1000000"
             )
-        if self.sb.meta_blkaddr * BLOCK_SIZE > size:
+        if layout.meta_base(self.sb.meta_blkaddr) > size:
             raise FormatError("RAFS v6 superblock: meta_blkaddr beyond the end of the file")
-        self.meta_base = self.sb.meta_blkaddr * BLOCK_SIZE
+        self.meta_base = layout.meta_base(self.sb.meta_blkaddr)
         self.root_ino = self.sb.root_nid
         self.inode_count = self.sb.inos
         nblobs = self.sb.extra_devices
-        if DEVICE_TABLE_OFFSET + 128 * nblobs > size:
+        if layout.device_slot_offset(nblobs) > size:
             raise FormatError(
                 f"RAFS v6 superblock: {nblobs} device slots do not fit in the bootstrap"
             )
-        self.devices = [
-            DeviceSlot.unpack(buf, DEVICE_TABLE_OFFSET + 128 * i) for i in range(nblobs)
-        ]
-        if ext.blob_table_size != 256 * nblobs:
+        self.devices = [DeviceSlot.unpack(buf, layout.device_slot_offset(i)) for i in range(nblobs)]
+        if ext.blob_table_size != BlobInfo.SIZE * nblobs:
             raise FormatError(
                 f"RAFS v6: blob table size {ext.blob_table_size} does not match "
                 f"{nblobs} device slots"
@@ -111,7 +111,7 @@ class RafsV6Super:
         bt = ext.blob_table_offset
         if nblobs and (bt % BLOCK_SIZE or bt < BLOCK_SIZE or bt + ext.blob_table_size > size):
             raise FormatError(f"RAFS v6: blob table offset {bt} invalid")
-        self.blobs = [BlobInfo.unpack(buf, bt + 256 * i) for i in range(nblobs)]
+        self.blobs = [BlobInfo.unpack(buf, layout.blob_entry_offset(bt, i)) for i in range(nblobs)]
         for i, b in enumerate(self.blobs):
             b.validate(i, self.chunk_size)
             if self.devices[i].blob_id != b.blob_id:
@@ -127,7 +127,7 @@ class RafsV6Super:
             raise FormatError("RAFS v6: superblock blocks must be 0 without blobs")
         if ext.chunk_table_size and (
             ext.chunk_table_offset % BLOCK_SIZE
-            or ext.chunk_table_size % 80
+            or ext.chunk_table_size % ChunkInfo.SIZE
             or ext.chunk_table_offset + ext.chunk_table_size > size
         ):
             raise FormatError("RAFS v6: chunk table position/size invalid")
@@ -135,7 +135,7 @@ class RafsV6Super:
             ext.prefetch_table_size
             and ext.prefetch_table_offset
             and (
-                ext.prefetch_table_size % 4
+                ext.prefetch_table_size % layout.PREFETCH_ENTRY.size
                 or ext.prefetch_table_offset + ext.prefetch_table_size > size
             )
         ):
@@ -147,7 +147,7 @@ class RafsV6Super:
 
     # ---- raw records -------------------------------------------------------------
     def inode_offset(self, nid: int) -> int:
-        return self.meta_base + nid * 32
+        return layout.inode_offset(self.sb.meta_blkaddr, nid)
 
     def inode(self, nid: int) -> Inode:
         """The inode record at `nid` (cached per reader)."""
@@ -155,7 +155,7 @@ class RafsV6Super:
 
     def _load_inode(self, nid: int) -> Inode:
         off = self.inode_offset(nid)
-        if nid < 0 or off + 32 > len(self.buf):
+        if nid < 0 or off + Inode.COMPACT_SIZE > len(self.buf):
             raise FormatError(f"nid {nid} points outside the bootstrap")
         ino = Inode.unpack(self.buf, off)
         if file_type_of(ino.mode) == FT_UNKNOWN:
@@ -181,7 +181,7 @@ class RafsV6Super:
             if nfull and start + nfull * BLOCK_SIZE > len(self.buf):
                 raise FormatError(f"nid {nid}: data blocks beyond the end of the bootstrap")
             head = bytes(self.buf[start : start + nfull * BLOCK_SIZE]) if nfull else b""
-            toff = self.inode_offset(nid) + ino.inode_size + ino.xattr_size
+            toff = layout.inode_tail_offset(self.inode_offset(nid), ino.inode_size, ino.xattr_size)
             if toff + tail > len(self.buf) or (
                 tail and toff // BLOCK_SIZE != (toff + tail - 1) // BLOCK_SIZE
             ):
@@ -250,12 +250,11 @@ class RafsV6Super:
             if stat.S_ISREG(ino.mode) and ino.size == 0:
                 return []
             raise FormatError(f"nid {nid}: regular file without chunk-based layout")
-        n = (ino.size + self.chunk_size - 1) // self.chunk_size
-        base = self.inode_offset(nid) + ino.inode_size + ino.xattr_size
-        base = (base + 7) & ~7
-        if base + 8 * n > len(self.buf):
+        n = layout.chunk_count(ino.size, self.chunk_size)
+        base = layout.chunk_index_offset(self.inode_offset(nid), ino.inode_size, ino.xattr_size)
+        if base + ChunkAddr.SIZE * n > len(self.buf):
             raise FormatError(f"nid {nid}: chunk index array beyond the end of the bootstrap")
-        addrs = [ChunkAddr.unpack(self.buf, base + 8 * i) for i in range(n)]
+        addrs = [ChunkAddr.unpack(self.buf, base + ChunkAddr.SIZE * i) for i in range(n)]
         for a in addrs:
             if a.blob_index >= len(self.blobs):
                 raise FormatError(
@@ -294,7 +293,10 @@ class RafsV6Super:
         table = self._chunk_table
         if table is None:
             off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
-            table = [ChunkInfo.unpack(self.buf, off + i) for i in range(0, size, 80)]
+            table = [
+                ChunkInfo.unpack(self.buf, layout.chunk_info_offset(off, i))
+                for i in range(size // ChunkInfo.SIZE)
+            ]
             self._chunk_table = table
         return table
 
@@ -304,7 +306,7 @@ class RafsV6Super:
         m = self._chunk_by_key
         if m is None:
             off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
-            view = memoryview(self.buf)[off : off + size - size % 80]
+            view = memoryview(self.buf)[off : off + size - size % ChunkInfo.SIZE]
             m = {(t[1], t[8]): t for t in ChunkInfo.STRUCT.iter_unpack(view)}
             self._chunk_by_key = m
         return m
@@ -314,7 +316,7 @@ class RafsV6Super:
         if not off or not size:
             return []
         out = []
-        for (nid,) in struct.iter_unpack("<I", self.buf[off : off + size]):
+        for (nid,) in layout.PREFETCH_ENTRY.iter_unpack(self.buf[off : off + size]):
             if nid == 0:
                 break
             out.append(nid)
