@@ -23,10 +23,10 @@ from nydus.errors import BuildError
 from nydus.format.blobmeta import (
     TOC_FLAG_OF_COMPRESSOR,
     TOC_NAME,
-    TOC_NONE,
     BlobMetaHeader,
     ChunkMeta,
     TocEntry,
+    TocFlags,
     tar_header,
 )
 from nydus.format.constants import BLOCK_SIZE, BlobFeatures, align
@@ -345,18 +345,18 @@ class BlobWriter:
             ci_comp = self.compressor if compressed else Compressor.NONE
             ci_offset, ci_stored_size = self._pos, len(ci_stored)
             header = BlobMetaHeader(
-                int(features), int(ci_comp), count, ci_offset, len(ci_stored), len(ci_raw)
+                features, int(ci_comp), count, ci_offset, len(ci_stored), len(ci_raw)
             ).pack()
             self._write(ci_stored)
             self._write(header)
             if tar:
                 self._write(tar_header("blob.meta", len(ci_stored) + len(header)))
         if data_digest is not None:
-            toc.append(TocEntry(TOC_NONE, "image.blob", data_digest, 0, data_size, self._upos))
+            toc.append(TocEntry(TocFlags.NONE, "image.blob", data_digest, 0, data_size, self._upos))
         if count:
             toc.append(
                 TocEntry(
-                    TOC_FLAG_OF_COMPRESSOR[int(ci_comp)],
+                    TOC_FLAG_OF_COMPRESSOR[ci_comp],
                     "blob.meta",
                     hashlib.sha256(ci_raw).digest(),
                     ci_offset,
@@ -366,7 +366,7 @@ class BlobWriter:
             )
             toc.append(
                 TocEntry(
-                    TOC_NONE,
+                    TocFlags.NONE,
                     "blob.meta.header",
                     hashlib.sha256(header).digest(),
                     ci_offset + ci_stored_size,
@@ -378,7 +378,7 @@ class BlobWriter:
             digests = b"".join(self._digests)
             toc.append(
                 TocEntry(
-                    TOC_NONE,
+                    TocFlags.NONE,
                     "blob.digest",
                     hashlib.sha256(digests).digest(),
                     self._pos,
@@ -399,7 +399,7 @@ class BlobWriter:
                 chunk_count=count,
                 compressor=int(self.compressor),
                 digester=int(self.digester),
-                features=int(features),
+                features=features,
                 compressed_size=compressed_size,
                 uncompressed_size=self._upos,
                 blob_toc_size=toc_size,
@@ -414,9 +414,9 @@ class BlobWriter:
             boot = inline_bootstrap(info(self._pos))
             if blob_toc:
                 stored, compressed = compress_if_smaller(Compressor.ZSTD, boot)
-                flag = TOC_FLAG_OF_COMPRESSOR[3] if compressed else TOC_NONE
+                flag = TOC_FLAG_OF_COMPRESSOR[Compressor.ZSTD] if compressed else TocFlags.NONE
             else:
-                stored, flag = boot, TOC_NONE
+                stored, flag = boot, TocFlags.NONE
             toc.append(
                 TocEntry(
                     flag,

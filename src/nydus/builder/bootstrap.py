@@ -22,13 +22,12 @@ from nydus.format.constants import (
     DIGESTER_FLAG,
     EROFS_SUPER_OFFSET,
     EXT_SUPER_OFFSET,
-    LAYOUT_CHUNK_BASED,
-    LAYOUT_FLAT_INLINE,
-    LAYOUT_FLAT_PLAIN,
     MAPPED_BLKADDR_ALIGN,
     MAX_BLOBS,
     BlobFeatures,
     ChunkFlags,
+    FileType,
+    InodeLayout,
     SuperFlags,
     align,
 )
@@ -57,7 +56,7 @@ class _Rec:
 
     data: InodeData
     xattrs: bytes
-    layout: int = LAYOUT_FLAT_PLAIN
+    layout: InodeLayout = InodeLayout.FLAT_PLAIN
     pos: int = 0  # absolute offset of the inode
     nid: int = 0
     ino: int = 0
@@ -70,13 +69,13 @@ class _Rec:
 
     @property
     def tail(self) -> int:
-        return self.size % BLOCK_SIZE if self.layout == LAYOUT_FLAT_INLINE else 0
+        return self.size % BLOCK_SIZE if self.layout == InodeLayout.FLAT_INLINE else 0
 
     @property
     def full_blocks(self) -> int:
-        if self.layout == LAYOUT_FLAT_INLINE:
+        if self.layout == InodeLayout.FLAT_INLINE:
             return self.size // BLOCK_SIZE
-        if self.layout == LAYOUT_FLAT_PLAIN and self.content:
+        if self.layout == InodeLayout.FLAT_PLAIN and self.content:
             return (self.size + BLOCK_SIZE - 1) // BLOCK_SIZE
         return 0
 
@@ -92,8 +91,8 @@ class BootstrapOptions:
     blob_map: Sequence[int] | None = None
 
 
-def super_flags(opts: BootstrapOptions, blobs: list[BlobInfo], has_xattr: bool) -> int:
-    flags = COMPRESSOR_FLAG[int(opts.compressor)] | DIGESTER_FLAG[int(opts.digester)]
+def super_flags(opts: BootstrapOptions, blobs: list[BlobInfo], has_xattr: bool) -> SuperFlags:
+    flags = COMPRESSOR_FLAG[opts.compressor] | DIGESTER_FLAG[opts.digester]
     flags |= SuperFlags.ENCRYPTION_NONE
     if opts.explicit_uid_gid:
         flags |= SuperFlags.EXPLICIT_UID_GID
@@ -101,7 +100,7 @@ def super_flags(opts: BootstrapOptions, blobs: list[BlobInfo], has_xattr: bool) 
         flags |= SuperFlags.HAS_XATTR
     if blobs and all(b.features & BlobFeatures.INLINED_CHUNK_DIGEST for b in blobs):
         flags |= SuperFlags.INLINED_CHUNK_DIGEST
-    return int(flags)
+    return flags
 
 
 def write_bootstrap(
@@ -132,7 +131,7 @@ def write_bootstrap(
             pos = align(pos + 1, BLOCK_SIZE) if pos % BLOCK_SIZE else pos
         rec.pos = pos
         rec.nid = layout.nid_of(meta_blkaddr, pos)
-        if rec.layout == LAYOUT_CHUNK_BASED:
+        if rec.layout == InodeLayout.CHUNK_BASED:
             nchunks = layout.chunk_count(rec.size, opts.chunk_size)
             end = layout.chunk_index_offset(pos, Inode.EXT_SIZE, len(rec.xattrs))
             cursor = end + ChunkAddr.SIZE * nchunks
@@ -229,12 +228,12 @@ def _collect(root: Node, opts: BootstrapOptions) -> tuple[dict[int, _Rec], list[
             rec.content = data.symlink
             rec.size = len(data.symlink)
         elif stat.S_ISREG(data.mode):
-            rec.layout = LAYOUT_CHUNK_BASED
+            rec.layout = InodeLayout.CHUNK_BASED
             rec.size = data.size
         if rec.content:
             tail = rec.size % BLOCK_SIZE
             if tail and Inode.EXT_SIZE + len(rec.xattrs) + tail <= BLOCK_SIZE:
-                rec.layout = LAYOUT_FLAT_INLINE
+                rec.layout = InodeLayout.FLAT_INLINE
         recs[key] = rec
         order.append(rec)
         return rec
@@ -291,7 +290,7 @@ def _dir_content(rec: _Rec, recs: dict[int, _Rec]) -> bytes:
     node = rec.node
     assert node is not None and node.children is not None
     parent = rec.parent_rec or rec
-    ents = [Dirent(rec.nid, 2, b"."), Dirent(parent.nid, 2, b"..")]
+    ents = [Dirent(rec.nid, FileType.DIR, b"."), Dirent(parent.nid, FileType.DIR, b"..")]
     for name, child in node.children.items():
         ents.append(Dirent(recs[id(child.inode)].nid, child.inode.file_type, name))
     ents.sort(key=lambda d: d.name)
@@ -302,7 +301,7 @@ def _dir_content(rec: _Rec, recs: dict[int, _Rec]) -> bytes:
 
 def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
     d = rec.data
-    if rec.layout == LAYOUT_CHUNK_BASED:
+    if rec.layout == InodeLayout.CHUNK_BASED:
         i_u = chunk_format(opts.chunk_size)
     elif stat.S_ISCHR(d.mode) or stat.S_ISBLK(d.mode):
         i_u = rdev_to_erofs(d.rdev)
@@ -314,7 +313,7 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
     mtime, nsec = d.mtime, d.mtime_nsec
     if rec.node is not None and rec.parent_rec is None:
         mtime, nsec = 0, 0  # root mtime zeroed for reproducibility
-    size = rec.size if (rec.content or rec.layout == LAYOUT_CHUNK_BASED) else 0
+    size = rec.size if (rec.content or rec.layout == InodeLayout.CHUNK_BASED) else 0
     inode = Inode(
         rec.layout,
         xattr_icount(len(rec.xattrs)),
@@ -332,7 +331,7 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
     out[pos : pos + Inode.EXT_SIZE] = inode.pack()
     xpos = pos + Inode.EXT_SIZE
     out[xpos : xpos + len(rec.xattrs)] = rec.xattrs
-    if rec.layout == LAYOUT_CHUNK_BASED:
+    if rec.layout == InodeLayout.CHUNK_BASED:
         pos = layout.chunk_index_offset(pos, Inode.EXT_SIZE, len(rec.xattrs))
         expected = layout.chunk_count(rec.size, opts.chunk_size)
         if len(d.chunks) != expected:
@@ -352,7 +351,7 @@ def _write_inode(out: bytearray, rec: _Rec, opts: BootstrapOptions) -> None:
     nfull = rec.full_blocks
     if nfull:
         start = rec.blkaddr * BLOCK_SIZE
-        body = content[: nfull * BLOCK_SIZE] if rec.layout == LAYOUT_FLAT_INLINE else content
+        body = content[: nfull * BLOCK_SIZE] if rec.layout == InodeLayout.FLAT_INLINE else content
         out[start : start + len(body)] = body
     if rec.tail:
         tail = content[nfull * BLOCK_SIZE :]
@@ -365,7 +364,7 @@ def _chunk_table(order: list[_Rec], opts: BootstrapOptions) -> list[ChunkInfo]:
     seen: dict[tuple[bytes, int], ChunkInfo] = {}
     bmap = opts.blob_map
     for rec in order:
-        if rec.layout != LAYOUT_CHUNK_BASED:
+        if rec.layout != InodeLayout.CHUNK_BASED:
             continue
         for i, c in enumerate(rec.data.chunks):
             bi = c.blob_index if bmap is None else bmap[c.blob_index]
@@ -379,7 +378,7 @@ def _chunk_info(c: Chunk, blob_index: int, file_offset: int) -> ChunkInfo:
     return ChunkInfo(
         c.digest,
         blob_index,
-        ChunkFlags.COMPRESSED if c.compressed else 0,
+        ChunkFlags.COMPRESSED if c.compressed else ChunkFlags(0),
         c.compressed_size,
         c.uncompressed_size,
         c.compressed_offset,

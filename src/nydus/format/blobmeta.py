@@ -5,19 +5,46 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntFlag
 from typing import ClassVar
 
 from nydus.errors import FormatError
-from nydus.format.constants import BLOB_META_HEADER_SIZE, BLOB_META_MAGIC, ChunkFlags
+from nydus.format.constants import BLOB_META_HEADER_SIZE, BLOB_META_MAGIC, BlobFeatures
+from nydus.utils.compress import Compressor
 
 TAR_BLOCK = 512
 TOC_NAME = "rafs.blob.toc"
 _U32 = struct.Struct("<I")
 
-# ToC entry compression flags
-TOC_NONE, TOC_ZSTD, TOC_LZ4 = 0x1, 0x2, 0x4
-TOC_FLAG_OF_COMPRESSOR = {0: TOC_NONE, 1: TOC_LZ4, 3: TOC_ZSTD}
+
+class TocFlags(IntFlag):
+    """A ToC entry's u32 `flags`: how its data is stored (rafs-format §6.8)."""
+
+    NONE = 0x1
+    ZSTD = 0x2
+    LZ4_BLOCK = 0x4
+
+
+TOC_FLAG_OF_COMPRESSOR = {
+    Compressor.NONE: TocFlags.NONE,
+    Compressor.LZ4_BLOCK: TocFlags.LZ4_BLOCK,
+    Compressor.ZSTD: TocFlags.ZSTD,
+}
 COMPRESSOR_OF_TOC_FLAG = {v: k for k, v in TOC_FLAG_OF_COMPRESSOR.items()}
+
+
+class CiFlags(IntFlag):
+    """Flags of a v2 CI entry, bits 56..63 of `uncomp_info` (rafs-format §6.5); not the
+    chunk table's `ChunkFlags`, whose bits differ."""
+
+    COMPRESSED = 0x01
+    ZRAN = 0x02
+    BATCH = 0x04
+    ENCRYPTED = 0x08
+    HAS_CRC32 = 0x10
+
+
+CI_FLAGS_KNOWN = 0x1F
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +89,9 @@ class ChunkMeta:
         return cls(uoff, usize, coff, csize, csize != usize)
 
     def pack_v2(self) -> bytes:
-        flags = (ChunkFlags.COMPRESSED if self.compressed else 0) | (0x10 if self.has_crc32 else 0)
+        flags = (CiFlags.COMPRESSED if self.compressed else 0) | (
+            CiFlags.HAS_CRC32 if self.has_crc32 else 0
+        )
         uncomp = (self.uncompressed_offset >> 12) | (self.uncompressed_size - 1) << 32 | flags << 56
         comp = self.compressed_offset | self.compressed_size << 40
         return self.V2.pack(uncomp, comp, self.crc32 if self.has_crc32 else 0)
@@ -71,21 +100,21 @@ class ChunkMeta:
     def unpack_v2(cls, buf: bytes | memoryview, off: int) -> ChunkMeta:
         uncomp, comp, data = cls.V2.unpack_from(buf, off)
         flags = uncomp >> 56
-        if flags & ~0x1F:
+        if flags & ~CI_FLAGS_KNOWN:
             raise FormatError(f"CI v2 entry at {off}: invalid flags 0x{flags:x}")
-        if flags & 0x0E:
+        if flags & (CiFlags.ZRAN | CiFlags.BATCH | CiFlags.ENCRYPTED):
             raise FormatError(
                 f"CI v2 entry at {off}: zran/batch/encrypted chunks are not supported"
             )
         usize = ((uncomp >> 32) & 0xFF_FFFF) + 1
         csize = comp >> 40
-        has_crc = bool(flags & 0x10)
+        has_crc = bool(flags & CiFlags.HAS_CRC32)
         return cls(
             (uncomp & 0xFFFF_FFFF) << 12,
             usize,
             comp & 0xFF_FFFF_FFFF,
             csize,
-            bool(flags & 0x1),
+            bool(flags & CiFlags.COMPRESSED),
             data & 0xFFFF_FFFF if has_crc else 0,
             has_crc,
         )
@@ -117,7 +146,7 @@ class BlobMetaHeader:
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQI")
     SIZE: ClassVar[int] = BLOB_META_HEADER_SIZE  # bytes on disk: STRUCT, zeros, magic2
     MAGIC2_OFFSET: ClassVar[int] = BLOB_META_HEADER_SIZE - 4
-    features: int
+    features: BlobFeatures
     ci_compressor: int
     ci_entries: int
     ci_offset: int
@@ -151,9 +180,10 @@ class BlobMetaHeader:
             raise FormatError("blob meta header truncated")
         v = cls.STRUCT.unpack_from(buf)
         magic2 = _U32.unpack_from(buf, cls.MAGIC2_OFFSET)[0]
-        if v[0] != BLOB_META_MAGIC or magic2 != BLOB_META_MAGIC:
+        magic, features, *rest = v
+        if magic != BLOB_META_MAGIC or magic2 != BLOB_META_MAGIC:
             raise FormatError("blob meta header: bad magic")
-        return cls(*v[1:])
+        return cls(BlobFeatures(features), *rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +192,7 @@ class TocEntry:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<II16s32sQQQ48s")
     SIZE: ClassVar[int] = STRUCT.size
-    flags: int
+    flags: TocFlags
     name: str
     digest: bytes
     compressed_offset: int
@@ -184,7 +214,8 @@ class TocEntry:
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int = 0) -> TocEntry:
         flags, _r, name, digest, coff, csize, usize, _res = cls.STRUCT.unpack_from(buf, off)
-        return cls(flags, name.rstrip(b"\0").decode("ascii", "replace"), digest, coff, csize, usize)
+        name_str = name.rstrip(b"\0").decode("ascii", "replace")
+        return cls(TocFlags(flags), name_str, digest, coff, csize, usize)
 
 
 def tar_header(name: str, size: int) -> bytes:

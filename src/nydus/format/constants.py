@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from enum import IntFlag
+from enum import IntEnum, IntFlag
+
+from nydus.utils.compress import Compressor
+from nydus.utils.digest import Digester
 
 BLOCK_SIZE = 4096
 BLOCK_BITS = 12
@@ -37,39 +40,64 @@ BLOB_ID_LEN = 64
 PLACEHOLDER_BLOB_ID = "x" * 64
 MAPPED_BLKADDR_ALIGN = 512 * 1024
 
-# EROFS inode data layouts
-LAYOUT_FLAT_PLAIN = 0
-LAYOUT_FLAT_INLINE = 2
-LAYOUT_CHUNK_BASED = 4
+
+class InodeLayout(IntEnum):
+    """EROFS inode data layouts RAFS uses: bits 1..3 of `i_format` (rafs-format §4.7)."""
+
+    FLAT_PLAIN = 0  # all data blocks contiguous at raw_blkaddr (i_u)
+    FLAT_INLINE = 2  # full blocks at raw_blkaddr, the last partial block after the inode
+    CHUNK_BASED = 4  # a chunk index array after the inode (every regular file)
+
 
 CHUNK_FORMAT_INDEXES = 0x20
 CHUNK_FORMAT_BLKBITS_MASK = 0x1F
 
-# directory entry file types
-FT_UNKNOWN, FT_REG, FT_DIR, FT_CHR, FT_BLK, FT_FIFO, FT_SOCK, FT_SYMLINK = range(8)
+
+class FileType(IntEnum):
+    """EROFS directory-entry file types (the dirent's u8 `file_type`, rafs-format §4.9)."""
+
+    UNKNOWN = 0
+    REG = 1
+    DIR = 2
+    CHR = 3
+    BLK = 4
+    FIFO = 5
+    SOCK = 6
+    SYMLINK = 7
+
+
 _FT_OF_FMT = {
-    0o100000: FT_REG,
-    0o040000: FT_DIR,
-    0o020000: FT_CHR,
-    0o060000: FT_BLK,
-    0o010000: FT_FIFO,
-    0o140000: FT_SOCK,
-    0o120000: FT_SYMLINK,
+    0o100000: FileType.REG,
+    0o040000: FileType.DIR,
+    0o020000: FileType.CHR,
+    0o060000: FileType.BLK,
+    0o010000: FileType.FIFO,
+    0o140000: FileType.SOCK,
+    0o120000: FileType.SYMLINK,
 }
 
 
-def file_type_of(mode: int) -> int:
-    """The directory-entry file type (FT_*) of a POSIX mode."""
-    return _FT_OF_FMT.get(mode & 0o170000, FT_UNKNOWN)
+def file_type_of(mode: int) -> FileType:
+    """The directory-entry file type of a POSIX mode."""
+    return _FT_OF_FMT.get(mode & 0o170000, FileType.UNKNOWN)
 
 
-# xattr name index -> prefix
+class XattrIndex(IntEnum):
+    """Inline xattr name indexes (the entry's u8 `name_index`, rafs-format §4.8)."""
+
+    USER = 1
+    POSIX_ACL_ACCESS = 2  # the whole name; the stored suffix is empty
+    POSIX_ACL_DEFAULT = 3  # the whole name; the stored suffix is empty
+    TRUSTED = 4
+    SECURITY = 6
+
+
 XATTR_PREFIXES: dict[int, bytes] = {
-    1: b"user.",
-    2: b"system.posix_acl_access",
-    3: b"system.posix_acl_default",
-    4: b"trusted.",
-    6: b"security.",
+    XattrIndex.USER: b"user.",
+    XattrIndex.POSIX_ACL_ACCESS: b"system.posix_acl_access",
+    XattrIndex.POSIX_ACL_DEFAULT: b"system.posix_acl_default",
+    XattrIndex.TRUSTED: b"trusted.",
+    XattrIndex.SECURITY: b"security.",
 }
 
 
@@ -88,16 +116,23 @@ class SuperFlags(IntFlag):
     ENCRYPTION_ASE_128_XTS = 0x0200_0000
 
 
-SUPER_FLAGS_KNOWN = 0x3FF | 0x0100_0000 | 0x0200_0000 | 0xFC00_0000
+SUPER_FLAGS_RESERVED_COMPAT = 0xFC00_0000  # 0x0400_0000..0x8000_0000: tolerated
+SUPER_FLAGS_KNOWN = sum(SuperFlags) | SUPER_FLAGS_RESERVED_COMPAT
 
-# compressor id -> super flag, digester id -> super flag
 COMPRESSOR_FLAG = {
-    0: SuperFlags.COMPRESSION_NONE,
-    1: SuperFlags.COMPRESSION_LZ4,
-    2: SuperFlags.COMPRESSION_GZIP,
-    3: SuperFlags.COMPRESSION_ZSTD,
+    Compressor.NONE: SuperFlags.COMPRESSION_NONE,
+    Compressor.LZ4_BLOCK: SuperFlags.COMPRESSION_LZ4,
+    Compressor.GZIP: SuperFlags.COMPRESSION_GZIP,
+    Compressor.ZSTD: SuperFlags.COMPRESSION_ZSTD,
 }
-DIGESTER_FLAG = {0: SuperFlags.HASH_BLAKE3, 1: SuperFlags.HASH_SHA256}
+DIGESTER_FLAG = {Digester.BLAKE3: SuperFlags.HASH_BLAKE3, Digester.SHA256: SuperFlags.HASH_SHA256}
+SUPER_COMPRESSION_FLAGS = (
+    SuperFlags.COMPRESSION_NONE
+    | SuperFlags.COMPRESSION_LZ4
+    | SuperFlags.COMPRESSION_GZIP
+    | SuperFlags.COMPRESSION_ZSTD
+)
+SUPER_HASH_FLAGS = SuperFlags.HASH_BLAKE3 | SuperFlags.HASH_SHA256
 
 
 class BlobFeatures(IntFlag):
@@ -116,6 +151,10 @@ class BlobFeatures(IntFlag):
     HAS_TAR_HEADER = 0x1000_0000
     HAS_TOC = 0x2000_0000
     CAP_TAR_TOC = 0x4000_0000
+
+
+BLOB_FEATURES_INTERNAL = 0x8000_0000  # an in-memory bit of upstream's: never on disk
+BLOB_FEATURES_UNKNOWN_LOW = 0xF000  # unassigned bits of the low half: rejected
 
 
 class ChunkFlags(IntFlag):

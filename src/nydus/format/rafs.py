@@ -10,7 +10,7 @@ import bisect
 import itertools
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,8 +75,8 @@ class DirIndex:
     children: tuple[DirEntry, ...]
 
     @classmethod
-    def of(cls, entries: list[tuple[bytes, int, int]]) -> DirIndex | None:
-        """The index of (name, ino, FT_* type) entries; None unless they are strictly sorted
+    def of(cls, entries: Sequence[tuple[bytes, int, int]]) -> DirIndex | None:
+        """The index of (name, ino, FileType) entries; None unless they are strictly sorted
         (out of order, or a name twice)."""
         names = tuple(e[0] for e in entries)
         if any(a >= b for a, b in itertools.pairwise(names)):
@@ -114,7 +114,7 @@ class ChunkRef:
 
 class RafsSuper(Protocol):
     version: int
-    flags: int
+    flags: SuperFlags
     chunk_size: int
     compressor: Compressor
     digester: Digester

@@ -5,18 +5,39 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntFlag
 from typing import ClassVar
 
 from nydus.errors import FormatError
-from nydus.format.constants import RAFS_V5_MAGIC, RAFS_V5_VERSION, valid_chunk_size
+from nydus.format.constants import (
+    RAFS_V5_MAGIC,
+    RAFS_V5_VERSION,
+    BlobFeatures,
+    SuperFlags,
+    valid_chunk_size,
+)
 
 U32 = struct.Struct("<I")  # an inode table or prefetch table entry
 
-# v5 inode flags
-V5_INODE_SYMLINK = 0x1
-V5_INODE_HARDLINK = 0x2
-V5_INODE_XATTR = 0x4
-V5_INODE_HAS_HOLE = 0x8
+
+class V5InodeFlags(IntFlag):
+    """The v5 inode record's u64 `i_flags` (rafs-format §7.4)."""
+
+    SYMLINK = 0x1
+    HARDLINK = 0x2
+    XATTR = 0x4  # an xattr table follows the name (and symlink target)
+    HAS_HOLE = 0x8
+
+
+_INODE_FLAGS: dict[int, V5InodeFlags] = {}
+
+
+def _inode_flags(value: int) -> V5InodeFlags:
+    """`V5InodeFlags(value)`, memoised (records hold few distinct values)."""
+    flags = _INODE_FLAGS.get(value)
+    if flags is None:
+        flags = _INODE_FLAGS[value] = V5InodeFlags(value)
+    return flags
 
 
 def align8(x: int) -> int:
@@ -30,7 +51,7 @@ class V5SuperBlock:
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQIIIIQ")
     SIZE: ClassVar[int] = 8192  # bytes on disk: STRUCT's 80, then reserved zeros
     block_size: int
-    flags: int
+    flags: SuperFlags
     inodes_count: int
     inode_table_offset: int
     prefetch_table_offset: int
@@ -69,7 +90,7 @@ class V5SuperBlock:
         ) = cls.STRUCT.unpack_from(buf, 0)
         sb = cls(
             block_size,
-            flags,
+            SuperFlags(flags),
             inodes_count,
             it_off,
             pt_off,
@@ -158,14 +179,14 @@ class V5ExtBlobEntry:
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIQQ40s")
     SIZE: ClassVar[int] = STRUCT.size
     chunk_count: int
-    features: int
+    features: BlobFeatures
     uncompressed_size: int
     compressed_size: int
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int) -> V5ExtBlobEntry:
         cnt, feat, usize, csize, _ = cls.STRUCT.unpack_from(buf, off)
-        return cls(cnt, feat, usize, csize)
+        return cls(cnt, BlobFeatures(feat), usize, csize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +204,7 @@ class V5Inode:
     mode: int
     size: int
     blocks: int
-    flags: int
+    flags: V5InodeFlags
     nlink: int
     child_index: int
     child_count: int
@@ -197,8 +218,22 @@ class V5Inode:
     def unpack(cls, buf: bytes | memoryview, off: int) -> V5Inode:
         if off + cls.SIZE > len(buf):
             raise FormatError(f"RAFS v5 inode at {off} lies outside the bootstrap")
-        v = cls.STRUCT.unpack_from(buf, off)
-        return cls(*v[:18])
+        (digest, parent, ino, uid, gid, projid, mode, size, blocks, flags, *rest) = (
+            cls.STRUCT.unpack_from(buf, off)
+        )
+        return cls(
+            digest,
+            parent,
+            ino,
+            uid,
+            gid,
+            projid,
+            mode,
+            size,
+            blocks,
+            _inode_flags(flags),
+            *rest[:8],
+        )
 
     @property
     def name_offset(self) -> int:

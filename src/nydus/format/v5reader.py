@@ -11,7 +11,14 @@ import stat
 import struct
 
 from nydus.errors import FormatError
-from nydus.format.constants import FT_UNKNOWN, MAX_NAME_LEN, SuperFlags, file_type_of
+from nydus.format.constants import (
+    MAX_NAME_LEN,
+    BlobFeatures,
+    ChunkFlags,
+    FileType,
+    SuperFlags,
+    file_type_of,
+)
 from nydus.format.rafs import (
     Attr,
     ChunkRef,
@@ -23,10 +30,10 @@ from nydus.format.rafs import (
 )
 from nydus.format.v5 import (
     U32,
-    V5_INODE_XATTR,
     V5BlobEntry,
     V5ExtBlobEntry,
     V5Inode,
+    V5InodeFlags,
     V5SuperBlock,
     unpack_v5_blob_table,
     unpack_v5_xattrs,
@@ -74,7 +81,7 @@ class RafsV5Super:
         self.blob_entries = entries
         self.blobs: list[BlobInfo] = []
         for i, ent in enumerate(entries):
-            e = ext[i] if ext else V5ExtBlobEntry(0, 0, 0, 0)
+            e = ext[i] if ext else V5ExtBlobEntry(0, BlobFeatures(0), 0, 0)
             self.blobs.append(
                 BlobInfo(
                     blob_id=ent.blob_id,
@@ -125,7 +132,7 @@ class RafsV5Super:
         off = self.record_offset(index)
         ino = V5Inode.unpack(self.buf, off)
         where = f"RAFS v5 inode {index} at {off}"
-        if file_type_of(ino.mode) == FT_UNKNOWN:
+        if file_type_of(ino.mode) == FileType.UNKNOWN:
             raise FormatError(f"{where}: invalid mode 0o{ino.mode:o}")
         if not 0 < ino.name_size <= max(MAX_NAME_LEN, 1):
             raise FormatError(f"{where}: invalid name size {ino.name_size}")
@@ -207,7 +214,7 @@ class RafsV5Super:
     def _xattrs_and_end(self, ino: int) -> tuple[dict[bytes, bytes], int]:
         rec = self.record(ino)
         off = self.record_offset(ino) + rec.xattr_offset
-        if not rec.flags & V5_INODE_XATTR:
+        if not rec.flags & V5InodeFlags.XATTR:
             return {}, off
         xattrs, used = unpack_v5_xattrs(self.buf, off)
         return xattrs, off + used
@@ -241,7 +248,7 @@ class RafsV5Super:
                 c.uncompressed_size,
                 c.compressed_offset,
                 c.compressed_size,
-                bool(c.flags & 1),
+                bool(c.flags & ChunkFlags.COMPRESSED),
                 c.digest,
             )
             for c in self.chunk_infos(ino)

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 from nydus.errors import FormatError
 from nydus.format.blobmeta import ChunkMeta
 from nydus.format.constants import (
+    BLOB_FEATURES_INTERNAL,
+    BLOB_FEATURES_UNKNOWN_LOW,
     BLOCK_SIZE,
     CHUNK_FORMAT_BLKBITS_MASK,
     CHUNK_FORMAT_INDEXES,
@@ -20,7 +22,15 @@ from nydus.format.constants import (
     FEATURE_INCOMPAT_RAFS_V6,
     MAX_NAME_LEN,
     XATTR_PREFIXES,
+    BlobFeatures,
+    ChunkFlags,
+    InodeLayout,
+    SuperFlags,
+    XattrIndex,
+    valid_chunk_size,
 )
+from nydus.utils.compress import Compressor
+from nydus.utils.digest import Digester
 
 _U16 = struct.Struct("<H")  # i_format at the start of an inode, nameoff in a dirent
 _DIRENT_NAMEOFF = 8  # offset of nameoff in a dirent
@@ -30,6 +40,23 @@ XATTR_IBODY_HEADER = struct.Struct("<IB7x")  # u32 reserved, u8 shared count, 7 
 XATTR_ENTRY = struct.Struct("<BBH")  # u8 name length, u8 name index, u16 value size (bytes)
 XATTR_ALIGN = 4  # bytes: entries are padded to it; i_xattr_icount counts its units
 XATTR_SHARED_ENTRY = 4  # bytes: a u32 shared xattr id (RAFS writes none)
+
+
+# i_format (u16): bit 0 the inode version (1: extended 64 B), bits 1..3 the data layout
+I_FORMAT_EXTENDED = 0x1
+I_FORMAT_LAYOUT_SHIFT = 1
+I_FORMAT_LAYOUT_MASK = 0x7
+I_FORMAT_KNOWN = 0xF
+_LAYOUTS = {int(m): m for m in InodeLayout}
+_CHUNK_FLAGS: dict[int, ChunkFlags] = {}
+
+
+def _chunk_flags(value: int) -> ChunkFlags:
+    """`ChunkFlags(value)`, memoised (chunk tables hold few distinct values)."""
+    flags = _CHUNK_FLAGS.get(value)
+    if flags is None:
+        flags = _CHUNK_FLAGS[value] = ChunkFlags(value)
+    return flags
 
 
 def _id_bytes(blob_id: str) -> bytes:
@@ -177,7 +204,7 @@ class ExtSuperBlock:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQIIQQQII200s")
     SIZE: ClassVar[int] = STRUCT.size
-    flags: int
+    flags: SuperFlags
     blob_table_offset: int
     blob_table_size: int
     chunk_size: int
@@ -205,7 +232,7 @@ class ExtSuperBlock:
         (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size, _pad, _res) = (
             unpack_record(cls.STRUCT, buf, 0, "RAFS v6 extended superblock")
         )
-        return cls(flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size)
+        return cls(SuperFlags(flags), bt_off, bt_size, chunk_size, ct_off, ct_size, pt_off, pt_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +268,7 @@ class BlobInfo:
     chunk_count: int
     compressor: int
     digester: int
-    features: int
+    features: BlobFeatures
     compressed_size: int
     uncompressed_size: int
     blob_toc_size: int = 0
@@ -281,13 +308,15 @@ class BlobInfo:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int = 0) -> BlobInfo:
-        v = unpack_record(cls.STRUCT, buf, off, "blob table entry")
-        return cls(_id_str(v[0]), *v[1:19])
+        (raw_id, index, chunk_size, count, comp, dig, features, *rest) = unpack_record(
+            cls.STRUCT, buf, off, "blob table entry"
+        )
+        return cls(
+            _id_str(raw_id), index, chunk_size, count, comp, dig, BlobFeatures(features), *rest[:12]
+        )
 
     def validate(self, index: int, chunk_size: int) -> None:
-        from nydus.format.constants import BlobFeatures as F
-        from nydus.format.constants import valid_chunk_size
-
+        F = BlobFeatures
         where = f"blob table entry {index} ({self.blob_id})"
         if self.blob_index != index:
             raise FormatError(f"{where}: blob_index {self.blob_index} != position {index}")
@@ -296,11 +325,11 @@ class BlobInfo:
                 f"{where}: chunk size 0x{self.chunk_size:x} invalid or "
                 f"different from the superblock's 0x{chunk_size:x}"
             )
-        if self.compressor not in (0, 1, 2, 3) or self.ci_compressor not in (0, 1, 2, 3):
+        if not Compressor.known(self.compressor) or not Compressor.known(self.ci_compressor):
             raise FormatError(f"{where}: unknown compressor id {self.compressor}")
-        if self.digester not in (0, 1):
+        if not Digester.known(self.digester):
             raise FormatError(f"{where}: unknown digester id {self.digester}")
-        if self.features & 0x8000_0000 or self.features & 0xF000 & 0xFFFF:
+        if self.features & BLOB_FEATURES_INTERNAL or self.features & BLOB_FEATURES_UNKNOWN_LOW:
             raise FormatError(f"{where}: invalid feature bits 0x{self.features:x}")
         if not self.features & F.TARFS and not self.features & F.ALIGNED:
             raise FormatError(f"{where}: ALIGNED feature missing")
@@ -348,7 +377,7 @@ class Inode:
     COMPACT: ClassVar[struct.Struct] = struct.Struct("<HHHHIIIIHH4s")
     EXT_SIZE: ClassVar[int] = EXT.size
     COMPACT_SIZE: ClassVar[int] = COMPACT.size
-    layout: int
+    layout: InodeLayout
     xattr_icount: int
     mode: int
     size: int
@@ -373,7 +402,7 @@ class Inode:
         if not self.extended:
             raise FormatError("only extended inodes are written")
         return self.EXT.pack(
-            (self.layout << 1) | 1,
+            (self.layout << I_FORMAT_LAYOUT_SHIFT) | I_FORMAT_EXTENDED,
             self.xattr_icount,
             self.mode,
             0,
@@ -393,12 +422,13 @@ class Inode:
         if off + cls.COMPACT_SIZE > len(buf):
             raise FormatError(f"inode at offset {off} lies outside the bootstrap")
         fmt = _U16.unpack_from(buf, off)[0]
-        if fmt & ~0xF:
+        if fmt & ~I_FORMAT_KNOWN:
             raise FormatError(f"inode at offset {off}: invalid i_format 0x{fmt:x}")
-        layout = (fmt >> 1) & 0x7
-        if layout not in (0, 2, 4):
-            raise FormatError(f"inode at offset {off}: unsupported data layout {layout}")
-        if fmt & 1:
+        raw_layout = (fmt >> I_FORMAT_LAYOUT_SHIFT) & I_FORMAT_LAYOUT_MASK
+        layout = _LAYOUTS.get(raw_layout)
+        if layout is None:
+            raise FormatError(f"inode at offset {off}: unsupported data layout {raw_layout}")
+        if fmt & I_FORMAT_EXTENDED:
             if off + cls.EXT_SIZE > len(buf):
                 raise FormatError(f"inode at offset {off} lies outside the bootstrap")
             (_f, xic, mode, _r, size, i_u, ino, uid, gid, mtime, mtime_ns, nlink, _res) = (
@@ -484,10 +514,10 @@ def unpack_dir_block(block: bytes | memoryview, used: int) -> list[Dirent]:
 
 def split_xattr_name(name: bytes) -> tuple[int, bytes]:
     """Map a full xattr name to (name_index, suffix)."""
-    for index in (2, 3):
+    for index in (XattrIndex.POSIX_ACL_ACCESS, XattrIndex.POSIX_ACL_DEFAULT):
         if name == XATTR_PREFIXES[index]:
             return index, b""
-    for index in (1, 4, 6):
+    for index in (XattrIndex.USER, XattrIndex.TRUSTED, XattrIndex.SECURITY):
         prefix = XATTR_PREFIXES[index]
         if name.startswith(prefix) and len(name) > len(prefix):
             return index, name[len(prefix) :]
@@ -585,7 +615,7 @@ class ChunkInfo:
     SIZE: ClassVar[int] = STRUCT.size
     digest: bytes
     blob_index: int
-    flags: int
+    flags: ChunkFlags
     compressed_size: int
     uncompressed_size: int
     compressed_offset: int
@@ -610,4 +640,22 @@ class ChunkInfo:
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int = 0) -> ChunkInfo:
-        return cls(*unpack_record(cls.STRUCT, buf, off, "chunk info record"))
+        digest, blob_index, flags, *rest = unpack_record(cls.STRUCT, buf, off, "chunk info record")
+        return cls(digest, blob_index, _chunk_flags(flags), *rest)
+
+
+# A chunk table record as the raw tuple `ChunkInfo.STRUCT` unpacks (the reader's chunk map
+# keeps these, built by `iter_unpack` in C): the positions of its fields.
+(
+    RAW_DIGEST,
+    RAW_BLOB_INDEX,
+    RAW_FLAGS,
+    RAW_COMPRESSED_SIZE,
+    RAW_UNCOMPRESSED_SIZE,
+    RAW_COMPRESSED_OFFSET,
+    RAW_UNCOMPRESSED_OFFSET,
+    RAW_FILE_OFFSET,
+    RAW_INDEX,
+    RAW_CRC32,
+) = range(10)
+CHUNK_COMPRESSED = int(ChunkFlags.COMPRESSED)  # an int copy, for per-record tests

@@ -12,12 +12,11 @@ from nydus.format.constants import (
     BLOCK_SIZE,
     EROFS_SUPER_OFFSET,
     EXT_SUPER_OFFSET,
-    FT_UNKNOWN,
-    LAYOUT_CHUNK_BASED,
-    LAYOUT_FLAT_INLINE,
-    LAYOUT_FLAT_PLAIN,
+    SUPER_COMPRESSION_FLAGS,
     SUPER_FLAGS_KNOWN,
-    SuperFlags,
+    SUPER_HASH_FLAGS,
+    FileType,
+    InodeLayout,
     file_type_of,
     valid_chunk_size,
 )
@@ -31,6 +30,15 @@ from nydus.format.rafs import (
     inode_range_error,
 )
 from nydus.format.v6 import (
+    CHUNK_COMPRESSED,
+    RAW_BLOB_INDEX,
+    RAW_COMPRESSED_OFFSET,
+    RAW_COMPRESSED_SIZE,
+    RAW_DIGEST,
+    RAW_FLAGS,
+    RAW_INDEX,
+    RAW_UNCOMPRESSED_OFFSET,
+    RAW_UNCOMPRESSED_SIZE,
     BlobInfo,
     ChunkAddr,
     ChunkInfo,
@@ -72,14 +80,9 @@ class RafsV6Super:
         self.flags = ext.flags
         if ext.flags & ~SUPER_FLAGS_KNOWN & 0xFFFF_FFFF_FFFF_FFFF:
             raise FormatError(f"RAFS v6 superblock: unknown flags 0x{ext.flags:x}")
-        comp_bits = ext.flags & (
-            SuperFlags.COMPRESSION_NONE
-            | SuperFlags.COMPRESSION_LZ4
-            | SuperFlags.COMPRESSION_GZIP
-            | SuperFlags.COMPRESSION_ZSTD
-        )
-        hash_bits = ext.flags & (SuperFlags.HASH_BLAKE3 | SuperFlags.HASH_SHA256)
-        if (comp_bits).bit_count() != 1 or (hash_bits).bit_count() != 1:
+        comp_bits = int(ext.flags & SUPER_COMPRESSION_FLAGS)
+        hash_bits = int(ext.flags & SUPER_HASH_FLAGS)
+        if comp_bits.bit_count() != 1 or hash_bits.bit_count() != 1:
             raise FormatError(
                 f"RAFS v6 superblock: flags 0x{ext.flags:x} must name exactly one "
                 "compressor and one digester"
@@ -158,7 +161,7 @@ class RafsV6Super:
         if nid < 0 or off + Inode.COMPACT_SIZE > len(self.buf):
             raise FormatError(f"nid {nid} points outside the bootstrap")
         ino = Inode.unpack(self.buf, off)
-        if file_type_of(ino.mode) == FT_UNKNOWN:
+        if file_type_of(ino.mode) == FileType.UNKNOWN:
             raise FormatError(f"nid {nid}: invalid file mode 0o{ino.mode:o}")
         why = inode_range_error(ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.size)
         if why is not None:
@@ -169,12 +172,12 @@ class RafsV6Super:
         """Content of a flat (directory or symlink) inode."""
         ino = self.inode(nid)
         size = ino.size
-        if ino.layout == LAYOUT_FLAT_PLAIN:
+        if ino.layout == InodeLayout.FLAT_PLAIN:
             start = ino.i_u * BLOCK_SIZE
             if start + size > len(self.buf):
                 raise FormatError(f"nid {nid}: data block beyond the end of the bootstrap")
             return bytes(self.buf[start : start + size])
-        if ino.layout == LAYOUT_FLAT_INLINE:
+        if ino.layout == InodeLayout.FLAT_INLINE:
             tail = size % BLOCK_SIZE
             nfull = size // BLOCK_SIZE
             start = ino.i_u * BLOCK_SIZE
@@ -246,7 +249,7 @@ class RafsV6Super:
 
     def chunk_addrs(self, nid: int) -> list[ChunkAddr]:
         ino = self.inode(nid)
-        if ino.layout != LAYOUT_CHUNK_BASED:
+        if ino.layout != InodeLayout.CHUNK_BASED:
             if stat.S_ISREG(ino.mode) and ino.size == 0:
                 return []
             raise FormatError(f"nid {nid}: regular file without chunk-based layout")
@@ -272,18 +275,17 @@ class RafsV6Super:
                     ChunkRef(a.blob_index, a.ci_index, i * self.chunk_size, a.blkaddr * BLOCK_SIZE)
                 )
             else:
-                # digest, blob_index, flags, csize, usize, coffset, uoffset, file_offset, index
                 out.append(
                     ChunkRef(
                         a.blob_index,
                         a.ci_index,
                         i * self.chunk_size,
-                        info[6],
-                        info[4],
-                        info[5],
-                        info[3],
-                        bool(info[2] & 1),
-                        info[0],
+                        info[RAW_UNCOMPRESSED_OFFSET],
+                        info[RAW_UNCOMPRESSED_SIZE],
+                        info[RAW_COMPRESSED_OFFSET],
+                        info[RAW_COMPRESSED_SIZE],
+                        bool(info[RAW_FLAGS] & CHUNK_COMPRESSED),
+                        info[RAW_DIGEST],
                     )
                 )
         return out
@@ -307,7 +309,7 @@ class RafsV6Super:
         if m is None:
             off, size = self.ext.chunk_table_offset, self.ext.chunk_table_size
             view = memoryview(self.buf)[off : off + size - size % ChunkInfo.SIZE]
-            m = {(t[1], t[8]): t for t in ChunkInfo.STRUCT.iter_unpack(view)}
+            m = {(t[RAW_BLOB_INDEX], t[RAW_INDEX]): t for t in ChunkInfo.STRUCT.iter_unpack(view)}
             self._chunk_by_key = m
         return m
 

@@ -39,6 +39,11 @@ class Compressor(IntEnum):
                 f"unknown compressor {name!r} (expected none, lz4_block or zstd)"
             ) from None
 
+    @classmethod
+    def known(cls, value: int) -> bool:
+        """Whether `value` is the on-disk id of one of these."""
+        return value in cls._value2member_map_
+
     @property
     def label(self) -> str:
         return self.name.lower()

@@ -21,6 +21,11 @@ class Digester(IntEnum):
         except KeyError:
             raise FormatError(f"unknown digester {name!r} (expected blake3 or sha256)") from None
 
+    @classmethod
+    def known(cls, value: int) -> bool:
+        """Whether `value` is the on-disk id of one of these."""
+        return value in cls._value2member_map_
+
     @property
     def label(self) -> str:
         return self.name.lower()
