@@ -51,13 +51,13 @@ CI_FLAGS_KNOWN = 0x1F
 class ChunkMeta:
     """One CI entry: where a chunk lives in the compressed and uncompressed views."""
 
-    uncompressed_offset: int
-    uncompressed_size: int
-    compressed_offset: int
-    compressed_size: int
-    compressed: bool
-    crc32: int = 0
-    has_crc32: bool = False
+    uncompressed_offset: int  # bytes in the uncompressed view, 4 KiB aligned (< 2^44)
+    uncompressed_size: int  # bytes (stored minus one: 24 bits)
+    compressed_offset: int  # bytes from the blob start (40 bits)
+    compressed_size: int  # bytes (v1: 24 bits minus one; v2: 24 bits)
+    compressed: bool  # v1: sizes differ; v2: CiFlags.COMPRESSED
+    crc32: int = 0  # v2 only: u32 CRC32C of the uncompressed chunk (with has_crc32)
+    has_crc32: bool = False  # v2 only: CiFlags.HAS_CRC32
 
     V1: ClassVar[struct.Struct] = struct.Struct("<QQ")
     V2: ClassVar[struct.Struct] = struct.Struct("<QQQ")
@@ -146,15 +146,15 @@ class BlobMetaHeader:
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQI")
     SIZE: ClassVar[int] = BLOB_META_HEADER_SIZE  # bytes on disk: STRUCT, zeros, magic2
     MAGIC2_OFFSET: ClassVar[int] = BLOB_META_HEADER_SIZE - 4
-    features: BlobFeatures
-    ci_compressor: int
-    ci_entries: int
-    ci_offset: int
-    ci_compressed_size: int
-    ci_uncompressed_size: int
-    zran_offset: int = 0
-    zran_size: int = 0
-    zran_count: int = 0
+    features: BlobFeatures  # u32, BlobFeatures (the blob table entry's)
+    ci_compressor: int  # u32, Compressor id of the CI array (0: stored raw)
+    ci_entries: int  # u32, CI entries (the blob's chunk count)
+    ci_offset: int  # u64, bytes: the CI array's offset in the blob
+    ci_compressed_size: int  # u64, bytes of the CI array as stored
+    ci_uncompressed_size: int  # u64, bytes
+    zran_offset: int = 0  # u64, bytes into the uncompressed CI buffer of the ZRAN/batch table; 0
+    zran_size: int = 0  # u64, bytes of the ZRAN/batch context tables; 0
+    zran_count: int = 0  # u32, ZRAN/batch context entries; 0
 
     def pack(self) -> bytes:
         head = self.STRUCT.pack(
@@ -192,12 +192,12 @@ class TocEntry:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<II16s32sQQQ48s")
     SIZE: ClassVar[int] = STRUCT.size
-    flags: TocFlags
-    name: str
-    digest: bytes
-    compressed_offset: int
-    compressed_size: int
-    uncompressed_size: int
+    flags: TocFlags  # u32, TocFlags: how the entry's data is stored
+    name: str  # 16 B, ASCII, NUL padded
+    digest: bytes  # 32 B, SHA-256 of the uncompressed entry data
+    compressed_offset: int  # u64, bytes from the blob start
+    compressed_size: int  # u64, bytes as stored
+    uncompressed_size: int  # u64, bytes
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(

@@ -62,7 +62,7 @@ class Attr:
 class DirEntry:
     name: bytes
     ino: int
-    file_type: int  # EROFS dirent type (FT_*)
+    file_type: int  # a FileType (as the directory stores it)
 
 
 @dataclass(frozen=True, slots=True)

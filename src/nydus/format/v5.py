@@ -50,20 +50,20 @@ class V5SuperBlock:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIIQQQQQIIIIQ")
     SIZE: ClassVar[int] = 8192  # bytes on disk: STRUCT's 80, then reserved zeros
-    block_size: int
-    flags: SuperFlags
-    inodes_count: int
-    inode_table_offset: int
-    prefetch_table_offset: int
-    blob_table_offset: int
-    inode_table_entries: int
-    prefetch_table_entries: int
-    blob_table_size: int
-    extended_blob_table_entries: int
-    extended_blob_table_offset: int
-    magic: int = RAFS_V5_MAGIC
-    version: int = RAFS_V5_VERSION
-    sb_size: int = SIZE
+    block_size: int  # u32, bytes: the chunk size
+    flags: SuperFlags  # u64, RafsSuperFlags
+    inodes_count: int  # u64, unique inodes (older builders leave the root out)
+    inode_table_offset: int  # u64, bytes from the file start (8192)
+    prefetch_table_offset: int  # u64, bytes from the file start
+    blob_table_offset: int  # u64, bytes from the file start
+    inode_table_entries: int  # u32, tree entries (each hard link has its own)
+    prefetch_table_entries: int  # u32, u32 inode numbers
+    blob_table_size: int  # u32, bytes (8-aligned)
+    extended_blob_table_entries: int  # u32, V5ExtBlobEntry records
+    extended_blob_table_offset: int  # u64, bytes from the file start
+    magic: int = RAFS_V5_MAGIC  # u32, RAFS_V5_MAGIC
+    version: int = RAFS_V5_VERSION  # u32, fs_version: RAFS_V5_VERSION
+    sb_size: int = SIZE  # u32, bytes: 8192
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> V5SuperBlock:
@@ -144,9 +144,9 @@ class V5SuperBlock:
 class V5BlobEntry:
     """Entry of the variable-length v5 blob table."""
 
-    readahead_offset: int
-    readahead_size: int
-    blob_id: str
+    readahead_offset: int  # u32, bytes
+    readahead_size: int  # u32, bytes
+    blob_id: str  # ASCII, up to the next NUL
 
 
 def unpack_v5_blob_table(buf: bytes | memoryview) -> list[V5BlobEntry]:
@@ -178,10 +178,10 @@ class V5ExtBlobEntry:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIQQ40s")
     SIZE: ClassVar[int] = STRUCT.size
-    chunk_count: int
-    features: BlobFeatures
-    uncompressed_size: int
-    compressed_size: int
+    chunk_count: int  # u32, chunks in the blob
+    features: BlobFeatures  # u32, BlobFeatures
+    uncompressed_size: int  # u64, bytes
+    compressed_size: int  # u64, bytes: the blob file's size
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int) -> V5ExtBlobEntry:
@@ -195,24 +195,24 @@ class V5Inode:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<32sQQIIIIQQQIIIHHIIQ8s")
     SIZE: ClassVar[int] = STRUCT.size
-    digest: bytes
-    parent: int
-    ino: int
-    uid: int
-    gid: int
-    projid: int
-    mode: int
-    size: int
-    blocks: int
-    flags: V5InodeFlags
-    nlink: int
-    child_index: int
-    child_count: int
-    name_size: int
-    symlink_size: int
-    rdev: int
-    mtime_nsec: int
-    mtime: int
+    digest: bytes  # 32 B, i_digest (file: of its chunk digests; dir: of its children's)
+    parent: int  # u64, the parent's inode number (0 for the root)
+    ino: int  # u64, inode number (root 1; hard links repeat the first entry's)
+    uid: int  # u32
+    gid: int  # u32
+    projid: int  # u32, 0
+    mode: int  # u32, POSIX mode with the type bits
+    size: int  # u64, bytes (directories: a pseudo size)
+    blocks: int  # u64, 512-byte blocks
+    flags: V5InodeFlags  # u64, V5InodeFlags
+    nlink: int  # u32
+    child_index: int  # u32, dirs: inode-table index (1-based) of the first child
+    child_count: int  # u32, dirs: children; regular files: chunk infos that follow
+    name_size: int  # u16, bytes of the name (unpadded)
+    symlink_size: int  # u16, bytes of the symlink target (unpadded)
+    rdev: int  # u32, device number of chr/blk devices (EROFS 'new' encoding)
+    mtime_nsec: int  # u32, nanoseconds
+    mtime: int  # u64, seconds
 
     @classmethod
     def unpack(cls, buf: bytes | memoryview, off: int) -> V5Inode:

@@ -83,26 +83,29 @@ def _id_str(raw: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SuperBlock:
-    """EROFS superblock, 128 bytes at file offset 1024."""
+    """EROFS superblock, 128 bytes at file offset 1024 (fields in constructor order; `pack`
+    gives the on-disk order)."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIIBBHQQIIII16s16sIHHH38s")
     SIZE: ClassVar[int] = STRUCT.size
-    root_nid: int
-    inos: int
-    blocks: int
-    meta_blkaddr: int
-    extra_devices: int
-    blkszbits: int = 12
-    magic: int = EROFS_MAGIC
-    checksum: int = 0
-    feature_compat: int = FEATURE_COMPAT_RAFS_V6
-    extslots: int = 0
-    build_time: int = 0
-    build_time_nsec: int = 0
-    xattr_blkaddr: int = 0
-    feature_incompat: int = FEATURE_INCOMPAT_RAFS_V6
-    u1: int = 0
-    devt_slotoff: int = DEVT_SLOTOFF
+    root_nid: int  # u16, nid of the root directory (ours: 128)
+    inos: int  # u64, inode numbers handed out (root + every entry); non-zero
+    blocks: int  # u32, 4 KiB blocks of all blobs (sum of uncompressed_size / 4096); 0 without
+    meta_blkaddr: int  # u32, block of the metadata area (the nid base)
+    extra_devices: int  # u16, blobs = device slots = blob table entries
+    blkszbits: int = 12  # u8, log2 of the block size: 12 (9 only in TARFS mode)
+    magic: int = EROFS_MAGIC  # u32, EROFS_MAGIC
+    checksum: int = 0  # u32, always 0 (nydusd rejects others)
+    feature_compat: int = FEATURE_COMPAT_RAFS_V6  # u32, must include FEATURE_COMPAT_RAFS_V6
+    extslots: int = 0  # u8, sb_extslots: always 0
+    build_time: int = 0  # u64, seconds; 0
+    build_time_nsec: int = 0  # u32, nanoseconds; 0
+    xattr_blkaddr: int = 0  # u32, shared xattr block: always 0 (inline xattrs only)
+    feature_incompat: int = (
+        FEATURE_INCOMPAT_RAFS_V6  # u32, exactly this (chunked file | device table)
+    )
+    u1: int = 0  # u16, compression algorithms / lz4 distance: always 0
+    devt_slotoff: int = DEVT_SLOTOFF  # u16, device table offset in 128-byte units: 11 (1408)
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
@@ -204,14 +207,14 @@ class ExtSuperBlock:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<QQIIQQQII200s")
     SIZE: ClassVar[int] = STRUCT.size
-    flags: SuperFlags
-    blob_table_offset: int
-    blob_table_size: int
-    chunk_size: int
-    chunk_table_offset: int
-    chunk_table_size: int
-    prefetch_table_offset: int = 0
-    prefetch_table_size: int = 0
+    flags: SuperFlags  # u64, RafsSuperFlags
+    blob_table_offset: int  # u64, bytes from the file start
+    blob_table_size: int  # u32, bytes: BlobInfo.SIZE per blob
+    chunk_size: int  # u32, bytes; every blob entry carries the same
+    chunk_table_offset: int  # u64, bytes from the file start (4 KiB aligned); 0 without
+    chunk_table_size: int  # u64, bytes: ChunkInfo.SIZE per record
+    prefetch_table_offset: int = 0  # u64, bytes from the file start; 0 without
+    prefetch_table_size: int = 0  # u32, bytes: 4 per u32 nid
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
@@ -241,9 +244,9 @@ class DeviceSlot:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<64sII56s")
     SIZE: ClassVar[int] = STRUCT.size
-    blob_id: str
-    blocks: int
-    mapped_blkaddr: int
+    blob_id: str  # 64 B, ASCII blob id, NUL padded (the slot's tag)
+    blocks: int  # u32, 4 KiB blocks of the blob's uncompressed view; non-zero
+    mapped_blkaddr: int  # u32, block where the blob starts in a flattened single-device image
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
@@ -262,25 +265,29 @@ class BlobInfo:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ8sI36s")
     SIZE: ClassVar[int] = STRUCT.size
-    blob_id: str
-    blob_index: int
-    chunk_size: int
-    chunk_count: int
-    compressor: int
-    digester: int
-    features: BlobFeatures
-    compressed_size: int
-    uncompressed_size: int
-    blob_toc_size: int = 0
-    ci_compressor: int = 0
-    ci_offset: int = 0
-    ci_compressed_size: int = 0
-    ci_uncompressed_size: int = 0
-    blob_toc_digest: bytes = b"\0" * 32
-    blob_meta_digest: bytes = b"\0" * 32
-    blob_meta_size: int = 0
-    cipher_iv: bytes = b"\0" * 8
-    cipher_algo: int = 0
+    blob_id: str  # 64 B, ASCII, the device slot's tag
+    blob_index: int  # u32, the entry's position (0-based)
+    chunk_size: int  # u32, bytes; the superblock's chunk size
+    chunk_count: int  # u32, CI entries (< 2^24)
+    compressor: int  # u32, Compressor id of the chunk data (validate() rejects unknown ids)
+    digester: int  # u32, Digester id of the chunk digests (validate() rejects unknown ids)
+    features: BlobFeatures  # u32, BlobFeatures
+    compressed_size: int  # u64, bytes: the whole blob file for native blobs
+    uncompressed_size: int  # u64, bytes: end of the last chunk, 4 KiB aligned
+    blob_toc_size: int = 0  # u32, bytes of ToC entries + their 512-byte tar header; 0 without
+    ci_compressor: int = 0  # u32, Compressor id of the CI array
+    ci_offset: int = 0  # u64, bytes: the (compressed) CI array's offset in the blob
+    ci_compressed_size: int = 0  # u64, bytes of the CI array as stored
+    ci_uncompressed_size: int = 0  # u64, bytes: ChunkMeta.entry_size * chunk_count
+    blob_toc_digest: bytes = (
+        b"\0" * 32
+    )  # 32 B, SHA-256 of the ToC entries + tar header; zeros without
+    blob_meta_digest: bytes = (
+        b"\0" * 32
+    )  # 32 B, ZRAN/SEPARATE: SHA-256 of the meta blob; zeros otherwise
+    blob_meta_size: int = 0  # u64, bytes of that meta blob; 0 otherwise
+    cipher_iv: bytes = b"\0" * 8  # 8 B, encryption IV bytes 8..15; zeros
+    cipher_algo: int = 0  # u32, 0 none, 1 AES-128-XTS
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
@@ -377,18 +384,18 @@ class Inode:
     COMPACT: ClassVar[struct.Struct] = struct.Struct("<HHHHIIIIHH4s")
     EXT_SIZE: ClassVar[int] = EXT.size
     COMPACT_SIZE: ClassVar[int] = COMPACT.size
-    layout: InodeLayout
-    xattr_icount: int
-    mode: int
-    size: int
-    i_u: int
-    ino: int
-    uid: int
-    gid: int
-    mtime: int
-    mtime_nsec: int
-    nlink: int
-    extended: bool = True
+    layout: InodeLayout  # bits 1..3 of the u16 i_format
+    xattr_icount: int  # u16, inline xattr area size descriptor; 0: no xattrs
+    mode: int  # u16, POSIX mode with the type bits
+    size: int  # u64 (compact: u32), bytes: file size, dirent bytes, symlink target length
+    i_u: int  # u32, FLAT_*: raw_blkaddr; CHUNK_BASED: chunk format; chr/blk: rdev
+    ino: int  # u32, the writer's inode number (informational: readers use the nid)
+    uid: int  # u32 (compact: u16)
+    gid: int  # u32 (compact: u16)
+    mtime: int  # u64, seconds (compact: none, 0)
+    mtime_nsec: int  # u32, nanoseconds (compact: none, 0)
+    nlink: int  # u32 (compact: u16)
+    extended: bool = True  # bit 0 of i_format: 64-byte extended (True) or 32-byte compact inode
 
     @property
     def inode_size(self) -> int:
@@ -447,9 +454,9 @@ class Dirent:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<QHBB")
     SIZE: ClassVar[int] = STRUCT.size
-    nid: int
-    file_type: int
-    name: bytes
+    nid: int  # u64, nid of the target inode
+    file_type: int  # u8, a FileType (readers keep the stored value)
+    name: bytes  # the name, stored in the block's name area (u16 nameoff in the record)
 
 
 def pack_dir_blocks(entries: Iterable[Dirent]) -> tuple[list[bytes], int]:
@@ -587,9 +594,9 @@ class ChunkAddr:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<HHI")
     SIZE: ClassVar[int] = STRUCT.size
-    blob_index: int  # 0-based
-    ci_index: int  # index in the blob's CI array (24 bits)
-    blkaddr: int  # 4 KiB block in the blob's uncompressed view
+    blob_index: int  # low byte of u16 dev, minus 1 (dev = EROFS device id = blob index + 1)
+    ci_index: int  # u16 ci_lo + high byte of dev: 24-bit index in the blob's CI array
+    blkaddr: int  # u32, 4 KiB block of the chunk in the blob's uncompressed view
 
     def pack(self) -> bytes:
         dev = ((self.blob_index + 1) & 0xFF) | (((self.ci_index >> 16) & 0xFF) << 8)
@@ -613,16 +620,16 @@ class ChunkInfo:
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<32sIIIIQQQII")
     SIZE: ClassVar[int] = STRUCT.size
-    digest: bytes
-    blob_index: int
-    flags: ChunkFlags
-    compressed_size: int
-    uncompressed_size: int
-    compressed_offset: int
-    uncompressed_offset: int
-    file_offset: int
-    index: int
-    crc32: int = 0
+    digest: bytes  # 32 B, digest of the uncompressed chunk
+    blob_index: int  # u32, the chunk's blob
+    flags: ChunkFlags  # u32, ChunkFlags
+    compressed_size: int  # u32, bytes as stored in the blob
+    uncompressed_size: int  # u32, bytes
+    compressed_offset: int  # u64, bytes from the blob start
+    uncompressed_offset: int  # u64, bytes in the blob's uncompressed view
+    file_offset: int  # u64, bytes: offset in (some) file that uses the chunk
+    index: int  # u32, the chunk's index in its blob's CI array
+    crc32: int = 0  # u32, CRC32C of the uncompressed chunk when flags has HAS_CRC32; else 0
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(
