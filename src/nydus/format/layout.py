@@ -59,7 +59,8 @@ def inode_tail_offset(inode_off: int, inode_size: int, xattr_size: int) -> int:
 
 def chunk_index_offset(inode_off: int, inode_size: int, xattr_size: int) -> int:
     """Offset of a CHUNK_BASED inode's chunk index array (8-byte aligned after the xattrs)."""
-    return align(inode_off + inode_size + xattr_size, ChunkAddr.SIZE)
+    end = inode_off + inode_size + xattr_size
+    return end + -end % ChunkAddr.SIZE
 
 
 def chunk_count(file_size: int, chunk_size: int) -> int:

@@ -7,7 +7,6 @@ Inode numbers are the ones a mount presents: the nid for v6, the v5 `i_ino`.
 from __future__ import annotations
 
 import bisect
-import itertools
 import stat
 import struct
 from collections.abc import Iterator, Sequence
@@ -78,11 +77,11 @@ class DirIndex:
     def of(cls, entries: Sequence[tuple[bytes, int, int]]) -> DirIndex | None:
         """The index of (name, ino, FileType) entries; None unless they are strictly sorted
         (out of order, or a name twice)."""
-        names = tuple(e[0] for e in entries)
-        if any(a >= b for a, b in itertools.pairwise(names)):
+        names = [e[0] for e in entries]
+        if names != sorted(names) or len(set(names)) != len(names):
             return None
-        children = tuple(DirEntry(n, i, t) for n, i, t in entries if n not in (b".", b".."))
-        return cls(names, tuple(e[1] for e in entries), children)
+        children = [DirEntry(n, i, t) for n, i, t in entries if n != b"." and n != b".."]
+        return cls(tuple(names), tuple([e[1] for e in entries]), tuple(children))
 
     def find(self, name: bytes) -> int | None:
         """Inode number of the entry called `name`, or None."""

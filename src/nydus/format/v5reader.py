@@ -14,7 +14,6 @@ from nydus.errors import FormatError
 from nydus.format.constants import (
     MAX_NAME_LEN,
     BlobFeatures,
-    ChunkFlags,
     FileType,
     SuperFlags,
     file_type_of,
@@ -33,7 +32,6 @@ from nydus.format.v5 import (
     V5BlobEntry,
     V5ExtBlobEntry,
     V5Inode,
-    V5InodeFlags,
     V5SuperBlock,
     unpack_v5_blob_table,
     unpack_v5_xattrs,
@@ -51,8 +49,7 @@ class RafsV5Super:
         self.buf = buf
         # per-reader caches (they hold records only, never the reader: dropping the reader
         # frees them and its buffer)
-        self._records: Lru[int, V5Inode] = Lru(65536)
-        self._attrs: Lru[int, Attr] = Lru(65536)
+        self._nodes: Lru[int, tuple[V5Inode, Attr]] = Lru(65536)  # by inode-table index
         self._dirs: Lru[int, DirIndex] = Lru(4096)
         self._chunk_table: list[ChunkInfo] | None = None
         self.sb = sb = V5SuperBlock.unpack(buf)
@@ -125,8 +122,18 @@ class RafsV5Super:
 
     def record(self, index: int) -> V5Inode:
         """The validated inode record at 1-based inode-table index `index` (cached per
-        reader)."""
-        return self._records.get_or_load(index, self._load_record)
+        reader, with the `Attr` of inode number `index`)."""
+        return self._nodes.get_or_load(index, self._load_node)[0]
+
+    def _load_node(self, index: int) -> tuple[V5Inode, Attr]:
+        rec = self._load_record(index)
+        rdev = 0
+        if stat.S_ISCHR(rec.mode) or stat.S_ISBLK(rec.mode):
+            rdev = erofs_to_rdev(rec.rdev)
+        attr = Attr(
+            index, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec, rec.nlink, rdev
+        )
+        return rec, attr
 
     def _load_record(self, index: int) -> V5Inode:
         off = self.record_offset(index)
@@ -161,16 +168,7 @@ class RafsV5Super:
 
     # ---- RafsSuper protocol --------------------------------------------------------
     def attr(self, ino: int) -> Attr:
-        return self._attrs.get_or_load(ino, self._load_attr)
-
-    def _load_attr(self, ino: int) -> Attr:
-        rec = self.record(ino)
-        rdev = 0
-        if stat.S_ISCHR(rec.mode) or stat.S_ISBLK(rec.mode):
-            rdev = erofs_to_rdev(rec.rdev)
-        return Attr(
-            ino, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec, rec.nlink, rdev
-        )
+        return self._nodes.get_or_load(ino, self._load_node)[1]
 
     def directory(self, ino: int) -> DirIndex:
         """The entries of directory `ino` (no `.` and `..` in v5; cached per reader)."""
@@ -214,7 +212,7 @@ class RafsV5Super:
     def _xattrs_and_end(self, ino: int) -> tuple[dict[bytes, bytes], int]:
         rec = self.record(ino)
         off = self.record_offset(ino) + rec.xattr_offset
-        if not rec.flags & V5InodeFlags.XATTR:
+        if not rec.has_xattrs:
             return {}, off
         xattrs, used = unpack_v5_xattrs(self.buf, off)
         return xattrs, off + used
@@ -248,7 +246,7 @@ class RafsV5Super:
                 c.uncompressed_size,
                 c.compressed_offset,
                 c.compressed_size,
-                bool(c.flags & ChunkFlags.COMPRESSED),
+                c.compressed,
                 c.digest,
             )
             for c in self.chunk_infos(ino)

@@ -60,8 +60,7 @@ class RafsV6Super:
         self.buf = buf
         # per-reader caches (they hold records only, never the reader: dropping the reader
         # frees them and its buffer)
-        self._inodes: Lru[int, Inode] = Lru(65536)
-        self._attrs: Lru[int, Attr] = Lru(65536)
+        self._nodes: Lru[int, tuple[Inode, Attr]] = Lru(65536)  # by nid
         self._dirs: Lru[int, DirIndex] = Lru(4096)
         self._chunk_table: list[ChunkInfo] | None = None
         #: chunk table records as raw tuples (ChunkInfo field order) by (blob, chunk index)
@@ -153,10 +152,10 @@ class RafsV6Super:
         return layout.inode_offset(self.sb.meta_blkaddr, nid)
 
     def inode(self, nid: int) -> Inode:
-        """The inode record at `nid` (cached per reader)."""
-        return self._inodes.get_or_load(nid, self._load_inode)
+        """The inode record at `nid` (cached per reader, with its `Attr`)."""
+        return self._nodes.get_or_load(nid, self._load_node)[0]
 
-    def _load_inode(self, nid: int) -> Inode:
+    def _load_node(self, nid: int) -> tuple[Inode, Attr]:
         off = self.inode_offset(nid)
         if nid < 0 or off + Inode.COMPACT_SIZE > len(self.buf):
             raise FormatError(f"nid {nid} points outside the bootstrap")
@@ -166,7 +165,13 @@ class RafsV6Super:
         why = inode_range_error(ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.size)
         if why is not None:
             raise FormatError(f"nid {nid}: {why}")
-        return ino
+        rdev = 0
+        if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
+            rdev = erofs_to_rdev(ino.i_u)
+        attr = Attr(
+            nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.nlink, rdev
+        )
+        return ino, attr
 
     def _data(self, nid: int) -> bytes:
         """Content of a flat (directory or symlink) inode."""
@@ -194,16 +199,7 @@ class RafsV6Super:
 
     # ---- RafsSuper protocol --------------------------------------------------------
     def attr(self, nid: int) -> Attr:
-        return self._attrs.get_or_load(nid, self._load_attr)
-
-    def _load_attr(self, nid: int) -> Attr:
-        ino = self.inode(nid)
-        rdev = 0
-        if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
-            rdev = erofs_to_rdev(ino.i_u)
-        return Attr(
-            nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.nlink, rdev
-        )
+        return self._nodes.get_or_load(nid, self._load_node)[1]
 
     def directory(self, nid: int) -> DirIndex:
         """All entries of directory `nid`, `.` and `..` included (cached per reader)."""

@@ -30,14 +30,19 @@ class Lru(Generic[K, V]):
     whole capacity is not stored; a capacity of 0 stores nothing.
     """
 
-    __slots__ = ("_d", "_lock", "_size", "capacity", "used")
+    __slots__ = ("_bytes", "_d", "_lock", "_size", "capacity")
 
     def __init__(self, capacity: int, size: Callable[[V], int] | None = None) -> None:
         self.capacity = capacity
-        self.used = 0  # entries, or the sum of size(value)
         self._size = size
+        self._bytes = 0  # sum of size(value) when there is a size function
         self._d: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """Entries stored, or the sum of `size(value)` over them."""
+        return len(self._d) if self._size is None else self._bytes
 
     def get(self, key: K) -> V | None:
         """The value stored for `key` (now the most recently used), or None."""
@@ -60,19 +65,30 @@ class Lru(Generic[K, V]):
 
     def put(self, key: K, value: V) -> None:
         """Store `value` for `key`, evicting the least recently used entries over capacity."""
-        cost = 1 if self._size is None else self._size(value)
+        size = self._size
+        if size is None:  # bounded by count
+            if self.capacity <= 0:
+                return
+            with self._lock:
+                d = self._d
+                d[key] = value
+                d.move_to_end(key)
+                if len(d) > self.capacity:
+                    d.popitem(last=False)
+            return
+        cost = size(value)
         if cost > self.capacity:
             return
         with self._lock:
             d = self._d
-            if key in d:
-                old = d.pop(key)
-                self.used -= 1 if self._size is None else self._size(old)
+            old = d.pop(key, None)
+            if old is not None:
+                self._bytes -= size(old)
             d[key] = value
-            self.used += cost
-            while self.used > self.capacity:
+            self._bytes += cost
+            while self._bytes > self.capacity:
                 _, evicted = d.popitem(last=False)
-                self.used -= 1 if self._size is None else self._size(evicted)
+                self._bytes -= size(evicted)
 
     def __contains__(self, key: object) -> bool:
         """Whether `key` is stored (without making it the most recently used)."""
@@ -86,4 +102,4 @@ class Lru(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
-            self.used = 0
+            self._bytes = 0
