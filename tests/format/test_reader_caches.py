@@ -11,11 +11,20 @@ import pytest
 
 from nydus.format.rafs import open_bootstrap, walk
 from tests.golden import golden_path
+from tests.image_factory import build_image
 
 BOOTSTRAPS = {
     "v6": ("upstream", "v6", "bootstrap"),
     "v5": ("upstream", "v5", "sha256-nocompress-repeatable"),
 }
+KINDS = ["own-v6", *sorted(BOOTSTRAPS)]
+
+
+def _bootstrap(kind: str, tmp_path) -> bytes:
+    """Our own small v6 image (always there) or an upstream golden bootstrap."""
+    if kind == "own-v6":
+        return build_image(tmp_path).bootstrap.read_bytes()
+    return golden_path(*BOOTSTRAPS[kind]).read_bytes()
 
 
 def _exercise(sb) -> list[int]:
@@ -32,9 +41,9 @@ def _exercise(sb) -> list[int]:
     return inos
 
 
-@pytest.mark.parametrize("kind", sorted(BOOTSTRAPS))
-def test_dropped_reader_is_freed_without_gc(kind):
-    buf = golden_path(*BOOTSTRAPS[kind]).read_bytes()
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropped_reader_is_freed_without_gc(kind, tmp_path):
+    buf = _bootstrap(kind, tmp_path)
     sb = open_bootstrap(buf)
     assert len(_exercise(sb)) >= 3  # root, a directory, a file at least
     ref = weakref.ref(sb)
@@ -46,9 +55,9 @@ def test_dropped_reader_is_freed_without_gc(kind):
         gc.enable()
 
 
-@pytest.mark.parametrize("kind", sorted(BOOTSTRAPS))
-def test_two_readers_keep_their_own_caches(kind):
-    buf = golden_path(*BOOTSTRAPS[kind]).read_bytes()
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_readers_keep_their_own_caches(kind, tmp_path):
+    buf = _bootstrap(kind, tmp_path)
     one, two = open_bootstrap(buf), open_bootstrap(buf)
     inos = _exercise(one)
     table = one.chunk_table()
