@@ -14,6 +14,8 @@ test fills) or, when it is empty, get `sticky` (a fault applied until cleared). 
 * `"flip"`: the reply with its middle byte flipped.
 
 Bodies are relayed in 64 KiB pieces (bounded memory); `sent` counts body bytes written.
+With no fault queued it is a recording proxy: `blob_ranges(digest)` lists the byte ranges
+clients asked of one blob.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class FaultProxy:
         self.faults: list[str] = []
         self.sticky: str | None = None
         self.seen: list[tuple[str, str, str]] = []  # (method, path, fault or "")
+        self.ranges: list[tuple[str, str, str]] = []  # (method, path, Range header or "")
         self.sent = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,6 +80,19 @@ class FaultProxy:
         with self._lock:
             return [s for s in self.seen if self.match(s[0], s[1])]
 
+    def blob_ranges(self, digest: str) -> list[tuple[int, int]]:
+        """(start, end exclusive) of every GET of blob `digest` (sha256:...) with a Range."""
+        with self._lock:
+            reqs = list(self.ranges)
+        out = []
+        for method, path, rng in reqs:
+            if method != "GET" or not path.split("?")[0].endswith("/blobs/" + digest):
+                continue
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            if first.isdigit() and last.isdigit():
+                out.append((int(first), int(last) + 1))
+        return out
+
     def _next_fault(self, method: str, path: str) -> str:
         with self._lock:
             fault = ""
@@ -90,6 +106,8 @@ class FaultProxy:
             self.sent += n
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.ranges.append((h.command, h.path, h.headers.get("range") or ""))
         fault = self._next_fault(h.command, h.path)
         length = int(h.headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else None

@@ -5,16 +5,18 @@ fetch in flight and going ahead of queued prefetch work, `bandwidth_limit` honou
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from tests.converter.conftest import convert, get_manifest, http, nydusify, registry_config
 from tests.converter.images import Layout, make_image, push
-from tests.helpers.http_log import RecordingProxy
+from tests.fault_proxy import FaultProxy
 from tests.helpers.layers import D, F
 
 KIB = 1 << 10
@@ -65,6 +67,16 @@ def images(registry, tmp_path_factory):
     return {"opt": opt, "plain": plain, "base": base}
 
 
+@contextlib.contextmanager
+def _proxy(registry) -> Iterator[FaultProxy]:
+    """A proxy in front of the registry that records every request's range (no faults)."""
+    p = FaultProxy(registry.host)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
 def _bootstrap(registry, manifest, dest):
     import io
     import tarfile
@@ -110,7 +122,7 @@ def _overlaps(ranges: list[tuple[int, int]]) -> list[tuple[tuple[int, int], tupl
 def test_table_prefetch_is_merged_and_demand_waits_for_it(images, registry, nydusd, tmp_path):
     man = images["opt"]
     prefetch_blob = man["layers"][-2]["digest"]
-    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+    with _proxy(registry) as proxy:
         d = _start(
             nydusd,
             registry,
@@ -145,7 +157,7 @@ def test_table_prefetch_is_merged_and_demand_waits_for_it(images, registry, nydu
 
 def test_demand_reads_go_ahead_of_queued_prefetch(images, registry, nydusd, tmp_path):
     man = images["plain"]  # its table is "/": the whole image, slowly
-    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+    with _proxy(registry) as proxy:
         d = _start(
             nydusd,
             registry,
@@ -161,9 +173,9 @@ def test_demand_reads_go_ahead_of_queued_prefetch(images, registry, nydusd, tmp_
             },
         )
         time.sleep(0.5)  # prefetch under way
-        n_before = len(proxy.requests)
+        n_before = len(proxy.seen)
         assert (d.mountpoint / UNLISTED[-1].lstrip("/")).read_bytes() == DATA[UNLISTED[-1]]
-        n_after = len(proxy.requests)
+        n_after = len(proxy.seen)
         m = d.get("/api/v1/metrics/blobcache").json()
         assert m["prefetch_end_time_secs"] == 0  # prefetch still running: the read did not wait
         # the read cost at most a few requests of its own while prefetch kept its pace
@@ -176,7 +188,7 @@ def test_demand_reads_go_ahead_of_queued_prefetch(images, registry, nydusd, tmp_
 def test_bandwidth_limit_holds(images, registry, nydusd, tmp_path):
     man = images["opt"]
     rate = 512 * KIB
-    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+    with _proxy(registry) as proxy:
         d = _start(
             nydusd,
             registry,
@@ -202,7 +214,7 @@ def test_bandwidth_limit_holds(images, registry, nydusd, tmp_path):
 
 def test_prefetch_all_uses_large_ranges(images, registry, nydusd, tmp_path):
     man = images["plain"]
-    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+    with _proxy(registry) as proxy:
         d = _start(
             nydusd,
             registry,
@@ -221,16 +233,16 @@ def test_prefetch_all_uses_large_ranges(images, registry, nydusd, tmp_path):
         for digest, rs in ranges.items():
             assert _overlaps(rs) == [], (digest, rs)
         # and everything reads back from the cache without another request
-        n = len(proxy.requests)
+        n = len(proxy.seen)
         for p in LISTED + UNLISTED:
             assert (d.mountpoint / p.lstrip("/")).read_bytes() == DATA[p]
-        assert len(proxy.requests) == n
+        assert len(proxy.seen) == n
 
 
 def test_prefetch_without_waiting_at_mount(images, registry, nydusd, tmp_path):
     """The mount is ready (RUNNING) while the prefetch is still under way."""
     man = images["plain"]
-    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+    with _proxy(registry) as proxy:
         d = _start(
             nydusd,
             registry,
@@ -255,7 +267,7 @@ def test_prefetch_with_the_erofs_driver(images, registry, nydusd, tmp_path):
     caches, and the workload's reads find the data there."""
     man = images["opt"]
     prefetch_blob = man["layers"][-2]["digest"]
-    with RecordingProxy(int(registry.host.rsplit(":", 1)[1])) as proxy:
+    with _proxy(registry) as proxy:
         boot = _bootstrap(registry, man, tmp_path / "e.boot")
         cfg = registry_config(proxy.host, "pf", digest_validate=False)
         cfg["device"]["cache"] = {"type": "blobcache", "config": {"work_dir": str(tmp_path / "e")}}
