@@ -25,7 +25,7 @@ from nydus.format.constants import (
     RAFS_V5_VERSION,
     SuperFlags,
 )
-from nydus.format.v6 import BlobInfo, ChunkInfo
+from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
 from nydus.utils.compress import Compressor
 from nydus.utils.digest import Digester
 
@@ -43,6 +43,24 @@ class Attr:
     mtime_nsec: int
     nlink: int
     rdev: int = 0  # Linux dev_t as os.makedev gives it
+
+    @classmethod
+    def of_record(
+        cls,
+        ino: int,
+        mode: int,
+        size: int,
+        uid: int,
+        gid: int,
+        mtime: int,
+        mtime_nsec: int,
+        nlink: int,
+        raw_rdev: int,
+    ) -> Attr:
+        """The attributes an inode record stores; `raw_rdev` is its EROFS-encoded device
+        number, used for character and block devices only."""
+        rdev = erofs_to_rdev(raw_rdev) if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
+        return cls(ino, mode, size, uid, gid, mtime, mtime_nsec, nlink, rdev)
 
     @property
     def is_dir(self) -> bool:

@@ -36,7 +36,7 @@ from nydus.format.v5 import (
     unpack_v5_blob_table,
     unpack_v5_xattrs,
 )
-from nydus.format.v6 import BlobInfo, ChunkInfo, erofs_to_rdev
+from nydus.format.v6 import BlobInfo, ChunkInfo
 from nydus.utils.lru import Lru
 
 
@@ -127,11 +127,16 @@ class RafsV5Super:
 
     def _load_node(self, index: int) -> tuple[V5Inode, Attr]:
         rec = self._load_record(index)
-        rdev = 0
-        if stat.S_ISCHR(rec.mode) or stat.S_ISBLK(rec.mode):
-            rdev = erofs_to_rdev(rec.rdev)
-        attr = Attr(
-            index, rec.mode, rec.size, rec.uid, rec.gid, rec.mtime, rec.mtime_nsec, rec.nlink, rdev
+        attr = Attr.of_record(
+            index,
+            rec.mode,
+            rec.size,
+            rec.uid,
+            rec.gid,
+            rec.mtime,
+            rec.mtime_nsec,
+            rec.nlink,
+            rec.rdev,
         )
         return rec, attr
 

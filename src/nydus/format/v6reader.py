@@ -46,7 +46,6 @@ from nydus.format.v6 import (
     ExtSuperBlock,
     Inode,
     SuperBlock,
-    erofs_to_rdev,
     unpack_dir_block,
     unpack_xattrs,
 )
@@ -165,11 +164,8 @@ class RafsV6Super:
         why = inode_range_error(ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.size)
         if why is not None:
             raise FormatError(f"nid {nid}: {why}")
-        rdev = 0
-        if stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
-            rdev = erofs_to_rdev(ino.i_u)
-        attr = Attr(
-            nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.nlink, rdev
+        attr = Attr.of_record(
+            nid, ino.mode, ino.size, ino.uid, ino.gid, ino.mtime, ino.mtime_nsec, ino.nlink, ino.i_u
         )
         return ino, attr
 
