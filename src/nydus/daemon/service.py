@@ -213,7 +213,7 @@ class NydusDaemon:
                 raise ConfigError(
                     "cache type fscache needs `nydusd singleton`; use blobcache for FUSE mounts"
                 )
-            backend = create_backend(config.backend)
+            backend = create_backend(config.backend, deferred=True)  # built after the mount
             log.info("backend config: %s", config.describe_backend())
             cache_dir = None
             if config.cache.enabled:
@@ -354,7 +354,11 @@ class NydusDaemon:
                 try:
                     m.device.meta(blob.blob_index)
                 except NydusError as exc:
-                    if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
+                    if isinstance(exc, ConfigError) or exc.errno in (
+                        errno.EACCES,
+                        errno.EPERM,
+                        errno.ENOENT,
+                    ):
                         on_refused(exc)
                         return
                 except Exception:  # a background helper must not die loudly

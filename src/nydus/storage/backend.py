@@ -22,6 +22,7 @@ __all__ = [
     "BackendBase",
     "BackendMetrics",
     "BlobBackend",
+    "DeferredBackend",
     "available_backends",
     "create_backend",
     "register_backend",
@@ -219,12 +220,62 @@ def _load_builtin() -> None:
         _FACTORIES.setdefault(t, _not_yet(t, "not implemented"))
 
 
-def create_backend(cfg: BackendConfig) -> BlobBackend:
-    """Build the backend a (validated) config asks for; ConfigError if impossible."""
+class DeferredBackend:
+    """A remote backend built on its first use: its HTTP stack costs more to import than a
+    daemon takes to mount, so nydusd mounts first (the first use is the background load of
+    the blobs' chunk metadata right after). Errors of building it surface then."""
+
+    def __init__(self, cfg: BackendConfig, factory: Callable[[BackendConfig], BlobBackend]):
+        self.type_name = cfg.type
+        self.retry_limit = int(getattr(cfg.settings, "retry_limit", 0) or 0)
+        #: counted from the start (zeros until built); the built backend counts into it
+        self.metrics = BackendMetrics(cfg.type)
+        self._cfg = cfg
+        self._factory = factory
+        self._real: BlobBackend | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def real(self) -> BlobBackend:
+        real = self._real
+        if real is None:
+            with self._lock:
+                if self._closed:
+                    raise StorageError(f"{self.type_name} backend: closed")
+                if self._real is None:
+                    built = self._factory(self._cfg)
+                    self.metrics.backend_type = built.metrics.backend_type
+                    built.metrics = self.metrics
+                    self._real = built
+                real = self._real
+        return real
+
+    def read(self, blob_id: str, offset: int, size: int) -> bytes:
+        return self.real().read(blob_id, offset, size)
+
+    def size(self, blob_id: str) -> int:
+        return self.real().size(blob_id)
+
+    def probe(self, blob_id: str) -> None:
+        return None  # a remote blob is only known by asking
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            real = self._real
+        if real is not None:
+            real.close()
+
+
+def create_backend(cfg: BackendConfig, deferred: bool = False) -> BlobBackend:
+    """Build the backend a (validated) config asks for; ConfigError if impossible. With
+    `deferred`, a remote one (anything but localfs) is built on its first use."""
     _load_builtin()
     factory = _FACTORIES.get(cfg.type)
     if factory is None:
         raise ConfigError(
             f"unknown backend type {cfg.type!r} (known: {', '.join(sorted(_FACTORIES))})"
         )
+    if deferred and cfg.type != "localfs":
+        return DeferredBackend(cfg, factory)
     return factory(cfg)
