@@ -20,7 +20,7 @@ import pytest
 
 from tests.builder.conftest import run_nydus_image
 from tests.helpers.env import require_tools
-from tests.helpers.layers import D, F, H, Member, layer_bytes
+from tests.helpers.layers import D, F, H, Member, broken_gzip, layer_bytes
 from tests.helpers.trees import make_large_tree
 
 # "ERROR: ...", "error: ...", "<timestamp> - ERROR - ..." (upstream log style) or
@@ -175,6 +175,29 @@ def case_tar_size_negative(base: Path) -> Case:
     raw[148:156] = b"%06o\0 " % sum(raw[:512])
     t = _tar(base, "sizeneg.tar", bytes(raw))
     return Case([str(t), "--type", "tar-rafs"], ("size -1 is out of range",))
+
+
+def _gzip_case(base: Path, fault: str, needles: tuple[str, ...]) -> Case:
+    tar = layer_bytes([D("d"), F("d/big", b"a" * 65536 + bytes(range(256)) * 256)])
+    t = _tar(base, f"{fault}.tar.gz", broken_gzip(tar, fault))
+    return Case([str(t), "--type", "targz-rafs"], needles)
+
+
+def case_targz_bad_crc_after_the_tar_end(base: Path) -> Case:
+    """Once built with exit 0: the tar reader stopped at its end blocks, the CRC unread."""
+    return _gzip_case(base, "crc-after-junk", ("checksum", "invalid gzip"))
+
+
+def case_targz_stored_block_flipped_byte(base: Path) -> Case:
+    return _gzip_case(base, "stored-flip", ("checksum", "invalid gzip"))
+
+
+def case_targz_trailing_garbage(base: Path) -> Case:
+    return _gzip_case(base, "trailing-garbage", ("trailing data after the gzip stream",))
+
+
+def case_targz_truncated_trailer(base: Path) -> Case:
+    return _gzip_case(base, "truncated-trailer", ("gzip stream ends early",))
 
 
 def case_parent_not_rafs(base: Path) -> Case:

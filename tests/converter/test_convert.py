@@ -32,11 +32,20 @@ from tests.converter.conftest import (
     nydusify,
     registry_config,
 )
-from tests.converter.images import Layout, make_image, push, rich_layers, sha256, skopeo
+from tests.converter.images import (
+    Image,
+    Layout,
+    make_image,
+    push,
+    rich_layers,
+    sha256,
+    skopeo,
+)
 from tests.golden import golden_path
 from tests.helpers.env import marked
-from tests.helpers.layers import D, F
+from tests.helpers.layers import D, F, broken_gzip, layer_bytes
 from tests.helpers.snapshot import compare_trees, snapshot_tree
+from tests.oci.layout import manifest_json
 
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -369,6 +378,35 @@ def test_fs_version_5_is_refused_clearly(registry, tmp_path):
     assert len(run.lines) == 1 and run.lines[0].startswith("ERRO[")
     assert "--fs-version 5 is not supported" in run.lines[0]
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [
+        ("crc-after-junk", "Incorrect checksum"),
+        ("trailing-garbage", "trailing data after the gzip"),
+    ],
+)
+def test_a_broken_gzip_layer_fails_the_conversion(registry, tmp_path, fault, needle):
+    """A layer whose digest matches but whose gzip CRC is wrong (after data the tar reader
+    never needs) or which has trailing data once converted with exit 0."""
+    tar = layer_bytes([D("d"), F("d/big", b"a" * 65536 + bytes(range(256)) * 256)])
+    good = make_image([[F("base", b"base\n")]])
+    layers = [good.layers[0], broken_gzip(tar, fault)]
+    diff_ids = [good.diff_ids[0], sha256(tar)]
+    config = json.loads(good.config)
+    config["rootfs"]["diff_ids"] = diff_ids
+    raw_config = json.dumps(config, separators=(",", ":")).encode()
+    layout = Layout(tmp_path / "layout")
+    layout.add_image("v1", Image(manifest_json(raw_config, layers), raw_config, layers, diff_ids))
+    push(layout, "v1", f"{registry.host}/badgz:v1")
+    run = convert(f"{registry.host}/badgz:v1", f"{registry.host}/badgz:nydus", tmp_path / "tmp")
+    assert run.returncode != 0
+    errors = [ln for ln in run.lines if ln.startswith("ERRO[")]
+    assert len(errors) == 1 and needle in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+    with http(registry) as c:  # nothing pushed under the target tag
+        assert c.get("/v2/badgz/manifests/nydus").status_code == 404
 
 
 @marked(*CHECK_FILESYSTEM)

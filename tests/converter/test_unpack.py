@@ -17,10 +17,12 @@ from tests.converter.images import rich_layers
 from tests.helpers.env import OVERLAY_MOUNT, marked
 from tests.helpers.layers import (
     CHR,
+    GZIP_FAULTS,
     D,
     F,
     H,
     L,
+    broken_gzip,
     layer_bytes,
     opaque,
     overlay_view,
@@ -114,6 +116,16 @@ def test_whiteout_of_dot_dot_or_nothing_is_refused(tmp_path, entry):
         _unpack([lower, layer_bytes([F(entry)])], root)
     assert keep.read_bytes() == b"keep me"
     assert (root / "sub/file").read_bytes() == b"lower"
+
+
+@pytest.mark.root("unpacked layers keep their owners")
+@pytest.mark.parametrize("fault", GZIP_FAULTS)
+def test_broken_gzip_layer_is_refused(tmp_path, fault):
+    """`nydusify check` once unpacked a gzip layer with a wrong CRC (tarfile never checks
+    it): the layer is read to its end and its trailer checked."""
+    tar = layer_bytes([F("big", b"a" * 65536 + bytes(range(256)) * 256)])
+    with pytest.raises(UnpackError, match=r"layer 0: .*(gzip|checksum|trailing)"):
+        _unpack([broken_gzip(tar, fault)], tmp_path / "root", pieces=65536)
 
 
 @pytest.mark.root("unpacked layers keep their owners")

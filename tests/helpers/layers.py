@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import io
 import os
+import random
 import shutil
 import stat
 import tarfile
@@ -481,3 +482,32 @@ def write_three_layers(
         write_layer(d / f"layer{i}{ext}", members, fmt=fmt, compress=compress)
         for i, members in enumerate(three_layer_members(chunk_size), 1)
     ]
+
+
+# -- broken gzip layers ------------------------------------------------------------------------
+
+GZIP_FAULTS = ("crc-after-junk", "stored-flip", "trailing-garbage", "truncated-trailer")
+
+
+def broken_gzip(tar: bytes, fault: str) -> bytes:
+    """A gzip of `tar` that a careful reader must refuse:
+
+    * ``crc-after-junk``: 2 MiB of random bytes after the tar's end blocks (tar readers stop
+      before them), then a wrong CRC-32 -- caught only by reading the stream to its end;
+    * ``stored-flip``: stored (level 0) deflate blocks, which have no check of their own,
+      with one byte of file data flipped -- caught only by the CRC;
+    * ``trailing-garbage``: bytes after the last member that are no gzip member;
+    * ``truncated-trailer``: the 8-byte trailer cut to 4."""
+    if fault == "crc-after-junk":
+        out = bytearray(gzip.compress(tar + random.Random(7).randbytes(2 << 20), 6, mtime=0))
+        out[-8] ^= 0x01
+    elif fault == "stored-flip":
+        out = bytearray(gzip.compress(tar, 0, mtime=0))
+        out[len(out) // 2] ^= 0x20  # in the middle: file data for a tar of one big file
+    elif fault == "trailing-garbage":
+        out = bytearray(gzip.compress(tar, 6, mtime=0) + b"GARBAGE!")
+    elif fault == "truncated-trailer":
+        out = bytearray(gzip.compress(tar, 6, mtime=0)[:-4])
+    else:
+        raise ValueError(f"unknown gzip fault {fault!r}")
+    return bytes(out)

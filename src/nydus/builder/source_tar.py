@@ -92,6 +92,7 @@ def read_tar_tree(stream: BinaryIO, writer: BlobWriter | None, label: str) -> No
         tar = open_tar_stream(stream)
         for entry in tar:
             _add_member(tar, entry, root, by_path, writer)
+        tar.drain()  # to the end of a compressed stream: its trailer is checked there
     except TarError as exc:
         raise BuildError(f"{label}: corrupt or truncated tar: {exc}") from exc
     except (OSError, EOFError) as exc:

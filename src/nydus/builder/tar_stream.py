@@ -141,6 +141,14 @@ class TarStream:
             self._pos += step
             n -= step
 
+    def drain(self) -> None:
+        """Read the input to its end, past the end-of-archive blocks: a decoder checks its
+        trailer there (gzip CRC and length, trailing data)."""
+        self._buf, self._pos, self._left, self._pad = b"", 0, 0, 0
+        while not self._eof:
+            if not self._read(READ):
+                self._eof = True
+
     def read(self, n: int) -> bytes:
         """Data of the current entry (at most its remaining size)."""
         n = min(n, self._left)

@@ -35,6 +35,7 @@ from nydus.builder.overlay import (
     oci_whiteout_target,
 )
 from nydus.errors import NydusError
+from nydus.utils.inflate import GzipError, gunzip_pieces
 
 __all__ = ["IterReader", "UnpackError", "UnpackStats", "Unpacker", "open_layer_stream"]
 
@@ -43,6 +44,7 @@ log = logging.getLogger("nydus.converter")
 _ENC = "utf-8"
 _XATTR_PREFIX = "SCHILY.xattr."
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class UnpackError(NydusError):
@@ -63,26 +65,29 @@ class IterReader:
     def __init__(self, pieces: Iterable[bytes]) -> None:
         self._it: Iterator[bytes] = iter(pieces)
         self._buf = b""
+        self._pos = 0  # bytes of _buf already read (no copy of the rest per read)
         self._eof = False
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._buf) < n):
+        while not self._eof and (n < 0 or len(self._buf) - self._pos < n):
             try:
-                self._buf += next(self._it)
+                piece = next(self._it)
             except StopIteration:
                 self._eof = True
-        if n < 0:
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
+                break
+            self._buf = self._buf[self._pos :] + piece
+            self._pos = 0
+        end = len(self._buf) if n < 0 else self._pos + n
+        out = self._buf[self._pos : end]
+        self._pos = min(end, len(self._buf))
         return out
 
     def drain(self) -> None:
         """Consume the rest (so that the producer's end-of-stream checks run)."""
-        self._buf = b""
+        self._buf, self._pos = b"", 0
         for _ in self._it:
             pass
         self._eof = True
@@ -109,15 +114,17 @@ class _Peek:
         return self._rest.read(n)
 
 
-def open_layer_stream(raw: IO[bytes] | IterReader) -> IO[bytes] | _Peek:
-    """Uncompressed tar bytes of a layer stream: zstd is decompressed here, gzip/xz/bzip2
-    are left to `tarfile`'s `r|*`."""
+def open_layer_stream(raw: IO[bytes] | IterReader) -> IO[bytes] | _Peek | IterReader:
+    """Uncompressed tar bytes of a layer stream: gzip (trailer checked: `utils.inflate`) and
+    zstd are decompressed here, xz/bzip2 are left to `tarfile`'s `r|*`."""
     head = raw.read(4)
     stream = _Peek(head, raw)
     if head == _ZSTD_MAGIC:
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(stream)  # type: ignore[arg-type]
+    if head[:2] == _GZIP_MAGIC:
+        return IterReader(gunzip_pieces(iter(lambda: stream.read(1 << 20), b"")))
     return stream
 
 
@@ -172,7 +179,7 @@ class Unpacker:
 
     # -- layers --------------------------------------------------------------------------
 
-    def apply_layer(self, stream: IO[bytes] | _Peek, what: str) -> None:
+    def apply_layer(self, stream: IO[bytes] | _Peek | IterReader, what: str) -> None:
         """Apply one uncompressed-or-gzip tar stream (see `open_layer_stream`)."""
         self._layer = set()
         self.stats.layers += 1
@@ -180,11 +187,15 @@ class Unpacker:
             tf = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115 - closed below
                 fileobj=stream, mode="r|*", encoding=_ENC, errors="surrogateescape"
             )
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, GzipError) as exc:
             raise UnpackError(f"{what}: not a readable tar archive: {exc}") from exc
         try:
             for ti in tf:
                 self._member(tf, ti, what)
+            while stream.read(1 << 20):  # to the end: a gzip trailer is checked there
+                pass
+        except GzipError as exc:
+            raise UnpackError(f"{what}: {exc}") from exc
         except (tarfile.TarError, EOFError) as exc:
             raise UnpackError(f"{what}: corrupt or truncated tar: {exc}") from exc
         except OSError as exc:
