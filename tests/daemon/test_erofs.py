@@ -197,6 +197,26 @@ def test_a_flipped_blob_byte_is_eio_for_that_file_only(nydusd, tmp_path, cache):
     assert d.get("/api/v1/metrics").json()["fop_errors"][4] >= 1
 
 
+@pytest.mark.golden
+def test_a_flipped_cache_byte_is_refetched_with_digest_validate(nydusd, tmp_path):
+    """The blob views read through the chunk device: a cache filled without validation and
+    corrupted afterwards is verified (once per chunk) and the bad chunk fetched again."""
+    blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
+    boot = golden_path("upstream", "v6", "bootstrap")
+    cache = tmp_path / "cache"
+    d1 = nydusd(boot, localfs_config(blobs, cache_dir=cache), name="fill")
+    good = (d1.mountpoint / "lib.rs").read_bytes()
+    d1.stop()
+    data = cache / f"{V6_BLOB_ID}.blob.data"
+    view = bytearray(data.read_bytes())
+    view[10] ^= 0xFF
+    data.write_bytes(bytes(view))
+    cfg = localfs_config(blobs, validate=True, cache_dir=cache)
+    d2 = nydusd(boot, cfg, *erofs("auto", tmp_path / "w"), name="erofs")
+    assert (d2.mountpoint / "lib.rs").read_bytes() == good
+    assert "cached data fails its digest; refetching" in d2.log()
+
+
 def test_sixteen_concurrent_readers_get_the_source_bytes(nydusd, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import stat
@@ -142,3 +143,82 @@ def test_close_with_a_file_open_detaches_and_ends(tmp_path):
     finally:
         with contextlib.suppress(OSError):  # close(2) itself may report the lost connection
             os.close(fd)
+
+
+class _Buggy(MemFs):
+    """MemFs whose operations named in `explode` fail as a bug would (no NydusError, no
+    OSError); nothing is cached by the kernel, so every call reaches the session."""
+
+    entry_timeout = 0.0
+    attr_timeout = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.explode: set[str] = set()
+
+    def _maybe(self, op: str) -> None:
+        if op in self.explode:
+            raise RuntimeError(f"injected bug in {op}")
+
+    def opendir(self, node: int) -> tuple[int, int]:
+        self._maybe("opendir")
+        return super().opendir(node)[0], 0  # no FOPEN_CACHE_DIR: every listing is asked
+
+
+def _buggy(op: str):  # type: ignore[no-untyped-def]
+    base = getattr(MemFs, op)
+
+    def method(self, *args):  # type: ignore[no-untyped-def]
+        self._maybe(op)
+        return base(self, *args)
+
+    return method
+
+
+for _op in ("lookup", "getattr", "readlink", "open", "read", "readdir", "statfs", "getxattr"):
+    setattr(_Buggy, _op, _buggy(_op))
+_Buggy.listxattr = _buggy("listxattr")  # type: ignore[method-assign]
+
+
+def test_a_bug_in_any_handler_is_eio_with_a_traceback_and_the_mount_lives(tmp_path, caplog):
+    """Whatever a handler raises, the kernel gets EIO, the log gets one ERROR line with the
+    traceback, and the next request is served (the session's one wrapper, `_run`)."""
+    fs = _Buggy()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    s = FuseSession(fs, str(mnt), threads=2, fsname="buggy")
+    s.mount()
+    try:
+        assert s.ready.wait(10)
+        fd = os.open(mnt / "file", os.O_RDONLY)
+        calls = {
+            "lookup": lambda: os.stat(mnt / "file"),
+            "getattr": lambda: os.stat(mnt),
+            "readlink": lambda: os.readlink(mnt / "link"),
+            "open": lambda: os.close(os.open(mnt / "file", os.O_RDONLY)),
+            "read": lambda: os.pread(fd, 100, 0),
+            "opendir": lambda: os.listdir(mnt / "dir"),
+            "readdir": lambda: os.listdir(mnt / "dir"),
+            "statfs": lambda: os.statvfs(mnt),
+            "getxattr": lambda: os.getxattr(mnt / "file", "user.one"),
+            "listxattr": lambda: os.listxattr(mnt / "file"),
+        }
+        for op, call in calls.items():
+            caplog.clear()
+            fs.explode = {op}
+            with caplog.at_level(logging.ERROR, logger="nydus.fuse.session"):
+                with pytest.raises(OSError) as exc:
+                    call()
+            assert exc.value.errno == errno.EIO, op
+            rec = [r for r in caplog.records if r.getMessage().startswith("unexpected error in")]
+            assert rec and all(r.exc_info for r in rec), (op, caplog.records)  # the kernel
+            assert f"injected bug in {op}" in str(rec[0].exc_info[1])  # may retry a lookup
+            assert "Traceback" in caplog.text and "in _maybe" in caplog.text
+            fs.explode = set()
+            call()  # served again: the session lives
+        os.close(fd)
+        assert (mnt / "file").read_bytes() == CONTENT
+        assert not s.ended.is_set() and is_mounted(str(mnt))
+    finally:
+        s.close()
+    assert not is_mounted(str(mnt))

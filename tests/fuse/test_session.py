@@ -219,6 +219,17 @@ def test_handler_errors_become_errnos_and_a_bug_is_logged(wire, caplog):
     assert wire.call(P.Opcode.READ, FILE, b"\0" * 4)[0] == errno.EIO
 
 
+def test_a_reply_that_cannot_be_sent_is_eio_and_logged(wire, caplog, monkeypatch):
+    """A handler result the session cannot encode (a bug) is answered EIO, never left
+    without an answer (the kernel's caller would hang) and never kills the reader."""
+    monkeypatch.setattr(wire.fs, "readlink", lambda node: "file")  # str, not bytes
+    with caplog.at_level(logging.ERROR, logger="nydus.fuse.session"):
+        assert wire.call(P.Opcode.READLINK, LINK)[0] == errno.EIO
+    rec = [r for r in caplog.records if "unexpected error in readlink" in r.getMessage()]
+    assert rec and rec[0].exc_info
+    assert wire.call(P.Opcode.READ, FILE, _read_in(FILE, 0, 3)) == (0, CONTENT[:3])
+
+
 def test_forget_has_no_reply(wire):
     wire.send(P.Opcode.FORGET, FILE, P.FORGET_IN.pack(3))
     wire.send(

@@ -19,7 +19,7 @@ import queue
 import stat
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from nydus.errors import NydusError
 from nydus.fuse import protocol as P
@@ -39,6 +39,7 @@ __all__ = ["READAHEAD_KB", "FuseError", "FuseSession", "mount_options"]
 
 log = logging.getLogger(__name__)
 _opname = P.opcode_name
+T = TypeVar("T")
 
 #: read-ahead window of the mount, KiB (sequential reads arrive as requests this large)
 READAHEAD_KB = 1024
@@ -302,7 +303,10 @@ class FuseSession:
                 break
             if n < P.IN_HEADER.size:
                 continue
-            self._dispatch(view[:n])
+            try:
+                self._dispatch(view[:n])
+            except Exception:  # a bug in a reply: the reader must live on
+                log.exception("unexpected error answering a FUSE request")
         self._ended()
 
     def _ended(self) -> None:
@@ -325,13 +329,21 @@ class FuseSession:
         if handler is None:
             self._error(unique, errno.EROFS if opcode in P.WRITE_OPCODES else errno.ENOSYS)
             return
+        body, err = self._run(req, handler, req, args)
+        if not err and body is not None:
+            _, err = self._run(req, self._reply, unique, body)  # a reply that cannot be sent
+        if err:
+            self._error(unique, err)
+
+    def _run(self, req: _Request, fn: Callable[..., T], *args: Any) -> tuple[T | None, int]:
+        """The one place a request's handler runs (inline, in the read pool, or without a
+        reply): (its result, 0), or (None, the errno its failure answers). Nothing escapes:
+        a failure that is no NydusError or OSError is a bug, logged at ERROR with its
+        traceback and answered EIO, and the session goes on."""
         try:
-            body = handler(req, args)
+            return fn(*args), 0
         except Exception as exc:  # noqa: BLE001 - every failure is an errno reply
-            self._error(unique, self._errno_of(req, exc))
-            return
-        if body is not None:
-            self._reply(unique, body)
+            return None, self._errno_of(req, exc)
 
     def _errno_of(self, req: _Request, exc: BaseException) -> int:
         if isinstance(exc, NydusError):
@@ -359,28 +371,28 @@ class FuseSession:
         self._send([P.OUT_HEADER.pack(P.OUT_HEADER.size, -err, unique)])
 
     def _no_reply(self, req: _Request, args: memoryview) -> None:
-        try:
-            if req.opcode == P.Opcode.FORGET:
-                (n,) = P.FORGET_IN.unpack_from(args)
-                self.ops.forget([(req.nodeid, n)])
-            elif req.opcode == P.Opcode.BATCH_FORGET:
-                count, _ = P.BATCH_FORGET_IN.unpack_from(args)
-                size = P.FORGET_ONE.size
-                base = P.BATCH_FORGET_IN.size
-                items = [
-                    P.FORGET_ONE.unpack_from(args, base + i * size)
-                    for i in range(min(count, (len(args) - base) // size))
-                ]
-                self.ops.forget(items)
-            elif req.opcode == P.Opcode.INTERRUPT:
-                (target,) = P.INTERRUPT_IN.unpack_from(args)
-                with self._pending_lock:
-                    found = target in self._pending
-                    self._pending.discard(target)
-                if found:
-                    self._error(target, errno.EINTR)
-        except Exception:
-            log.exception("unexpected error in %s", _opname(req.opcode))
+        self._run(req, self._no_reply_op, req, args)
+
+    def _no_reply_op(self, req: _Request, args: memoryview) -> None:
+        if req.opcode == P.Opcode.FORGET:
+            (n,) = P.FORGET_IN.unpack_from(args)
+            self.ops.forget([(req.nodeid, n)])
+        elif req.opcode == P.Opcode.BATCH_FORGET:
+            count, _ = P.BATCH_FORGET_IN.unpack_from(args)
+            size = P.FORGET_ONE.size
+            base = P.BATCH_FORGET_IN.size
+            items = [
+                P.FORGET_ONE.unpack_from(args, base + i * size)
+                for i in range(min(count, (len(args) - base) // size))
+            ]
+            self.ops.forget(items)
+        elif req.opcode == P.Opcode.INTERRUPT:
+            (target,) = P.INTERRUPT_IN.unpack_from(args)
+            with self._pending_lock:
+                found = target in self._pending
+                self._pending.discard(target)
+            if found:
+                self._error(target, errno.EINTR)
 
     # ---- worker pool for blocking reads ----------------------------------------------------
     def _submit(self, req: _Request, fh: int, offset: int, size: int) -> None:
@@ -406,20 +418,16 @@ class FuseSession:
                 wanted = req.unique in self._pending
             if not wanted:
                 continue  # interrupted while queued
-            try:
-                data = self.ops.read(fh, offset, size)
-                err = 0
-            except Exception as exc:  # noqa: BLE001 - every failure is an errno reply
-                data, err = b"", self._errno_of(req, exc)
+            data, err = self._run(req, self.ops.read, fh, offset, size)
             with self._pending_lock:
                 wanted = req.unique in self._pending
                 self._pending.discard(req.unique)
             if not wanted:
                 continue
+            if not err:
+                _, err = self._run(req, self._reply, req.unique, data or b"")
             if err:
                 self._error(req.unique, err)
-            else:
-                self._reply(req.unique, data)
 
     # ---- handlers (return the reply body, or None when already answered) ------------------
     def _init(self, req: _Request, args: memoryview) -> bytes | None:
