@@ -29,6 +29,7 @@ __all__ = [
     "Daemon",
     "api_client",
     "copy_tree",
+    "fill_cache_then_flip",
     "findmnt",
     "force_unmount",
     "is_mounted",
@@ -199,3 +200,18 @@ def copy_tree(src: Path, dst: Path) -> Path:
         p.chmod(0o644 if p.is_file() else 0o755)
     dst.chmod(0o755)
     return dst
+
+
+def fill_cache_then_flip(
+    start: StartFn, boot: Path, blobs: Path, cache: Path, blob_id: str, *, validate: bool
+) -> bytes:
+    """Read /lib.rs of the golden v6 image once through a daemon with a blob cache at
+    `cache`, stop it, flip byte 10 of the blob's cache data file; returns the good bytes."""
+    d = start(boot, localfs_config(blobs, validate=validate, cache_dir=cache), name="fill")
+    good = (d.mountpoint / "lib.rs").read_bytes()
+    d.stop()
+    data = cache / f"{blob_id}.blob.data"
+    view = bytearray(data.read_bytes())
+    view[10] ^= 0xFF
+    data.write_bytes(bytes(view))
+    return good

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nydus.format.rafs import open_bootstrap
-from tests.daemon.conftest import copy_tree, force_unmount, localfs_config
+from tests.daemon.conftest import copy_tree, fill_cache_then_flip, force_unmount, localfs_config
 from tests.golden import V6_BLOB_ID, golden_path
 
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
@@ -96,13 +96,9 @@ def test_corrupted_cache_file_is_refetched(nydusd, tmp_path, mode):
     blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
     cache = tmp_path / "cache"
     boot = golden_path("upstream", "v6", "bootstrap")
-    d1 = nydusd(boot, localfs_config(blobs, validate=mode != "digest_validate", cache_dir=cache))
-    good = (d1.mountpoint / "lib.rs").read_bytes()
-    d1.stop()
-    data = cache / f"{V6_BLOB_ID}.blob.data"
-    view = bytearray(data.read_bytes())
-    view[10] ^= 0xFF
-    data.write_bytes(bytes(view))
+    good = fill_cache_then_flip(
+        nydusd, boot, blobs, cache, V6_BLOB_ID, validate=mode != "digest_validate"
+    )
     cfg = localfs_config(blobs, validate=True, cache_dir=cache)
     cfg["device"]["cache"]["validate"] = mode == "cache_validate"
     # a daemon that validates nothing loads no chunk digests: the second one reads the

@@ -21,7 +21,7 @@ import pytest
 
 from nydus.kernel import loop
 from nydus.kernel.mounts import mounts_at
-from tests.daemon.conftest import copy_tree, localfs_config, run_nydusd
+from tests.daemon.conftest import copy_tree, fill_cache_then_flip, localfs_config, run_nydusd
 from tests.golden import V6_BLOB_ID, golden_path
 from tests.helpers.layers import overlay_view, write_three_layers
 from tests.helpers.snapshot import compare_trees, snapshot_tree
@@ -204,13 +204,7 @@ def test_a_flipped_cache_byte_is_refetched_with_digest_validate(nydusd, tmp_path
     blobs = copy_tree(golden_path("upstream", "v6", "blobs"), tmp_path / "blobs")
     boot = golden_path("upstream", "v6", "bootstrap")
     cache = tmp_path / "cache"
-    d1 = nydusd(boot, localfs_config(blobs, cache_dir=cache), name="fill")
-    good = (d1.mountpoint / "lib.rs").read_bytes()
-    d1.stop()
-    data = cache / f"{V6_BLOB_ID}.blob.data"
-    view = bytearray(data.read_bytes())
-    view[10] ^= 0xFF
-    data.write_bytes(bytes(view))
+    good = fill_cache_then_flip(nydusd, boot, blobs, cache, V6_BLOB_ID, validate=False)
     cfg = localfs_config(blobs, validate=True, cache_dir=cache)
     d2 = nydusd(boot, cfg, *erofs("auto", tmp_path / "w"), name="erofs")
     assert (d2.mountpoint / "lib.rs").read_bytes() == good
